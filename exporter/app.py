@@ -1,0 +1,300 @@
+"""The running exporter: wires config -> id sources -> tracked jobs -> poller -> API client, and
+state -> aggregates -> collectors -> HTTP; owns start-up, reload and shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+
+from . import KINDS
+from .aggregates import ApiAggregates, JobAggregates
+from .api_client import ApiClient, Transport, make_transport
+from .collector import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector
+from .config import Config, ConfigError, expand_ids_file, load_config
+from .logs import MASK
+from .netaddr import parse_listen_address
+from .poller import Poller
+from .ratelimit import RateLimiter
+from .shard import owner
+from .sources import IdsFileWatcher, source_name
+from .state import TrackedJobs
+from .store import StateStore
+from .web import build_web_app
+
+log = logging.getLogger("distribute.exporter")
+
+API_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+RETENTION_SWEEP_SECONDS = 60.0
+SOURCE_COUNTS_TTL = 15.0
+
+TransportFactory = Callable[[Config], Transport]
+
+
+def default_transport(config: Config) -> Transport:
+    api = config.api
+    return make_transport(api.http_client, api.timeout_seconds, api.max_concurrency, api.max_response_bytes)
+
+
+class Exporter:
+    def __init__(self, config: Config, config_path: str | None = None, listen: str | None = None,
+                 transport_factory: TransportFactory = default_transport,
+                 shard: tuple[int, int] | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.listen = listen or config.web.listen_address
+        self.transport_factory = transport_factory
+        self.shard_override = shard
+        self.ready = False
+        self.status = ExporterStatus()
+        self.status.reloaded(True)
+        self.store = StateStore(str(config.resolve(config.state.path)) if config.state.path != ":memory:" else ":memory:")
+        self.job_agg = JobAggregates(config.metrics.duration_buckets)
+        self.api_agg = ApiAggregates(API_LATENCY_BUCKETS)
+        self.jobs = TrackedJobs(self.store, self.job_agg)
+        self.limiter = RateLimiter(config.api.max_requests_per_second)
+        self.client = self._make_client(config)
+        self.poller = Poller(self.jobs, self.client, self.limiter, self.api_agg, config.poll,
+                             config.api.max_concurrency)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.watchers: dict[tuple[int, str], IdsFileWatcher] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runner: web.AppRunner | None = None
+        self._reload_lock = asyncio.Lock()
+        self._source_counts: tuple[float, dict[str, int]] = (0.0, {})
+        self.port = 0
+        MASK.set(self._secrets(config))
+
+    # -- shape ---------------------------------------------------------------------------------------
+    @property
+    def shard_index(self) -> int:
+        return self.shard_override[0] if self.shard_override else self.config.shard.index
+
+    @property
+    def shard_count(self) -> int:
+        return self.shard_override[1] if self.shard_override else self.config.shard.count
+
+    def owns(self, job_id: str) -> bool:
+        return owner(job_id, self.shard_count) == self.shard_index
+
+    @staticmethod
+    def _secrets(config: Config) -> list[str | None]:
+        return [s.reveal() if s else None for s in (config.api_key, config.registration_token)]
+
+    def _make_client(self, config: Config) -> ApiClient:
+        key = config.api_key.reveal() if config.api_key else None
+        return ApiClient(config.api.base_url, key, self.transport_factory(config))
+
+    # -- life cycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Open the state, serve HTTP at once (not ready yet), load ids, then start polling."""
+        await self.store.call(self.store.open)
+        self._register_collectors()
+        await self._serve()
+        await self.jobs.load()
+        self._declare_series(self.config)
+        self.poller.schedule_all()
+        await self.sync_sources(self.config, initial=True)
+        await self.jobs.flush()
+        self.ready = True
+        for name, coro in (("poller", self.poller.run()), ("flusher", self._flush_loop()),
+                           ("files", self._files_loop()), ("retention", self._retention_loop())):
+            self._tasks.append(asyncio.create_task(coro, name=name))
+        log.info("ready: %d jobs polled, %d closed, listening on %s", len(self.jobs.open),
+                 self.jobs.closed_total, self.url)
+
+    @property
+    def url(self) -> str:
+        host, _ = parse_listen_address(self.listen)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"http://{shown}:{self.port}"
+
+    async def _serve(self) -> None:
+        host, port = parse_listen_address(self.listen)
+        self._runner = web.AppRunner(build_web_app(self), access_log=None, handler_cancellation=True,
+                                     shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await site.start()
+        server = site._server
+        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
+
+    def _register_collectors(self) -> None:
+        s = self.status
+        s.poll_restarts = lambda: self.poller.restarts
+        s.polls = lambda: self.poller.polls
+        s.tracked = lambda: (len(self.jobs.open), self.jobs.closed_total)
+        s.shard_index, s.shard_count = self.shard_index, self.shard_count
+        for collector in (JobsCollector(self.job_agg, self.jobs.is_current), ApiCollector(self.api_agg),
+                          ExporterCollector(s)):
+            self.registry.register(collector)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+
+    def _declare_series(self, config: Config) -> None:
+        for kind, group in config.groups():
+            self.job_agg.declare_group(kind, group)
+        for kind in KINDS:
+            self.api_agg.declare_kind(kind)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        try:
+            await self.jobs.flush()
+        finally:
+            await self.client.close()
+            if self._runner is not None:
+                await self._runner.cleanup()
+            await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)
+
+    # -- background loops ------------------------------------------------------------------------------
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.state.flush_interval_seconds)
+            try:
+                await self.jobs.flush()
+            except Exception as exc:  # the disk is full or gone: keep the batch, say so, try again
+                self.status.state_write_errors += 1
+                log.error("cannot write the state file: %s", exc)
+
+    async def _files_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.config.poll.interval_seconds / 2))
+            try:
+                await self.scan_files(self.config)
+            except Exception:
+                log.exception("ids file scan failed")
+
+    async def _retention_loop(self) -> None:
+        while True:
+            try:
+                dropped = await self.jobs.retire_old(self.config.state.retention_seconds, time.time())
+                if dropped:
+                    log.info("retention dropped %d finished jobs older than %gs", dropped,
+                             self.config.state.retention_seconds)
+            except Exception as exc:
+                log.error("retention sweep failed: %s", exc)
+            await asyncio.sleep(RETENTION_SWEEP_SECONDS)
+
+    # -- id sources ----------------------------------------------------------------------------------
+    async def sync_sources(self, config: Config, initial: bool = False) -> None:
+        """Track the config's ids and files; forget what the config no longer lists."""
+        now = time.time()
+        wanted: set[str] = set()
+        for group in config.jobs:
+            owned = [i for i in group.ids if self.owns(i)]
+            wanted.update(owned)
+            accepted, _ = await self.jobs.track(owned, group.kind, group.group, "config", now)
+            if accepted and not initial:
+                log.info("config added %d ids kind=%s group=%s", len(accepted), group.kind, group.group)
+        keep = {(g.kind, g.group) for g in config.jobs if not g.forget_removed}
+        dropped = 0
+        for job_id in await self.jobs.ids_from_source("config") - wanted:
+            job = await self.jobs.lookup(job_id)
+            if job is not None and (job.kind, job.group) not in keep:
+                dropped += await self.jobs.untrack(job_id, now)
+        if dropped:
+            log.info("stopped tracking %d ids no longer in the config", dropped)
+        await self.scan_files(config)
+
+    async def scan_files(self, config: Config) -> None:
+        now = time.time()
+        for index, group in enumerate(config.jobs):
+            if not group.ids_file:
+                continue
+            watcher = self.watchers.setdefault((index, group.ids_file), IdsFileWatcher())
+            changes, gone = watcher.scan(expand_ids_file(config, group.ids_file))
+            added = 0
+            for change in changes:
+                for bad in change.bad:
+                    self.status.invalid_id_lines += 1
+                    log.warning("skipping invalid id file=%s line=%d text=%r", change.path, bad.line_no, bad.text)
+                owned = [i for i in change.ids if self.owns(i)]
+                accepted, _ = await self.jobs.track(owned, group.kind, group.group, source_name(change.path), now)
+                added += len(accepted)
+                if change.complete and group.forget_removed:
+                    await self._forget_missing(source_name(change.path), set(owned), now)
+            if group.forget_removed:
+                for path in gone:
+                    await self._forget_missing(source_name(path), set(), now)
+            if added:
+                await self.jobs.flush()  # log only what is durably stored
+                log.info("ids files added %d ids kind=%s group=%s pattern=%s", added, group.kind,
+                         group.group, group.ids_file)
+
+    async def _forget_missing(self, source: str, present: set[str], now: float) -> None:
+        missing = await self.jobs.ids_from_source(source) - present
+        for job_id in missing:
+            await self.jobs.untrack(job_id, now)
+        if missing:
+            log.info("stopped tracking %d ids removed from %s", len(missing), source[5:])
+
+    async def source_counts(self) -> dict[str, int]:
+        """Tracked jobs per source kind (config, file, api), cached for a few seconds."""
+        stamp, counts = self._source_counts
+        if time.monotonic() - stamp > SOURCE_COUNTS_TTL:
+            by_source = await self.jobs.count_by_source()
+            total: Counter[str] = Counter()
+            for source, n in by_source.items():
+                total[source.split(":", 1)[0]] += n
+            counts = dict(total)
+            self._source_counts = (time.monotonic(), counts)
+        return counts
+
+    # -- reload ------------------------------------------------------------------------------------------
+    async def reload(self) -> tuple[bool, str]:
+        """Load the config file again; on any error keep the running config."""
+        async with self._reload_lock:
+            if self.config_path is None:
+                return False, "no config file to reload"
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                self.status.reloaded(False)
+                log.error("config reload failed, keeping the running config: %s", exc)
+                return False, f"reload failed: {exc}"
+            self._apply(new)
+            await self.sync_sources(new)
+            self.status.reloaded(True)
+            log.info("config reloaded from %s", self.config_path)
+            return True, "config reloaded"
+
+    def _apply(self, new: Config) -> None:
+        old = self.config
+        for key, what in ((("state", "path"), "state.path"), (("web", "listen_address"), "web.listen_address")):
+            if getattr(getattr(old, key[0]), key[1]) != getattr(getattr(new, key[0]), key[1]):
+                log.warning("%s changed; that takes a restart", what)
+        MASK.set(self._secrets(old) + self._secrets(new))
+        if new.api != old.api or new.api_key != old.api_key:
+            old_client = self.client
+            self.client = self._make_client(new)
+            self.poller.client = self.client
+            asyncio.get_running_loop().create_task(_close_later(old_client))
+        self.limiter.reconfigure(new.api.max_requests_per_second)
+        self.poller.config = new.poll
+        self._declare_series(new)
+        self.config = dataclasses.replace(new, state=old.state, web=dataclasses.replace(
+            new.web, listen_address=old.web.listen_address))
+
+    def summary(self) -> dict[str, Any]:
+        jobs: dict[str, Counter[str]] = {}
+        for (kind, _group, _model, status), n in list(self.job_agg.jobs.items()):
+            if n:
+                jobs.setdefault(kind, Counter())[status] += n
+        return {"jobs": jobs, "up": self.api_agg.up, "last_success": self.api_agg.last_success,
+                "base_url": self.config.api.base_url, "shard": f"{self.shard_index}/{self.shard_count}"}
+
+
+async def _close_later(client: ApiClient) -> None:
+    await asyncio.sleep(30)  # requests in flight on the old client finish first
+    await client.close()

@@ -1,0 +1,105 @@
+"""`distribute-exporter`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from . import __version__
+from .config import ConfigError, load_config
+from .logs import setup_logging
+from .store import StateError
+
+log = logging.getLogger("distribute.exporter")
+
+STOP_SECONDS = 4.0  # SIGTERM to exit: within Kubernetes' and Docker's patience, with room to spare
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distribute-exporter",
+        description="Prometheus exporter for Distribute.ai's async inference API: polls the result "
+                    "endpoints for the job ids it is given and serves what it learns on /metrics.")
+    parser.add_argument("--config.file", dest="config_file", default="config.yaml", metavar="PATH",
+                        help="the config file (default config.yaml)")
+    parser.add_argument("--web.listen-address", dest="listen", default=None, metavar="HOST:PORT",
+                        help="where to serve /metrics; overrides web.listen_address (default 0.0.0.0:9877)")
+    parser.add_argument("--log.level", dest="log_level", default="info",
+                        choices=("debug", "info", "warn", "warning", "error"), help="log level (default info)")
+    parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json"),
+                        help="log line format (default logfmt)")
+    parser.add_argument("--config.check", dest="config_check", action="store_true",
+                        help="load and validate the config, print a one-line verdict, exit 0 if valid, else 1")
+    parser.add_argument("--demo", action="store_true",
+                        help="start the API simulator in-process with generated jobs and watch it")
+    parser.add_argument("--version", action="version", version=f"distribute-exporter {__version__}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = "warning" if args.log_level == "warn" else args.log_level
+    setup_logging(level, args.log_format)
+    if args.demo:
+        from .demo import run_demo
+        return run_demo(args.listen)
+    try:
+        config = load_config(args.config_file)
+    except ConfigError as exc:
+        if args.config_check:
+            print(f"invalid: {exc}")
+        else:
+            log.error("cannot load the config: %s", exc)
+        return 1
+    if args.config_check:
+        groups = len(config.jobs)
+        ids = sum(len(g.ids) for g in config.jobs)
+        print(f"valid: {args.config_file} ({groups} job groups, {ids} ids listed inline)")
+        return 0
+    for warning in config.warnings:
+        log.warning("%s", warning)
+    return run_exporter(config, args.config_file, args.listen)
+
+
+def run_exporter(config, config_path: str | None, listen: str | None) -> int:
+    from .app import Exporter
+
+    async def serve() -> int:
+        exporter = Exporter(config, config_path, listen)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(exporter.reload()))
+        try:
+            starting = loop.create_task(exporter.start())
+            done, _ = await asyncio.wait({starting, loop.create_task(stop.wait())},
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if starting in done:
+                starting.result()
+                await stop.wait()
+            else:
+                starting.cancel()
+        except StateError as exc:
+            log.error("%s", exc)
+            return 1
+        except OSError as exc:
+            log.error("cannot start: %s", exc.strerror or exc)
+            return 1
+        log.info("stopping")
+        try:
+            await asyncio.wait_for(exporter.stop(), timeout=STOP_SECONDS)
+        except asyncio.TimeoutError:
+            log.warning("shutdown took longer than %gs; exiting anyway", STOP_SECONDS)
+        return 0
+
+    return asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

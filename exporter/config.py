@@ -1,0 +1,312 @@
+"""The exporter's configuration: typed, with every default in one place, validated once at load.
+
+Every error names the key path of the culprit (`jobs[2].ids[5]: not a UUID v4: 'abc'`), so that
+`--config.check` and a failed reload can say in one line what to fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+import stat
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from . import KINDS
+from .ids import is_uuid4, normalise
+from .netaddr import AddressError, parse_listen_address
+
+API_KEY_ENV = "DISTRIBUTE_API_KEY"
+REGISTRATION_TOKEN_ENV = "DISTRIBUTE_EXPORTER_REGISTRATION_TOKEN"
+
+# About 0.5 s to 2 h, roughly doubling: inference jobs span seconds (speech) to an hour (long chat).
+DEFAULT_DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message starts with the key path of the culprit."""
+
+
+class Secret:
+    """A value that must never be printed: its repr and str give a placeholder."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('<redacted>')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _opt(default: Any, **rules: Any) -> Any:
+    """A config field with its default and validation rules (min, max, choices, positive)."""
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda: default, metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str = _opt("https://api.distribute.ai")
+    api_key_file: str | None = _opt(None)
+    timeout_seconds: float = _opt(10.0, positive=True)
+    max_concurrency: int = _opt(8, min=1, max=1024)
+    max_requests_per_second: float = _opt(20.0, min=0)  # 0 = unlimited
+    http_client: str = _opt("aiohttp", choices=("aiohttp", "httpx"))
+    max_response_bytes: int = _opt(1024 * 1024, min=1024)
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    interval_seconds: float = _opt(15.0, positive=True)
+    max_interval_seconds: float = _opt(300.0, positive=True)
+    not_found_grace_seconds: float = _opt(600.0, min=0)
+    auth_backoff_max_seconds: float = _opt(300.0, positive=True)
+
+
+@dataclass(frozen=True)
+class JobGroup:
+    kind: str = _opt("", choices=KINDS, required=True)
+    group: str = _opt("default", nonempty=True)
+    ids: tuple[str, ...] = _opt(())
+    ids_file: str | None = _opt(None)
+    forget_removed: bool = _opt(True)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    listen_address: str = _opt("0.0.0.0:9877")
+    registration_token_file: str | None = _opt(None)
+    config_file: str | None = _opt(None)
+    max_request_body_bytes: int = _opt(1024 * 1024, min=1024)
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    path: str = _opt("distribute-exporter.db", nonempty=True)
+    retention_seconds: float = _opt(7 * 24 * 3600.0, positive=True)
+    flush_interval_seconds: float = _opt(1.0, positive=True)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    duration_buckets: tuple[float, ...] = _opt(DEFAULT_DURATION_BUCKETS)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    index: int = _opt(0, min=0)
+    count: int = _opt(1, min=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    api: ApiConfig = field(default_factory=ApiConfig)
+    poll: PollConfig = field(default_factory=PollConfig)
+    jobs: tuple[JobGroup, ...] = ()
+    web: WebConfig = field(default_factory=WebConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    # Not keys of the file: what loading it found.
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+    api_key: Secret | None = field(default=None, metadata={"internal": True})
+    registration_token: Secret | None = field(default=None, metadata={"internal": True})
+    warnings: tuple[str, ...] = field(default=(), metadata={"internal": True})
+
+    def resolve(self, path: str) -> Path:
+        """A path written in the config, relative to the config file's folder."""
+        return Path(path) if os.path.isabs(path) else self.base_dir / path
+
+    def groups(self) -> list[tuple[str, str]]:
+        """Every (kind, group) the config names, in order, each once."""
+        return list(dict.fromkeys((g.kind, g.group) for g in self.jobs))
+
+
+# ---- loading --------------------------------------------------------------------------------------
+
+def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> Config:
+    """Read, parse and validate a config file; raise ConfigError naming the culprit."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{file}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    return parse_config(text, base_dir=file.resolve().parent, env=env, name=str(file))
+
+
+def parse_config(text: str, *, base_dir: Path = Path("."), env: dict[str, str] | None = None,
+                 name: str = "config") -> Config:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or "not valid YAML"
+        raise ConfigError(f"{name}:{where}: {problem}") from None
+    if data is None:
+        data = {}
+    config = _build(Config, data, "")
+    config = _check_jobs(config)
+    _check_cross_fields(config)
+    return _load_secrets(dataclasses.replace(config, base_dir=base_dir), os.environ if env is None else env)
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path or '<top>'}: must be a mapping, not {_type_name(data)}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{_join(path, str(key))}: unknown key (known: {', '.join(fields)})")
+    values = {}
+    hints = typing.get_type_hints(cls)
+    for name, f in fields.items():
+        key_path = _join(path, name)
+        if name not in data:
+            if f.metadata.get("required"):
+                raise ConfigError(f"{key_path}: required")
+            continue
+        values[name] = _value(hints[name], data[name], key_path, f.metadata)
+    return cls(**values)
+
+
+def _value(hint: Any, raw: Any, path: str, rules: dict[str, Any]) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):  # `X | None`
+        if raw is None:
+            return None
+        inner = [a for a in typing.get_args(hint) if a is not type(None)][0]
+        return _value(inner, raw, path, rules)
+    if origin is tuple:
+        if not isinstance(raw, list):
+            raise ConfigError(f"{path}: must be a list, not {_type_name(raw)}")
+        item = typing.get_args(hint)[0]
+        return tuple(_value(item, v, f"{path}[{i}]", {}) for i, v in enumerate(raw))
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, raw, path)
+    return _check_scalar(hint, raw, path, rules)
+
+
+def _check_scalar(hint: type, raw: Any, path: str, rules: dict[str, Any]) -> Any:
+    if hint is bool:
+        if not isinstance(raw, bool):
+            raise ConfigError(f"{path}: must be true or false, not {_type_name(raw)}")
+        return raw
+    if hint in (int, float):
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or (hint is int and not isinstance(raw, int)):
+            raise ConfigError(f"{path}: must be {'an integer' if hint is int else 'a number'}, not {_type_name(raw)}")
+        if raw != raw or raw in (float("inf"), float("-inf")):
+            raise ConfigError(f"{path}: must be a finite number")
+        if rules.get("positive") and raw <= 0:
+            raise ConfigError(f"{path}: must be greater than 0, not {raw}")
+        if "min" in rules and raw < rules["min"]:
+            raise ConfigError(f"{path}: must be at least {rules['min']}, not {raw}")
+        if "max" in rules and raw > rules["max"]:
+            raise ConfigError(f"{path}: must be at most {rules['max']}, not {raw}")
+        return hint(raw)
+    if not isinstance(raw, str):
+        raise ConfigError(f"{path}: must be a string, not {_type_name(raw)}")
+    if "choices" in rules and raw not in rules["choices"]:
+        raise ConfigError(f"{path}: must be one of {', '.join(rules['choices'])}, not {raw!r}")
+    if rules.get("nonempty") and not raw.strip():
+        raise ConfigError(f"{path}: must not be empty")
+    return raw
+
+
+def _check_jobs(config: Config) -> Config:
+    """UUID v4 ids, no id in two groups, and every group with ids or an ids_file."""
+    seen: dict[str, str] = {}
+    groups = []
+    for g_index, group in enumerate(config.jobs):
+        if not group.ids and not group.ids_file:
+            raise ConfigError(f"jobs[{g_index}]: needs ids or ids_file")
+        ids = []
+        for i_index, job_id in enumerate(group.ids):
+            where = f"jobs[{g_index}].ids[{i_index}]"
+            if not is_uuid4(job_id):
+                raise ConfigError(f"{where}: not a UUID v4: {str(job_id)[:60]!r}")
+            key = normalise(job_id)
+            if key in seen:
+                raise ConfigError(f"{where}: duplicate id {key} (also at {seen[key]})")
+            seen[key] = where
+            ids.append(key)
+        groups.append(dataclasses.replace(group, ids=tuple(ids)))
+    return dataclasses.replace(config, jobs=tuple(groups))
+
+
+def _check_cross_fields(config: Config) -> None:
+    if config.poll.max_interval_seconds < config.poll.interval_seconds:
+        raise ConfigError("poll.max_interval_seconds: must be at least poll.interval_seconds")
+    if config.shard.index >= config.shard.count:
+        raise ConfigError(f"shard.index: must be below shard.count ({config.shard.count})")
+    buckets = config.metrics.duration_buckets
+    if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
+        raise ConfigError("metrics.duration_buckets: must be positive and strictly increasing")
+    try:
+        parse_listen_address(config.web.listen_address)
+    except AddressError as exc:
+        raise ConfigError(f"web.listen_address: {exc}") from None
+    if not config.api.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"api.base_url: must start with http:// or https://, not {config.api.base_url!r}")
+
+
+def _load_secrets(config: Config, env: Any) -> Config:
+    warnings: list[str] = []
+    api_key = _read_secret(config, config.api.api_key_file, "api.api_key_file", warnings)
+    if api_key is None and env.get(API_KEY_ENV):
+        api_key = Secret(env[API_KEY_ENV].strip())
+    token = _read_secret(config, config.web.registration_token_file, "web.registration_token_file", warnings)
+    if token is None and env.get(REGISTRATION_TOKEN_ENV):
+        token = Secret(env[REGISTRATION_TOKEN_ENV].strip())
+    return dataclasses.replace(config, api_key=api_key, registration_token=token, warnings=tuple(warnings))
+
+
+def _read_secret(config: Config, name: str | None, path: str, warnings: list[str]) -> Secret | None:
+    if not name:
+        return None
+    file = config.resolve(name)
+    try:
+        mode = file.stat().st_mode
+        value = file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read {file}: {getattr(exc, 'strerror', None) or exc}") from None
+    if not value:
+        raise ConfigError(f"{path}: {file} is empty")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        warnings.append(f"{path}: {file} is readable by group or others (mode {stat.S_IMODE(mode):o}); chmod 600 it")
+    return Secret(value)
+
+
+def expand_ids_file(config: Config, pattern: str) -> list[Path]:
+    """The files an `ids_file` glob matches now, sorted."""
+    return sorted(Path(p) for p in glob.glob(str(config.resolve(pattern)), recursive=True) if os.path.isfile(p))
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _type_name(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)

@@ -1,0 +1,71 @@
+"""Log lines: logfmt (default) or JSON, one event per line, with every known secret masked."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Iterable
+
+REDACTED = "<redacted>"
+
+
+class SecretMask:
+    """The secrets a log line must never show (the API key, the registration token)."""
+
+    def __init__(self) -> None:
+        self._secrets: tuple[str, ...] = ()
+
+    def set(self, secrets: Iterable[str | None]) -> None:
+        self._secrets = tuple(s for s in secrets if s and len(s) >= 4)
+
+    def __call__(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, REDACTED)
+        return text
+
+
+MASK = SecretMask()
+
+
+def _logfmt_value(value: str) -> str:
+    if value and not any(c in value for c in ' ="\\\n'):
+        return value
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        message = record.getMessage()
+        if record.exc_info:
+            message += " | " + self.formatException(record.exc_info).replace("\n", " | ")
+        line = (f"ts={stamp} level={record.levelname.lower()} logger={record.name} "
+                f"msg={_logfmt_value(message)}")
+        return MASK(line)
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        event = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            event["exception"] = self.formatException(record.exc_info)
+        return MASK(json.dumps(event, ensure_ascii=False))
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for noisy in ("aiohttp.access", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,53 @@
+"""The request budget towards the API: a token bucket, plus pauses the API itself asks for."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Callable
+
+
+class RateLimiter:
+    """At most `rate` acquisitions per second (0: unlimited), bursting to one second's worth.
+
+    `pause_until` stops every acquisition until a moment (429's Retry-After, the back-off after a
+    refused key): the API is asked nothing before then.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.rate = rate
+        self._tokens = max(1.0, rate)
+        self._last = clock()
+        self._paused_until = 0.0
+
+    def reconfigure(self, rate: float) -> None:
+        self.rate = rate
+        self._tokens = min(self._tokens, max(1.0, rate))
+
+    def pause_until(self, moment: float) -> None:
+        """No acquisition before `moment` (on this limiter's clock); later pauses win."""
+        self._paused_until = max(self._paused_until, moment)
+
+    @property
+    def paused_for(self) -> float:
+        return max(0.0, self._paused_until - self._clock())
+
+    def delay(self) -> float:
+        """Seconds until the next acquisition may go ahead (0: now)."""
+        now = self._clock()
+        if now < self._paused_until:
+            return self._paused_until - now
+        if self.rate <= 0:
+            return 0.0
+        burst = max(1.0, self.rate)
+        self._tokens = min(burst, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+
+    async def acquire(self) -> None:
+        """Wait for the budget, then spend one request of it."""
+        while (wait := self.delay()) > 0:
+            await asyncio.sleep(wait)
+        if self.rate > 0:
+            self._tokens -= 1.0

@@ -1,0 +1,117 @@
+"""The registration API: applications hand the exporter the ids they get from `/async/<kind>/create`.
+
+Enabled only when a token is configured; otherwise every route answers 404, as if absent.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from . import KINDS
+from .ids import is_uuid4, normalise
+
+if TYPE_CHECKING:
+    from .app import Exporter
+
+MAX_BODY = 1024 * 1024
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/api/v1/jobs", register)
+    app.router.add_get("/api/v1/jobs/{job_id}", show)
+    app.router.add_delete("/api/v1/jobs/{job_id}", forget)
+
+
+def _error(status: int, message: str, **extra: Any) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+def _authorised(request: web.Request) -> web.Response | None:
+    """None when the request may go on, else the answer to give."""
+    exporter: Exporter = request.app["exporter"]
+    token = exporter.config.registration_token
+    if token is None:
+        raise web.HTTPNotFound()
+    given = request.headers.get("Authorization", "")
+    expected = "Bearer " + token.reveal()
+    if not hmac.compare_digest(given.encode(), expected.encode()):
+        return _error(401, "missing or wrong bearer token")
+    return None
+
+
+async def register(request: web.Request) -> web.Response:
+    refused = _authorised(request)
+    if refused is not None:
+        return refused
+    if request.content_length is not None and request.content_length > MAX_BODY:
+        return _error(413, f"body over {MAX_BODY} bytes")
+    try:
+        raw = await request.content.read(MAX_BODY + 1)
+    except Exception:
+        return _error(400, "could not read the body")
+    if len(raw) > MAX_BODY:
+        return _error(413, f"body over {MAX_BODY} bytes")
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return _error(400, "body is not JSON")
+    problem = _check_body(body)
+    if problem is not None:
+        return problem
+    exporter: Exporter = request.app["exporter"]
+    ids = [normalise(i) for i in body["ids"]]
+    owned = [i for i in ids if exporter.owns(i)]
+    accepted, duplicates = await exporter.jobs.track(owned, body["kind"], body.get("group", "default"),
+                                                     "api", time.time())
+    await exporter.jobs.flush()  # 202 only once the ids are durably stored
+    answer = {"accepted": len(accepted), "duplicates": duplicates}
+    if exporter.shard_count > 1:
+        answer["not_owned"] = len(ids) - len(owned)
+    return web.json_response(answer, status=202)
+
+
+def _check_body(body: Any) -> web.Response | None:
+    if not isinstance(body, dict):
+        return _error(400, "body must be a JSON object with kind, group and ids")
+    unknown = set(body) - {"kind", "group", "ids"}
+    if unknown:
+        return _error(400, f"unknown keys: {', '.join(sorted(map(str, unknown)))}")
+    if body.get("kind") not in KINDS:
+        return _error(400, f"kind must be one of {', '.join(KINDS)}")
+    group = body.get("group", "default")
+    if not isinstance(group, str) or not group.strip() or len(group) > 128:
+        return _error(400, "group must be a non-empty string of at most 128 characters")
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not ids:
+        return _error(400, "ids must be a non-empty list of UUID v4 strings")
+    invalid = [i for i in ids if not is_uuid4(i)]
+    if invalid:
+        return _error(400, "not UUID v4 ids; nothing was stored", invalid=[str(i)[:80] for i in invalid[:100]])
+    return None
+
+
+async def show(request: web.Request) -> web.Response:
+    refused = _authorised(request)
+    if refused is not None:
+        return refused
+    exporter: Exporter = request.app["exporter"]
+    job = await exporter.jobs.lookup(normalise(request.match_info["job_id"]))
+    if job is None:
+        return _error(404, "not tracked")
+    return web.json_response(job.as_dict())
+
+
+async def forget(request: web.Request) -> web.Response:
+    refused = _authorised(request)
+    if refused is not None:
+        return refused
+    exporter: Exporter = request.app["exporter"]
+    if not await exporter.jobs.untrack(normalise(request.match_info["job_id"]), time.time()):
+        return _error(404, "not tracked")
+    await exporter.jobs.flush()
+    return web.json_response({"forgotten": True})

@@ -1,0 +1,1 @@
+"""A faithful stand-in for Distribute.ai's async API: jobs, lifecycle, faults and request stats."""

@@ -1,0 +1,256 @@
+"""Tracked jobs: which ids the exporter follows, what it last learned of each, and its totals.
+
+Unfinished jobs live in memory (the poller needs them); finished ones only in the state file, with
+their share of the gauges and counters kept in JobAggregates. Every change is queued for the next
+batch that `flush` writes, so the file never lags the metrics by more than one batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from . import FINAL_STATUSES
+from .aggregates import JobAggregates, JobLabels
+from .results import JobResult
+from .store import JOB_COLUMNS, Batch, StateStore
+
+log = logging.getLogger("distribute.state")
+
+OPEN, FINISHED, GONE = 0, 1, 2  # `final` column: polled / COMPLETED or ERROR / NOT_FOUND
+
+
+@dataclass(slots=True, eq=False)
+class Job:
+    id: str
+    kind: str
+    group: str
+    source: str
+    status: str = "UNKNOWN"
+    model: str = ""
+    created: float | None = None
+    finished: float | None = None
+    final: int = OPEN
+    ended: float | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    results: int = 0
+    tool_calls: int = 0
+    choices: dict[str, int] | None = None
+    first_tracked: float = 0.0
+    last_polled: float | None = None
+    next_due: float = 0.0
+    interval: float = 0.0
+    errors: int = 0
+    polls: int = 0
+
+    @property
+    def labels(self) -> JobLabels:
+        return (self.kind, self.group, self.model, self.status)
+
+    def row(self) -> tuple[Any, ...]:
+        values = [getattr(self, "group" if c == "grp" else c) for c in JOB_COLUMNS]
+        values[JOB_COLUMNS.index("choices")] = json.dumps(self.choices) if self.choices else None
+        return tuple(values)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "Job":
+        values = dict(row)
+        values["group"] = values.pop("grp")
+        values["choices"] = json.loads(values["choices"]) if values.get("choices") else None
+        return cls(**values)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The record as the registration API shows it."""
+        record = {c: getattr(self, "group" if c == "grp" else c) for c in JOB_COLUMNS}
+        record["group"] = record.pop("grp")
+        record["final"] = bool(self.final)
+        return record
+
+
+class TrackedJobs:
+    """The set of tracked jobs, their aggregates, and the batches that persist them."""
+
+    def __init__(self, store: StateStore, aggregates: JobAggregates) -> None:
+        self.store = store
+        self.agg = aggregates
+        self.open: dict[str, Job] = {}
+        self._pending: dict[str, Job] = {}
+        self._deleted: set[str] = set()
+        self._retire: dict[str, float] = {}
+        self._flush_lock = asyncio.Lock()
+        self.on_new: Callable[[Job], None] = lambda job: None
+        self.closed_total = 0  # jobs in the file that are no longer polled
+
+    # -- start-up --------------------------------------------------------------------------------
+    async def load(self) -> None:
+        """Read the state file: open jobs into memory, counts and counters into the aggregates."""
+        rows = await self.store.call(self.store.load_open_jobs)
+        for row in rows:
+            job = Job.from_row(row)
+            self.open[job.id] = job
+            self.agg.move(None, job.labels)
+            if job.created is not None:
+                self.agg.note_unfinished(job.kind, job.group, job.created, job.id)
+        closed = await self.store.call(self.store.closed_counts)
+        self.agg.add_counts(closed)
+        self.closed_total = sum(n for _, n in closed)
+        for family, labels, value in await self.store.call(self.store.load_counters):
+            if not self.agg.restore(family, labels, value):
+                log.warning("duration buckets changed since the state was written; "
+                            "the duration histogram of %s starts again from zero", "/".join(labels))
+
+    # -- tracking ----------------------------------------------------------------------------------
+    async def track(self, ids: Iterable[str], kind: str, group: str, source: str,
+                    now: float) -> tuple[list[str], int]:
+        """Start tracking those of `ids` that are new; answer (accepted ids, duplicates)."""
+        ids = list(ids)
+        fresh = [i for i in dict.fromkeys(ids) if i not in self.open and i not in self._pending
+                 and i not in self._retire]
+        if fresh:
+            known = await self.store.call(self.store.known, fresh)
+            fresh = [i for i in fresh if i not in known or i in self._deleted]
+        accepted = []
+        for job_id in fresh:
+            # The id may meanwhile have arrived by another source during the await.
+            if job_id in self.open or job_id in self._pending:
+                continue
+            job = Job(job_id, kind, group, source, first_tracked=now, next_due=now)
+            self._deleted.discard(job_id)
+            self.open[job_id] = job
+            self._pending[job_id] = job
+            self.agg.move(None, job.labels)
+            self.on_new(job)
+            accepted.append(job_id)
+        return accepted, len(ids) - len(accepted)
+
+    async def untrack(self, job_id: str, now: float) -> bool:
+        """Stop tracking one id. A finished job stays a tombstone so it is never counted twice."""
+        job = self.open.pop(job_id, None) or self._pending.get(job_id)
+        if job is None:
+            row = await self.store.call(self.store.get, job_id)
+            if row is None or job_id in self._deleted or job_id in self._retire:
+                return False
+            job = Job.from_row(row)
+        self._pending.pop(job_id, None)
+        self.agg.move(job.labels, None)
+        if job.final == OPEN:
+            self._deleted.add(job_id)
+        else:
+            self.closed_total -= 1
+            self._retire[job_id] = now
+        return True
+
+    async def lookup(self, job_id: str) -> Job | None:
+        job = self.open.get(job_id) or self._pending.get(job_id)
+        if job is not None:
+            return job
+        if job_id in self._deleted or job_id in self._retire:
+            return None
+        row = await self.store.call(self.store.get, job_id)
+        return Job.from_row(row) if row else None
+
+    def is_current(self, job_id: str, created: float) -> bool:
+        """True while `job_id` is unfinished with this `created` (for the oldest-job gauge)."""
+        job = self.open.get(job_id)
+        return job is not None and job.created == created
+
+    # -- what the poller learns --------------------------------------------------------------------
+    def apply(self, job: Job, result: JobResult, now: float) -> bool:
+        """Record an answer; True when the status changed."""
+        old_labels, old_created = job.labels, job.created
+        changed = result.status != job.status
+        job.status, job.model = result.status, result.model
+        job.created, job.finished = result.created, result.finished
+        job.last_polled, job.polls = now, job.polls + 1
+        if job.created is not None and job.created != old_created:
+            self.agg.note_unfinished(job.kind, job.group, job.created, job.id)
+        if result.status in FINAL_STATUSES:
+            self._finish(job, result, now)
+        self.agg.move(old_labels, job.labels)
+        self._pending[job.id] = job
+        return changed
+
+    def _finish(self, job: Job, result: JobResult, now: float) -> None:
+        job.final, job.ended = FINISHED, result.finished or now
+        job.prompt_tokens, job.completion_tokens = result.prompt_tokens, result.completion_tokens
+        job.results, job.tool_calls, job.choices = result.results, result.tool_calls, result.choices or None
+        duration = (result.finished - result.created) if result.finished and result.created else None
+        self.agg.record_finished(job.labels, duration, result.prompt_tokens, result.completion_tokens,
+                                 result.results, result.choices, result.tool_calls)
+        self._close(job)
+
+    def not_found(self, job: Job, now: float, grace: float) -> bool:
+        """Record a 404; True when the grace is over and the job is now NOT_FOUND."""
+        job.last_polled, job.polls = now, job.polls + 1
+        self._pending[job.id] = job
+        if now - job.first_tracked < grace:
+            return False
+        old = job.labels
+        job.status, job.final, job.ended = "NOT_FOUND", GONE, now
+        self.agg.move(old, job.labels)
+        self._close(job)
+        return True
+
+    def touched(self, job: Job) -> None:
+        """The job's schedule changed: persist it with the next batch."""
+        self._pending[job.id] = job
+
+    def _close(self, job: Job) -> None:
+        self.open.pop(job.id, None)
+        self.closed_total += 1
+
+    # -- persistence -----------------------------------------------------------------------------
+    async def flush(self) -> int:
+        """Write everything changed since the last flush; answer how many jobs were written."""
+        async with self._flush_lock:
+            batch = Batch(upserts=[j.row() for j in self._pending.values()],
+                          deletes=list(self._deleted), retire=list(self._retire.items()),
+                          counters=self.agg.take_dirty())
+            self._pending, self._deleted, self._retire = {}, set(), {}
+            if batch:
+                try:
+                    await self.store.call(self.store.write, batch)
+                except Exception:
+                    # Keep the changes for the next attempt rather than lose them.
+                    self._requeue(batch)
+                    raise
+            return len(batch.upserts)
+
+    def _requeue(self, batch: Batch) -> None:
+        for row in batch.upserts:
+            job_id = row[0]
+            job = self.open.get(job_id)
+            if job is not None and job_id not in self._pending:
+                self._pending[job_id] = job
+            elif job is None:
+                self._pending.setdefault(job_id, Job.from_row(dict(zip(JOB_COLUMNS, row))))
+        self._deleted.update(batch.deletes)
+        self._retire.update(dict(batch.retire))
+        for family, labels, _ in batch.counters:
+            self.agg.dirty.add((family, labels))
+
+    async def retire_old(self, retention: float, now: float) -> int:
+        """Drop jobs final for longer than `retention`; counters keep their totals."""
+        await self.flush()
+        async with self._flush_lock:
+            counts = await self.store.call(self.store.retire_ended_before, now - retention, now)
+        dropped = 0
+        for labels, n in counts:
+            self.agg.jobs[labels] -= n
+            dropped += n
+        self.closed_total -= dropped
+        return dropped
+
+    async def ids_from_source(self, source: str) -> set[str]:
+        ids = {j.id for j in self.open.values() if j.source == source}
+        ids.update(j.id for j in self._pending.values() if j.source == source and not j.final)
+        stored = await self.store.call(self.store.ids_from_source, source)
+        return (ids | stored) - self._deleted - set(self._retire)
+
+    async def count_by_source(self) -> dict[str, int]:
+        await self.flush()
+        return dict(await self.store.call(self.store.sources))

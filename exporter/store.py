@@ -1,0 +1,227 @@
+"""The state file: every tracked job and the job-derived counters, in SQLite.
+
+One connection, used from one dedicated thread, so that the event loop never waits on the disk and
+SQLite never sees two threads. WAL mode with `synchronous=FULL`: a committed batch survives a
+`kill -9` or a power cut; a crash loses at most the batch not yet written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, TypeVar
+
+APPLICATION_ID = 0x44495354  # "DIST": marks a file as ours, so a foreign database is refused
+SCHEMA_VERSION = 2
+
+JOB_COLUMNS = ("id", "kind", "grp", "source", "status", "model", "created", "finished", "final",
+               "ended", "prompt_tokens", "completion_tokens", "results", "tool_calls", "choices",
+               "first_tracked", "last_polled", "next_due", "interval", "errors", "polls")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, grp TEXT NOT NULL, source TEXT NOT NULL,
+    status TEXT NOT NULL, model TEXT NOT NULL, created REAL, finished REAL,
+    final INTEGER NOT NULL DEFAULT 0,     -- 0 polled, 1 COMPLETED/ERROR, 2 NOT_FOUND
+    ended REAL,                           -- when it became final (API's finished, else seen)
+    prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
+    results INTEGER NOT NULL DEFAULT 0, tool_calls INTEGER NOT NULL DEFAULT 0, choices TEXT,
+    first_tracked REAL NOT NULL, last_polled REAL, next_due REAL NOT NULL,
+    interval REAL NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, polls INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs(final) WHERE final = 0;
+CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(ended) WHERE final != 0;
+CREATE INDEX IF NOT EXISTS jobs_source ON jobs(source);
+CREATE TABLE IF NOT EXISTS counters (
+    family TEXT NOT NULL, labels TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (family, labels)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS retired (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
+"""
+
+T = TypeVar("T")
+
+
+class StateError(Exception):
+    """A state file that cannot be used; never replaced silently."""
+
+
+@dataclass(slots=True)
+class Batch:
+    """One transaction's worth of changes."""
+
+    upserts: list[tuple[Any, ...]] = field(default_factory=list)
+    deletes: list[str] = field(default_factory=list)
+    retire: list[tuple[str, float]] = field(default_factory=list)
+    counters: list[tuple[str, tuple[str, ...], object]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.upserts or self.deletes or self.retire or self.counters)
+
+
+class StateStore:
+    """The SQLite file behind the tracked-job state. Use `call` to run a method on its thread."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
+        self._db: sqlite3.Connection | None = None
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
+
+    # -- opening -------------------------------------------------------------------------------
+    def open(self) -> None:
+        """Open or create the file; refuse (StateError) a foreign, corrupt or newer one."""
+        existed = self.path != ":memory:" and os.path.exists(self.path) and os.path.getsize(self.path) > 0
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StateError(f"state file {self.path}: cannot open: {exc}") from None
+        try:
+            self._db = db
+            if existed:
+                self._check_existing(db)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            with db:
+                version = self._meta("schema_version")
+                if version is not None and int(version) < SCHEMA_VERSION:
+                    _migrate(db, int(version))
+                db.executescript(_SCHEMA)
+                db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                self._set_meta("schema_version", str(SCHEMA_VERSION))
+        except sqlite3.DatabaseError as exc:
+            db.close()
+            self._db = None
+            raise StateError(f"state file {self.path}: not a usable SQLite database ({exc}); "
+                             "move it away or point state.path elsewhere") from None
+
+    def _check_existing(self, db: sqlite3.Connection) -> None:
+        app_id = db.execute("PRAGMA application_id").fetchone()[0]
+        if app_id != APPLICATION_ID:
+            raise StateError(f"state file {self.path}: not a distribute-exporter state file "
+                             f"(application_id {app_id}); refusing to touch it")
+        check = db.execute("PRAGMA quick_check").fetchone()[0]
+        if check != "ok":
+            raise StateError(f"state file {self.path}: damaged ({check}); restore a backup or move it away")
+        version = int(self._meta("schema_version") or 0)
+        if version > SCHEMA_VERSION:
+            raise StateError(f"state file {self.path}: written by a newer version (schema {version}, "
+                             f"this one reads up to {SCHEMA_VERSION})")
+
+    def _meta(self, key: str) -> str | None:
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        except sqlite3.OperationalError:  # no meta table yet
+            return None
+        return row[0] if row else None
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, value))
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        assert self._db is not None, "state store not open"
+        return self._db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def shutdown(self) -> None:
+        self._thread.submit(self.close).result()
+        self._thread.shutdown(wait=True)
+
+    # -- reading ---------------------------------------------------------------------------------
+    def open_jobs(self) -> Iterator[dict[str, Any]]:
+        cursor = self.db.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE final = 0")
+        for row in cursor:
+            yield dict(zip(JOB_COLUMNS, row))
+
+    def load_open_jobs(self) -> list[dict[str, Any]]:
+        return list(self.open_jobs())
+
+    def closed_counts(self) -> list[tuple[tuple[str, str, str, str], int]]:
+        """Jobs no longer polled, per (kind, group, model, status): the rest of the jobs gauge."""
+        rows = self.db.execute("SELECT kind, grp, model, status, count(*) FROM jobs WHERE final != 0 "
+                               "GROUP BY kind, grp, model, status")
+        return [((k, g, m, s), n) for k, g, m, s, n in rows]
+
+    def load_counters(self) -> list[tuple[str, tuple[str, ...], object]]:
+        rows = self.db.execute("SELECT family, labels, value FROM counters")
+        return [(family, tuple(json.loads(labels)), json.loads(value)) for family, labels, value in rows]
+
+    def known(self, ids: list[str]) -> set[str]:
+        """Which of `ids` are tracked or retired."""
+        found: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for table in ("jobs", "retired"):
+                found.update(r[0] for r in self.db.execute(f"SELECT id FROM {table} WHERE id IN ({marks})", chunk))
+        return found
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        row = self.db.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return dict(zip(JOB_COLUMNS, row)) if row else None
+
+    def ids_from_source(self, source: str) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT id FROM jobs WHERE source = ?", (source,))}
+
+    def sources(self) -> list[tuple[str, int]]:
+        return list(self.db.execute("SELECT source, count(*) FROM jobs GROUP BY source"))
+
+    # -- writing ---------------------------------------------------------------------------------
+    def write(self, batch: Batch) -> None:
+        """Apply one batch in one transaction."""
+        db = self.db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            if batch.upserts:
+                marks = ",".join("?" * len(JOB_COLUMNS))
+                db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
+                               batch.upserts)
+            if batch.deletes:
+                db.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i in batch.deletes))
+            if batch.retire:
+                db.executemany("INSERT OR IGNORE INTO retired VALUES (?, ?)", batch.retire)
+                db.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i, _ in batch.retire))
+            if batch.counters:
+                db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
+                               ((f, json.dumps(list(l)), json.dumps(v)) for f, l, v in batch.counters))
+
+    def retire_ended_before(self, cutoff: float, now: float) -> list[tuple[tuple[str, str, str, str], int]]:
+        """Drop jobs final since before `cutoff`, keeping their ids as tombstones; counts dropped."""
+        db = self.db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            counts = [((k, g, m, s), n) for k, g, m, s, n in db.execute(
+                "SELECT kind, grp, model, status, count(*) FROM jobs WHERE final != 0 AND ended < ? "
+                "GROUP BY kind, grp, model, status", (cutoff,))]
+            if counts:
+                db.execute("INSERT OR IGNORE INTO retired SELECT id, ? FROM jobs WHERE final != 0 AND ended < ?",
+                           (now, cutoff))
+                db.execute("DELETE FROM jobs WHERE final != 0 AND ended < ?", (cutoff,))
+        return counts
+
+    def bulk_insert(self, rows: Iterable[tuple[Any, ...]]) -> None:
+        """Write many job rows in one transaction (benchmarks and imports)."""
+        marks = ",".join("?" * len(JOB_COLUMNS))
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})", rows)
+
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring an older state file up to SCHEMA_VERSION, in the open transaction."""
+    if version < 2:
+        # Version 1 had no `polls` column and no `retired` table (the table comes with _SCHEMA).
+        columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+        if "polls" not in columns:
+            db.execute("ALTER TABLE jobs ADD COLUMN polls INTEGER NOT NULL DEFAULT 0")
