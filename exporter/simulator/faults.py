@@ -29,6 +29,7 @@ class Faults:
     malformed_kinds: list[str] = field(default_factory=lambda: list(MALFORMED_KINDS))
     huge_body_bytes: int = 10 * 1024 * 1024
     down: str | None = None
+    down_seconds: float = 0.0
 
     HELP = {
         "error_500_ratio": "share of requests answered 500",
@@ -41,6 +42,8 @@ class Faults:
         "malformed_kinds": "comma-separated kinds of malformed body: not_json, wrong_shape, huge",
         "huge_body_bytes": "size of the 'huge' malformed body",
         "down": "refuse (close the listener) or 503 (answer 503 to everything); empty: up",
+        "down_seconds": "with down: lift the outage by itself after this many seconds (0: stay down; "
+                        "needed with refuse, which also closes the admin endpoints)",
     }
 
     def update(self, changes: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ class SimulatorServer:
         self._runner = web.AppRunner(build_app(sim), handler_cancellation=True, access_log=None)
         self._site: web.TCPSite | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._lift: asyncio.TimerHandle | None = None
         sim.down_changed = self._apply_down
 
     @property
@@ -29,7 +30,9 @@ class SimulatorServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        await self._open()
+        await self._open()  # even when starting down: the port is chosen and kept for later
+        if self.sim.faults.down:
+            await self._apply_down()
 
     async def _open(self) -> None:
         self._site = web.TCPSite(self._runner, self.host, self.port, reuse_address=True)
@@ -40,7 +43,13 @@ class SimulatorServer:
             self.port = server.sockets[0].getsockname()[1]
 
     async def _apply_down(self) -> None:
-        refusing = self.sim.faults.down == "refuse"
+        faults = self.sim.faults
+        if faults.down and faults.down_seconds > 0:
+            if self._lift is not None:
+                self._lift.cancel()
+            self._lift = asyncio.get_running_loop().call_later(
+                faults.down_seconds, lambda: asyncio.ensure_future(self._lift_down()))
+        refusing = faults.down == "refuse"
         if refusing and self._site is not None:
             await self._site.stop()
             self._site = None
@@ -50,11 +59,18 @@ class SimulatorServer:
         elif not refusing and self._site is None:
             await self._open()
 
+    async def _lift_down(self) -> None:
+        self._lift = None
+        self.sim.faults.down = None
+        await self._apply_down()
+
     def start_generator(self, rate: float, ids_out: Path | None, seed: int | None = None) -> None:
         rng = random.Random(None if seed is None else seed + 2)
         self._tasks.append(asyncio.create_task(generate(self.sim, rate, ids_out, rng)))
 
     async def stop(self) -> None:
+        if self._lift is not None:
+            self._lift.cancel()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

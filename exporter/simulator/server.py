@@ -7,7 +7,7 @@ import json
 import logging
 import random
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -20,6 +20,7 @@ from .jobs import SAMPLE_CREATE_BODIES, CreateBodyError, Job, draw_job, result_b
 
 log = logging.getLogger("distribute.simulator")
 
+RECENT_REQUESTS = 10_000  # the request log GET /__admin/stats?recent=1 returns: (time, path, status, id)
 HANG_SECONDS = 3600.0  # "until the client gives up": longer than any client timeout
 _JSON = "application/json"
 
@@ -41,15 +42,17 @@ class Stats:
         self.by_status: Counter[str] = Counter()
         self.by_endpoint_status: Counter[str] = Counter()
         self.by_id: Counter[str] = Counter()
+        self.recent: deque[tuple[float, str, int, str | None]] = deque(maxlen=RECENT_REQUESTS)
 
     def record(self, path: str, status: int, job_id: str | None) -> None:
+        self.recent.append((time.time(), path, status, job_id))
         self.by_endpoint[path] += 1
         self.by_status[str(status)] += 1
         self.by_endpoint_status[f"{path} {status}"] += 1
         if job_id is not None:
             self.by_id[job_id] += 1
 
-    def as_dict(self, with_ids: bool = True, only_id: str | None = None) -> dict[str, Any]:
+    def as_dict(self, with_ids: bool = True, only_id: str | None = None, recent: bool = False) -> dict[str, Any]:
         answer: dict[str, Any] = {
             "requests_total": sum(self.by_endpoint.values()),
             "by_endpoint": dict(self.by_endpoint),
@@ -60,6 +63,8 @@ class Stats:
             answer["by_id"] = {only_id: self.by_id.get(only_id, 0)}
         elif with_ids:
             answer["by_id"] = dict(self.by_id)
+        if recent:
+            answer["recent"] = [list(r) for r in self.recent]
         return answer
 
 
@@ -135,7 +140,11 @@ def _guarded(handler: Callable[[Simulator, web.Request], Awaitable[tuple[web.Str
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         sim: Simulator = request.app["sim"]
-        response, job_id = await _answer(sim, request, handler)
+        try:
+            response, job_id = await _answer(sim, request, handler)
+        except asyncio.CancelledError:  # the client gave up on a hanging request
+            sim.stats.record(request.path, 499, None)
+            raise
         sim.stats.record(request.path, response.status, job_id)
         return response
 
@@ -206,7 +215,8 @@ def _result_handler(kind: str) -> Handler:
 async def _get_stats(request: web.Request) -> web.Response:
     sim: Simulator = request.app["sim"]
     with_ids = request.query.get("ids", "1") not in ("0", "false")
-    return _json(200, sim.stats.as_dict(with_ids, request.query.get("id")))
+    recent = request.query.get("recent", "0") not in ("0", "false")
+    return _json(200, sim.stats.as_dict(with_ids, request.query.get("id"), recent))
 
 
 async def _reset_stats(request: web.Request) -> web.Response:
@@ -229,7 +239,8 @@ async def _set_faults(request: web.Request) -> web.Response:
     except FaultError as exc:
         return _message(400, str(exc))
     if sim.faults.down != was_down and sim.down_changed is not None:
-        await sim.down_changed()
+        # After this answer has gone out: "refuse" closes the connection it travels on.
+        asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(sim.down_changed()))
     return _json(200, sim.faults.as_dict())
 
 
