@@ -21,8 +21,10 @@ OLD = 10 ** 6  # back-dating jobs by this many seconds makes them final at once
 def config_text(sim_url: str, groups: str, **extra: str) -> str:
     poll = extra.pop("poll", "interval_seconds: 0.2, max_interval_seconds: 1, not_found_grace_seconds: 30")
     api = extra.pop("api", "max_requests_per_second: 0")
+    # Back-dated jobs finished long ago: a long retention keeps them unless a test says otherwise.
+    state = extra.pop("state", "retention_seconds: 100000000")
     return (f"api: {{base_url: '{sim_url}', {api}}}\npoll: {{{poll}}}\n"
-            f"state: {{path: state.db, flush_interval_seconds: 0.2}}\njobs:\n{groups}")
+            f"state: {{path: state.db, flush_interval_seconds: 0.2, {state}}}\njobs:\n{groups}")
 
 
 def truth_totals(truth: dict, ids: list[str]) -> dict[str, Counter]:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# The README's test command: installs what the tests need on a fresh Debian machine, then runs them all.
+#   bash tests/run.sh [pytest arguments]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian packages the tests drive for real: Prometheus and promtool (end-to-end and rule tests),
+# docker-compose (validates docker-compose.yml offline). Installed only when missing.
+missing=()
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "installing Debian packages: ${missing[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test]'
+
+# The simulator must agree with the shared API description when it is there (CI clones beside it).
+if [ -f ../shared/distribute-api/result-schemas.json ] && \
+   ! cmp -s ../shared/distribute-api/result-schemas.json tests/data/result-schemas.json; then
+  echo "note: ../shared/distribute-api/result-schemas.json differs from tests/data; the tests use the shared one"
+fi
+
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
