@@ -55,7 +55,9 @@ class Exporter:
         self.ready = False
         self.status = ExporterStatus()
         self.status.reloaded(True)
-        self.store = StateStore(str(config.resolve(config.state.path)) if config.state.path != ":memory:" else ":memory:")
+        # state.path is relative to the working directory (the container's volume), unlike the
+        # paths that point at inputs next to the config file.
+        self.store = StateStore(config.state.path)
         self.job_agg = JobAggregates(config.metrics.duration_buckets)
         self.api_agg = ApiAggregates(API_LATENCY_BUCKETS)
         self.jobs = TrackedJobs(self.store, self.job_agg)
