@@ -191,12 +191,24 @@ class ApiClient:
 def _refuse(raw: RawResponse) -> JobResult:
     """Raise the error (or NotFound) that a non-200 answer means."""
     if raw.status == 404:
-        raise NotFound()
+        # Only the API's own 404 means "unknown id": a proxy's or a wrong base_url's 404 page must not
+        # quietly turn every tracked job into NOT_FOUND.
+        if _is_message(raw.body):
+            raise NotFound()
+        raise HttpError(404)
     if raw.status in (401, 403):
         raise Unauthorized(f"HTTP {raw.status}")
     if raw.status == 429:
         raise RateLimited(parse_retry_after(raw.headers.get("retry-after")))
     raise HttpError(raw.status)
+
+
+def _is_message(body: bytes) -> bool:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(data, dict) and isinstance(data.get("message"), str)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

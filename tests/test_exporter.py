@@ -235,3 +235,17 @@ def test_health_ready_landing_and_prompt_stop(simulator, exporter, tmp_path):
     started = time.monotonic()
     code = proc.stop(signal.SIGTERM, timeout=10)
     assert code == 0 and time.monotonic() - started < 5
+
+
+def test_a_404_that_is_not_the_apis_counts_as_http_4xx(simulator, exporter, tmp_path):
+    sim = simulator()
+    ids = sim.create("chat", 1, age_seconds=OLD)
+    # A base_url with a wrong path: the simulator's router answers a plain-text 404 page.
+    proc = exporter(write_config(tmp_path, config_text(
+        sim.url + "/v2", f"  - {{kind: chat, ids: {json.dumps(ids)}}}\n",
+        poll="interval_seconds: 0.2, max_interval_seconds: 0.4, not_found_grace_seconds: 0.5")))
+    wait_for(lambda: total(proc.samples("distribute_api_request_errors_total"), reason="http_4xx") >= 3, 10,
+             what="http_4xx counted")
+    text = proc.metrics()
+    assert total(parse_samples(text, "distribute_jobs"), status="NOT_FOUND") == 0
+    assert parse_samples(text, "distribute_up")[()] == 0
