@@ -28,6 +28,7 @@ from .sources import IdsFileWatcher, source_name
 from .state import TrackedJobs
 from .store import StateStore
 from .web import build_web_app
+from .websecurity import Guard, limit_connections, middleware
 
 log = logging.getLogger("distribute.exporter")
 
@@ -46,8 +47,10 @@ def default_transport(config: Config) -> Transport:
 class Exporter:
     def __init__(self, config: Config, config_path: str | None = None, listen: str | None = None,
                  transport_factory: TransportFactory = default_transport,
-                 shard: tuple[int, int] | None = None) -> None:
+                 shard: tuple[int, int] | None = None, web_config: str | None = None) -> None:
         self.config = config
+        web_file = web_config or (str(config.resolve(config.web.config_file)) if config.web.config_file else None)
+        self.guard = Guard(Path(web_file) if web_file else None)  # WebConfigError: refuse to start
         self.config_path = config_path
         self.listen = listen or config.web.listen_address
         self.transport_factory = transport_factory
@@ -107,6 +110,7 @@ class Exporter:
         await self.jobs.flush()
         self.ready = True
         for name, coro in (("poller", self.poller.run()), ("flusher", self._flush_loop()),
+                           ("web-config", self.guard.watch()),
                            ("files", self._files_loop()), ("retention", self._retention_loop())):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: %d jobs polled, %d closed, listening on %s", len(self.jobs.open),
@@ -116,14 +120,23 @@ class Exporter:
     def url(self) -> str:
         host, _ = parse_listen_address(self.listen)
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        return f"http://{shown}:{self.port}"
+        scheme = "https" if self.guard.ssl_context else "http"
+        return f"{scheme}://{shown}:{self.port}"
 
     async def _serve(self) -> None:
         host, port = parse_listen_address(self.listen)
-        self._runner = web.AppRunner(build_web_app(self), access_log=None, handler_cancellation=True,
-                                     shutdown_timeout=1.0)
+        limits = self.config.web
+        app = build_web_app(self, [middleware(self.guard, limits.request_timeout_seconds)])
+        # keepalive_timeout also closes a connection that has not sent a whole request by then:
+        # a client that trickles its headers cannot hold a slot for longer.
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
+                                     keepalive_timeout=limits.read_timeout_seconds,
+                                     max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
+                                     max_headers=100)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        assert self._runner.server is not None
+        limit_connections(self._runner.server, limits.max_connections, self.status.connection_rejected)
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=self.guard.ssl_context)
         await site.start()
         server = site._server
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port

@@ -7,7 +7,6 @@ import asyncio
 import logging
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from . import __version__
@@ -29,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the config file (default config.yaml)")
     parser.add_argument("--web.listen-address", dest="listen", default=None, metavar="HOST:PORT",
                         help="where to serve /metrics; overrides web.listen_address (default 0.0.0.0:9877)")
+    parser.add_argument("--web.config.file", dest="web_config", default=None, metavar="PATH",
+                        help="TLS and basic auth in the Prometheus exporter-toolkit format; overrides web.config_file")
     parser.add_argument("--log.level", dest="log_level", default="info",
                         choices=("debug", "info", "warn", "warning", "error"), help="log level (default info)")
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json"),
@@ -56,6 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             log.error("cannot load the config: %s", exc)
         return 1
+    web_config = args.web_config or (str(config.resolve(config.web.config_file)) if config.web.config_file else None)
+    if args.config_check and web_config:
+        from .websecurity import WebConfigError, load_web_config
+        try:
+            load_web_config(Path(web_config))
+        except WebConfigError as exc:
+            print(f"invalid: web config {exc}")
+            return 1
     if args.config_check:
         groups = len(config.jobs)
         ids = sum(len(g.ids) for g in config.jobs)
@@ -63,14 +72,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for warning in config.warnings:
         log.warning("%s", warning)
-    return run_exporter(config, args.config_file, args.listen)
+    return run_exporter(config, args.config_file, args.listen, args.web_config)
 
 
-def run_exporter(config, config_path: str | None, listen: str | None) -> int:
+def run_exporter(config, config_path: str | None, listen: str | None, web_config: str | None = None) -> int:
     from .app import Exporter
+    from .websecurity import WebConfigError
 
     async def serve() -> int:
-        exporter = Exporter(config, config_path, listen)
+        try:
+            exporter = Exporter(config, config_path, listen, web_config=web_config)
+        except WebConfigError as exc:
+            log.error("cannot load the web config: %s", exc)
+            return 1
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)

@@ -161,6 +161,9 @@ class ExporterCollector(Collector):
         yield CounterMetricFamily("distribute_exporter_state_write_errors",
                                   "Batches the state file could not take (retried with the next batch).",
                                   value=s.state_write_errors)
+        yield CounterMetricFamily("distribute_exporter_http_connections_rejected",
+                                  "HTTP connections closed at once because web.max_connections were open.",
+                                  value=s.connections_rejected)
         shard = GaugeMetricFamily("distribute_exporter_shard_info", "Always 1; which shard of the ids this "
                                   "replica tracks.", labels=["index", "count"])
         shard.add_metric([str(s.shard_index), str(s.shard_count)], 1)
@@ -175,11 +178,15 @@ class ExporterStatus:
         self.reload_success_time = 0.0
         self.invalid_id_lines = 0
         self.state_write_errors = 0
+        self.connections_rejected = 0
         self.shard_index = 0
         self.shard_count = 1
         self.poll_restarts: Callable[[], int] = lambda: 0
         self.polls: Callable[[], int] = lambda: 0
         self.tracked: Callable[[], tuple[int, int]] = lambda: (0, 0)
+
+    def connection_rejected(self) -> None:
+        self.connections_rejected += 1
 
     def reloaded(self, ok: bool) -> None:
         self.reload_ok = ok

@@ -97,6 +97,10 @@ class WebConfig:
     registration_token_file: str | None = _opt(None)
     config_file: str | None = _opt(None)
     max_request_body_bytes: int = _opt(1024 * 1024, min=1024)
+    max_header_bytes: int = _opt(8190, min=1024)
+    max_connections: int = _opt(256, min=1)
+    read_timeout_seconds: float = _opt(30.0, positive=True)
+    request_timeout_seconds: float = _opt(30.0, positive=True)
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,21 @@ class RateLimiter:
     refused key): the API is asked nothing before then.
     """
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic, burst: float | None = None) -> None:
         self._clock = clock
         self.rate = rate
-        self._tokens = max(1.0, rate)
+        self._burst = burst
+        self._tokens = self.burst
         self._last = clock()
         self._paused_until = 0.0
 
+    @property
+    def burst(self) -> float:
+        return self._burst if self._burst is not None else max(1.0, self.rate)
+
     def reconfigure(self, rate: float) -> None:
         self.rate = rate
-        self._tokens = min(self._tokens, max(1.0, rate))
+        self._tokens = min(self._tokens, self.burst)
 
     def pause_until(self, moment: float) -> None:
         """No acquisition before `moment` (on this limiter's clock); later pauses win."""
@@ -40,10 +45,17 @@ class RateLimiter:
             return self._paused_until - now
         if self.rate <= 0:
             return 0.0
-        burst = max(1.0, self.rate)
-        self._tokens = min(burst, self._tokens + (now - self._last) * self.rate)
+        self._tokens = min(self.burst, self._tokens + (now - self._last) * self.rate)
         self._last = now
         return 0.0 if self._tokens >= 1.0 else (1.0 - self._tokens) / self.rate
+
+    def try_acquire(self) -> bool:
+        """Spend one request of the budget if there is one now; never waits."""
+        if self.delay() > 0:
+            return False
+        if self.rate > 0:
+            self._tokens -= 1.0
+        return True
 
     async def acquire(self) -> None:
         """Wait for the budget, then spend one request of it."""

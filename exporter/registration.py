@@ -37,8 +37,11 @@ def _authorised(request: web.Request) -> web.Response | None:
     token = exporter.config.registration_token
     if token is None:
         raise web.HTTPNotFound()
-    given = request.headers.get("Authorization", "")
-    expected = "Bearer " + token.reveal()
+    # X-Registration-Token serves when basic auth (web config) already uses the Authorization header.
+    given = request.headers.get("X-Registration-Token")
+    expected = token.reveal()
+    if given is None:
+        given, expected = request.headers.get("Authorization", ""), "Bearer " + expected
     if not hmac.compare_digest(given.encode(), expected.encode()):
         return _error(401, "missing or wrong bearer token")
     return None

@@ -16,8 +16,9 @@ if TYPE_CHECKING:
     from .app import Exporter
 
 
-def build_web_app(exporter: "Exporter") -> web.Application:
-    app = web.Application(client_max_size=exporter.config.web.max_request_body_bytes)
+def build_web_app(exporter: "Exporter", middlewares: list | None = None) -> web.Application:
+    app = web.Application(client_max_size=exporter.config.web.max_request_body_bytes,
+                          middlewares=middlewares or [])
     app["exporter"] = exporter
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/", landing)

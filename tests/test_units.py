@@ -112,9 +112,7 @@ def test_rate_limiter_budget_and_pause():
     limiter = RateLimiter(10, clock=lambda: clock[0])
     granted = 0
     for _ in range(1000):  # one simulated second in 1 ms steps
-        if limiter.delay() == 0:
-            limiter._tokens -= 1
-            granted += 1
+        granted += limiter.try_acquire()
         clock[0] += 0.001
     assert 10 <= granted <= 21  # one second's budget plus the initial burst
     limiter.pause_until(clock[0] + 5)
@@ -122,6 +120,8 @@ def test_rate_limiter_budget_and_pause():
     clock[0] += 5.01
     assert limiter.delay() == 0
     assert RateLimiter(0, clock=lambda: 0.0).delay() == 0  # 0 = unlimited
+    bursty = RateLimiter(1, clock=lambda: 0.0, burst=5)
+    assert [bursty.try_acquire() for _ in range(6)] == [True] * 5 + [False]
 
 
 # ---- config -----------------------------------------------------------------------------------------------
