@@ -99,11 +99,9 @@ def run_exporter(config, config_path: str | None, listen: str | None, web_config
                 await stop.wait()
             else:
                 starting.cancel()
-        except StateError as exc:
-            log.error("%s", exc)
-            return 1
-        except OSError as exc:
-            log.error("cannot start: %s", exc.strerror or exc)
+        except (StateError, OSError) as exc:
+            log.error("%s", exc if isinstance(exc, StateError) else f"cannot start: {exc.strerror or exc}")
+            await exporter.stop()  # close what was opened; nothing is written
             return 1
         log.info("stopping")
         try:

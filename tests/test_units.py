@@ -73,7 +73,7 @@ def test_missing_optional_parts_and_unknown_status_are_fine():
                                  body(status=7), body(status="lower"), body(status="X" * 200), body(id="other"),
                                  body(created="yesterday"), body(created=None), body(usage=[1]),
                                  body(usage={"prompt_tokens": -1}), body(choices={}), body(results="x"),
-                                 body(model=["m"]), body(finished=True), body(choices=[1])])
+                                 body(model=["m"]), body(usage={"prompt_tokens": float("inf")}), body(finished=True), body(choices=[1])])
 def test_malformed_answers_raise_invalid_body_only(raw):
     with pytest.raises(InvalidBody):
         parse_result("chat", raw, ID)
