@@ -73,6 +73,7 @@ class Exporter:
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
+        self._retired_clients: list[ApiClient] = []
         self._source_counts: tuple[float, dict[str, int]] = (0.0, {})
         self.port = 0
         MASK.set(self._secrets(config))
@@ -167,7 +168,8 @@ class Exporter:
         try:
             await self.jobs.flush()
         finally:
-            await self.client.close()
+            for client in [self.client, *self._retired_clients]:
+                await client.close()
             if self._runner is not None:
                 await self._runner.cleanup()
             await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)
@@ -279,8 +281,13 @@ class Exporter:
                 self.status.reloaded(False)
                 log.error("config reload failed, keeping the running config: %s", exc)
                 return False, f"reload failed: {exc}"
-            self._apply(new)
-            await self.sync_sources(new)
+            try:
+                self._apply(new)
+                await self.sync_sources(new)
+            except Exception as exc:  # a bug, not a bad file: say so, keep serving
+                self.status.reloaded(False)
+                log.exception("config reload failed unexpectedly")
+                return False, f"reload failed: {type(exc).__name__}"
             self.status.reloaded(True)
             log.info("config reloaded from %s", self.config_path)
             return True, "config reloaded"
@@ -295,12 +302,20 @@ class Exporter:
             old_client = self.client
             self.client = self._make_client(new)
             self.poller.client = self.client
-            asyncio.get_running_loop().create_task(_close_later(old_client))
+            self._retired_clients.append(old_client)
+            asyncio.get_running_loop().call_later(30, self._close_retired, old_client)  # in-flight requests end first
+            if new.api_key != old.api_key:
+                self.poller.credentials_changed()
         self.limiter.reconfigure(new.api.max_requests_per_second)
         self.poller.config = new.poll
         self._declare_series(new)
         self.config = dataclasses.replace(new, state=old.state, web=dataclasses.replace(
             new.web, listen_address=old.web.listen_address))
+
+    def _close_retired(self, client: ApiClient) -> None:
+        if client in self._retired_clients:
+            self._retired_clients.remove(client)
+            asyncio.get_running_loop().create_task(client.close())
 
     def summary(self) -> dict[str, Any]:
         jobs: dict[str, Counter[str]] = {}
@@ -311,6 +326,3 @@ class Exporter:
                 "base_url": self.config.api.base_url, "shard": f"{self.shard_index}/{self.shard_count}"}
 
 
-async def _close_later(client: ApiClient) -> None:
-    await asyncio.sleep(30)  # requests in flight on the old client finish first
-    await client.close()

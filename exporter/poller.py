@@ -59,6 +59,18 @@ class Poller:
             heapq.heappush(self._heap, (job.next_due, next(self._seq), job.id))
         self._wake.set()
 
+    def credentials_changed(self) -> None:
+        """A new API key: lift the pause after refused keys and ask the refused jobs again now."""
+        if not self._auth_failures:
+            return
+        self._auth_failures = 0
+        self.limiter.resume()
+        now = self.clock()
+        for job in self.jobs.open.values():
+            if job.next_due > now:
+                self._reschedule(job, 0.0, now)
+        log.info("the API key changed; polling resumes at once")
+
     def _reschedule(self, job: Job, delay: float, now: float) -> None:
         job.next_due = now + delay
         self.jobs.touched(job)
@@ -117,8 +129,7 @@ class Poller:
         while True:
             job = await self._queue.get()
             # A job handed over just before a 429 or a refused key waits out the pause too.
-            while (pause := self.limiter.paused_for) > 0:
-                await asyncio.sleep(pause)
+            await self.limiter.wait_pause()
             try:
                 await self.poll(job)
             except asyncio.CancelledError:
@@ -178,13 +189,15 @@ class Poller:
         now = self.clock()
         cfg = self.config
         if isinstance(exc, Unauthorized):
-            self._auth_failures += 1
-            pause = auth_pause(self._auth_failures, cfg.interval_seconds, cfg.auth_backoff_max_seconds)
-            if self._auth_failures == 1:
-                log.error("the API refused the key (%s); pausing all requests, backing off up to %gs",
-                          exc, cfg.auth_backoff_max_seconds)
-            self.limiter.pause_until(time.monotonic() + pause)
-            self._reschedule(job, pause, now)
+            # Requests already in flight when the first refusal came do not lengthen the pause.
+            if self.limiter.paused_for <= 0:
+                self._auth_failures += 1
+                pause = auth_pause(self._auth_failures, cfg.interval_seconds, cfg.auth_backoff_max_seconds)
+                if self._auth_failures == 1:
+                    log.error("the API refused the key (%s); pausing all requests, backing off up to %gs",
+                              exc, cfg.auth_backoff_max_seconds)
+                self.limiter.pause_until(time.monotonic() + pause)
+            self._reschedule(job, self.limiter.paused_for, now)
             return
         if isinstance(exc, RateLimited):
             wait = exc.retry_after if exc.retry_after is not None else DEFAULT_RETRY_AFTER

@@ -21,6 +21,7 @@ class RateLimiter:
         self._tokens = self.burst
         self._last = clock()
         self._paused_until = 0.0
+        self._resumed: asyncio.Event | None = None  # set by resume(): wakes wait_pause() sleepers
 
     @property
     def burst(self) -> float:
@@ -33,6 +34,22 @@ class RateLimiter:
     def pause_until(self, moment: float) -> None:
         """No acquisition before `moment` (on this limiter's clock); later pauses win."""
         self._paused_until = max(self._paused_until, moment)
+
+    def resume(self) -> None:
+        """Lift any pause at once (the reason for it is gone, e.g. the key was fixed)."""
+        self._paused_until = 0.0
+        if self._resumed is not None:
+            self._resumed.set()
+
+    async def wait_pause(self) -> None:
+        """Sleep while a pause lasts; `resume` wakes every sleeper at once."""
+        while (pause := self.paused_for) > 0:
+            if self._resumed is None or self._resumed.is_set():
+                self._resumed = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._resumed.wait(), timeout=pause)
+            except asyncio.TimeoutError:
+                pass
 
     @property
     def paused_for(self) -> float:
@@ -60,6 +77,9 @@ class RateLimiter:
     async def acquire(self) -> None:
         """Wait for the budget, then spend one request of it."""
         while (wait := self.delay()) > 0:
-            await asyncio.sleep(wait)
+            if self.paused_for > 0:
+                await self.wait_pause()
+            else:
+                await asyncio.sleep(wait)
         if self.rate > 0:
             self._tokens -= 1.0
