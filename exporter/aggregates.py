@@ -13,6 +13,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from prometheus_client.utils import floatToGoString
+
 JobLabels = tuple[str, str, str, str]  # kind, group, model, status
 
 
@@ -44,7 +46,7 @@ class Histogram:
 
 
 def _le(bound: float) -> str:
-    return repr(float(bound))
+    return floatToGoString(bound)  # as prometheus_client writes `le`
 
 
 class JobAggregates:
@@ -62,11 +64,13 @@ class JobAggregates:
         self.choices: dict[tuple[str, str, str], int] = defaultdict(int)
         self.tool_calls: dict[tuple[str, str], int] = defaultdict(int)
         self.dirty: set[tuple[str, tuple[str, ...]]] = set()
+        self.version = 0  # bumped by every change: the renderer reuses its text while it stays
         # (kind, group) -> heap of (created, job id); stale entries are dropped when read.
         self._oldest: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
 
     def declare_group(self, kind: str, group: str) -> None:
         """Export zero series for a known (kind, group), so that rate() works from the first job."""
+        self.version += 1
         for status in ("COMPLETED", "ERROR"):
             labels = (kind, group, "", status)
             self.finished[labels] += 0
@@ -81,6 +85,7 @@ class JobAggregates:
     # -- the jobs gauge --------------------------------------------------------------------------
     def move(self, old: JobLabels | None, new: JobLabels | None) -> None:
         """A job changed labels (or appeared: old None, or went away: new None)."""
+        self.version += 1
         if old == new:
             return
         if old is not None:
@@ -89,6 +94,7 @@ class JobAggregates:
             self.jobs[new] += 1
 
     def add_counts(self, counts: Iterable[tuple[JobLabels, int]]) -> None:
+        self.version += 1
         for labels, n in counts:
             self.jobs[labels] += n
 
@@ -96,6 +102,7 @@ class JobAggregates:
     def record_finished(self, labels: JobLabels, duration: float | None, prompt: int, completion: int,
                         results: int, choices: dict[str, int], tool_calls: int) -> None:
         """Count a job that reached COMPLETED or ERROR; called once per job."""
+        self.version += 1
         kind, group, model, status = labels
         self._bump("finished", self.finished, labels, 1)
         if duration is not None and duration >= 0:
@@ -117,6 +124,7 @@ class JobAggregates:
 
     # -- oldest unfinished job ---------------------------------------------------------------------
     def note_unfinished(self, kind: str, group: str, created: float, job_id: str) -> None:
+        self.version += 1
         heapq.heappush(self._oldest[(kind, group)], (created, job_id))
 
     def oldest_unfinished(self, is_current: "callable[[str, float], bool]") -> dict[tuple[str, str], float]:
@@ -141,6 +149,7 @@ class JobAggregates:
 
     def restore(self, family: str, labels: tuple[str, ...], value: object) -> bool:
         """Put back one persisted series; False when a histogram's buckets no longer match."""
+        self.version += 1
         if family == "durations":
             bounds, counts, total, count = value  # type: ignore[misc]
             if tuple(bounds) != self.bounds:
@@ -165,14 +174,17 @@ class ApiAggregates:
         self.latency: dict[str, Histogram] = {}
         self.up = 0
         self.last_success: float | None = None
+        self.version = 0
 
     def declare_kind(self, kind: str) -> None:
+        self.version += 1
         self.latency.setdefault(kind, Histogram(self.bounds))
         for reason in ("timeout", "connect", "unauthorized", "rate_limited", "http_4xx", "http_5xx",
                        "invalid_body"):
             self.errors[(kind, reason)] += 0
 
     def record(self, kind: str, code: str, seconds: float, error_reason: str | None, now: float) -> None:
+        self.version += 1
         self.requests[(kind, code)] += 1
         if kind not in self.latency:
             self.declare_kind(kind)

@@ -18,6 +18,7 @@ from . import KINDS
 from .aggregates import ApiAggregates, JobAggregates
 from .api_client import ApiClient, Transport, make_transport
 from .collector import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector
+from .exposition import GzipParts, TextRenderer
 from .config import Config, ConfigError, expand_ids_file, load_config
 from .logs import MASK
 from .netaddr import parse_listen_address
@@ -69,6 +70,8 @@ class Exporter:
         self.poller = Poller(self.jobs, self.client, self.limiter, self.api_agg, config.poll,
                              config.api.max_concurrency)
         self.registry = CollectorRegistry(auto_describe=False)
+        self.renderer = TextRenderer()
+        self.gzip_parts = GzipParts()
         self.watchers: dict[tuple[int, str], IdsFileWatcher] = {}
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None

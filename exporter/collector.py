@@ -1,40 +1,25 @@
-"""Custom collectors: each `collect()` builds fresh metric families from the aggregates at scrape time.
+"""Custom collectors: at scrape time each describes its metric families from the aggregates.
 
 Nothing here walks the tracked jobs: a scrape costs time in proportion to the number of series.
+`families()` feeds the fast text renderer (exposition.py); `collect()` (from FamilyCollector) yields
+fresh prometheus_client `*MetricFamily` objects built from the same descriptions.
 """
 
 from __future__ import annotations
 
 import platform
 import time
-from typing import Callable, Iterable, Iterator
-
-from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
-                                    Metric)
-from prometheus_client.registry import Collector
+from typing import Callable, Iterator
 
 from . import __version__
-from .aggregates import ApiAggregates, Histogram, JobAggregates
+from .aggregates import ApiAggregates, JobAggregates
+from .families import Family, FamilyCollector
 
 _SOURCE = "from the answers of POST /async/<kind>/result"
+JOB_LABELS = ("kind", "group", "model", "status")
 
 
-def _histogram(name: str, doc: str, labelnames: list[str],
-               series: Iterable[tuple[tuple[str, ...], Histogram]]) -> HistogramMetricFamily:
-    family = HistogramMetricFamily(name, doc, labels=labelnames)
-    for labels, h in series:
-        family.add_metric(list(labels), buckets=h.cumulative(), sum_value=h.total)
-    return family
-
-
-def _counter(name: str, doc: str, labelnames: list[str], series: dict) -> CounterMetricFamily:
-    family = CounterMetricFamily(name, doc, labels=labelnames)
-    for labels, value in series.items():
-        family.add_metric(list(labels), value)
-    return family
-
-
-class JobsCollector(Collector):
+class JobsCollector(FamilyCollector):
     """What the tracked jobs are and what the finished ones produced. Exposition, for example:
 
         # HELP distribute_jobs Tracked jobs by current status ...
@@ -44,8 +29,8 @@ class JobsCollector(Collector):
         distribute_jobs_finished_total{group="nightly",kind="chat",model="Llama-3.1 8B",status="ERROR"} 2.0
         # TYPE distribute_job_duration_seconds histogram
         distribute_job_duration_seconds_bucket{group="nightly",kind="chat",le="0.5",model="...",status="COMPLETED"} 0.0
-        distribute_job_duration_seconds_sum{...} 812.3
         distribute_job_duration_seconds_count{...} 41.0
+        distribute_job_duration_seconds_sum{...} 812.3
         distribute_oldest_unfinished_job_created_timestamp_seconds{group="nightly",kind="chat"} 1.7639e+09
         distribute_tokens_total{group="nightly",model="Llama-3.1 8B",token_type="prompt"} 10234.0
         distribute_results_total{group="renders",kind="images",model="SDXL"} 12.0
@@ -57,37 +42,32 @@ class JobsCollector(Collector):
         self.agg = agg
         self.is_current = is_current
 
-    def collect(self) -> Iterator[Metric]:
+    def version(self) -> int:
+        return self.agg.version
+
+    def families(self) -> Iterator[Family]:
         agg = self.agg
-        job_labels = ["kind", "group", "model", "status"]
-        jobs = GaugeMetricFamily(
-            "distribute_jobs", "Tracked jobs by current status " + _SOURCE + "; UNKNOWN: no answer yet, "
-            "NOT_FOUND: 404 past poll.not_found_grace_seconds; model is empty while unknown.", labels=job_labels)
-        for labels, n in list(agg.jobs.items()):
-            jobs.add_metric(list(labels), n)
-        yield jobs
-        yield _counter("distribute_jobs_finished", "Jobs seen reaching COMPLETED or ERROR, each counted once, "
-                       + _SOURCE + ".", job_labels, agg.finished)
-        yield _histogram("distribute_job_duration_seconds", "finished - created of finished jobs, in seconds, "
-                         + _SOURCE + ".", job_labels, list(agg.durations.items()))
-        oldest = GaugeMetricFamily(
-            "distribute_oldest_unfinished_job_created_timestamp_seconds",
-            "created (Unix time) of the oldest tracked job not yet COMPLETED or ERROR, " + _SOURCE + ".",
-            labels=["kind", "group"])
-        for (kind, group), created in agg.oldest_unfinished(self.is_current).items():
-            oldest.add_metric([kind, group], created)
-        yield oldest
-        yield _counter("distribute_tokens", "Tokens of finished chat jobs (usage.prompt_tokens and "
-                       "usage.completion_tokens), " + _SOURCE + ".", ["group", "model", "token_type"], agg.tokens)
-        yield _counter("distribute_results", "Result items (image or audio URLs) of finished jobs, "
-                       + _SOURCE + ".", ["kind", "group", "model"], agg.results)
-        yield _counter("distribute_chat_choices", "Choices of finished chat jobs by finish_reason, "
-                       + _SOURCE + ".", ["group", "model", "finish_reason"], agg.choices)
-        yield _counter("distribute_chat_tool_calls", "Tool calls in the choices of finished chat jobs, "
-                       + _SOURCE + ".", ["group", "model"], agg.tool_calls)
+        yield Family("distribute_jobs", "gauge", "Tracked jobs by current status " + _SOURCE + "; UNKNOWN: no "
+                     "answer yet, NOT_FOUND: 404 past poll.not_found_grace_seconds; model is empty while unknown.",
+                     JOB_LABELS, agg.jobs)
+        yield Family("distribute_jobs_finished", "counter", "Jobs seen reaching COMPLETED or ERROR, each counted "
+                     "once, " + _SOURCE + ".", JOB_LABELS, agg.finished)
+        yield Family("distribute_job_duration_seconds", "histogram", "finished - created of finished jobs, in "
+                     "seconds, " + _SOURCE + ".", JOB_LABELS, agg.durations)
+        yield Family("distribute_oldest_unfinished_job_created_timestamp_seconds", "gauge", "created (Unix time) "
+                     "of the oldest tracked job not yet COMPLETED or ERROR, " + _SOURCE + ".", ("kind", "group"),
+                     agg.oldest_unfinished(self.is_current))
+        yield Family("distribute_tokens", "counter", "Tokens of finished chat jobs (usage.prompt_tokens and "
+                     "usage.completion_tokens), " + _SOURCE + ".", ("group", "model", "token_type"), agg.tokens)
+        yield Family("distribute_results", "counter", "Result items (image or audio URLs) of finished jobs, "
+                     + _SOURCE + ".", ("kind", "group", "model"), agg.results)
+        yield Family("distribute_chat_choices", "counter", "Choices of finished chat jobs by finish_reason, "
+                     + _SOURCE + ".", ("group", "model", "finish_reason"), agg.choices)
+        yield Family("distribute_chat_tool_calls", "counter", "Tool calls in the choices of finished chat jobs, "
+                     + _SOURCE + ".", ("group", "model"), agg.tool_calls)
 
 
-class ApiCollector(Collector):
+class ApiCollector(FamilyCollector):
     """How the exporter's requests to the API fare. Exposition, for example:
 
         distribute_api_requests_total{code="200",kind="chat"} 1520.0
@@ -101,24 +81,27 @@ class ApiCollector(Collector):
     def __init__(self, agg: ApiAggregates) -> None:
         self.agg = agg
 
-    def collect(self) -> Iterator[Metric]:
+    def version(self) -> int:
+        return self.agg.version
+
+    def families(self) -> Iterator[Family]:
         agg = self.agg
-        yield _counter("distribute_api_requests", "Result requests sent to the API, by HTTP status code "
-                       "of the answer, or 'error' when no answer came.", ["kind", "code"], agg.requests)
-        yield _counter("distribute_api_request_errors", "Result requests that failed, by reason: timeout, "
-                       "connect, unauthorized, rate_limited, http_4xx, http_5xx, invalid_body.",
-                       ["kind", "reason"], agg.errors)
-        yield _histogram("distribute_api_request_duration_seconds", "Time from sending a result request "
-                         "to having read its answer, in seconds.", ["kind"],
-                         [((k,), h) for k, h in agg.latency.items()])
-        yield GaugeMetricFamily("distribute_up", "1 when the last result request got a well-formed answer "
-                                "(200 or 404), else 0.", value=agg.up)
+        yield Family("distribute_api_requests", "counter", "Result requests sent to the API, by HTTP status code "
+                     "of the answer, or 'error' when no answer came.", ("kind", "code"), agg.requests)
+        yield Family("distribute_api_request_errors", "counter", "Result requests that failed, by reason: "
+                     "timeout, connect, unauthorized, rate_limited, http_4xx, http_5xx, invalid_body.",
+                     ("kind", "reason"), agg.errors)
+        yield Family("distribute_api_request_duration_seconds", "histogram", "Time from sending a result "
+                     "request to having read its answer, in seconds.", ("kind",),
+                     {(k,): h for k, h in agg.latency.items()})
+        yield Family("distribute_up", "gauge", "1 when the last result request got a well-formed answer "
+                     "(200 or 404), else 0.", (), {(): agg.up})
         if agg.last_success is not None:
-            yield GaugeMetricFamily("distribute_last_successful_poll_timestamp_seconds", "When (Unix time) a "
-                                    "result request last got a well-formed answer.", value=agg.last_success)
+            yield Family("distribute_last_successful_poll_timestamp_seconds", "gauge", "When (Unix time) a "
+                         "result request last got a well-formed answer.", (), {(): agg.last_success})
 
 
-class ExporterCollector(Collector):
+class ExporterCollector(FamilyCollector):
     """The exporter's own state. Exposition, for example:
 
         distribute_exporter_build_info{python_version="3.11.7",version="0.1.0"} 1.0
@@ -133,41 +116,31 @@ class ExporterCollector(Collector):
     def __init__(self, status: "ExporterStatus") -> None:
         self.status = status
 
-    def collect(self) -> Iterator[Metric]:
+    def families(self) -> Iterator[Family]:
         s = self.status
-        build = GaugeMetricFamily("distribute_exporter_build_info", "Always 1; the labels say which build runs.",
-                                  labels=["version", "python_version"])
-        build.add_metric([__version__, platform.python_version()], 1)
-        yield build
-        yield GaugeMetricFamily("distribute_config_last_reload_successful",
-                                "1 when the last load of the config file succeeded, else 0.",
-                                value=1 if s.reload_ok else 0)
-        yield GaugeMetricFamily("distribute_config_last_reload_success_timestamp_seconds",
-                                "When (Unix time) the config was last loaded successfully.",
-                                value=s.reload_success_time)
-        yield CounterMetricFamily("distribute_exporter_poll_loop_restarts",
-                                  "Poll loop tasks that died and were restarted.", value=s.poll_restarts())
-        yield CounterMetricFamily("distribute_exporter_polls", "Result requests the poller made.", value=s.polls())
-        tracked = GaugeMetricFamily("distribute_exporter_tracked_jobs", "Tracked jobs: 'polled' are "
-                                    "unfinished and in memory, 'closed' are final and only in the state file.",
-                                    labels=["state"])
         polled, closed = s.tracked()
-        tracked.add_metric(["polled"], polled)
-        tracked.add_metric(["closed"], closed)
-        yield tracked
-        yield CounterMetricFamily("distribute_exporter_ids_file_invalid_lines",
-                                  "Lines of ids files that were not a UUID v4 and were skipped.",
-                                  value=s.invalid_id_lines)
-        yield CounterMetricFamily("distribute_exporter_state_write_errors",
-                                  "Batches the state file could not take (retried with the next batch).",
-                                  value=s.state_write_errors)
-        yield CounterMetricFamily("distribute_exporter_http_connections_rejected",
-                                  "HTTP connections closed at once because web.max_connections were open.",
-                                  value=s.connections_rejected)
-        shard = GaugeMetricFamily("distribute_exporter_shard_info", "Always 1; which shard of the ids this "
-                                  "replica tracks.", labels=["index", "count"])
-        shard.add_metric([str(s.shard_index), str(s.shard_count)], 1)
-        yield shard
+        yield Family("distribute_exporter_build_info", "gauge", "Always 1; the labels say which build runs.",
+                     ("version", "python_version"), {(__version__, platform.python_version()): 1})
+        yield Family("distribute_config_last_reload_successful", "gauge",
+                     "1 when the last load of the config file succeeded, else 0.", (), {(): 1 if s.reload_ok else 0})
+        yield Family("distribute_config_last_reload_success_timestamp_seconds", "gauge",
+                     "When (Unix time) the config was last loaded successfully.", (), {(): s.reload_success_time})
+        yield Family("distribute_exporter_poll_loop_restarts", "counter",
+                     "Poll loop tasks that died and were restarted.", (), {(): s.poll_restarts()})
+        yield Family("distribute_exporter_polls", "counter", "Result requests the poller made.", (), {(): s.polls()})
+        yield Family("distribute_exporter_tracked_jobs", "gauge", "Tracked jobs: 'polled' are unfinished and in "
+                     "memory, 'closed' are final and only in the state file.", ("state",),
+                     {("polled",): polled, ("closed",): closed})
+        yield Family("distribute_exporter_ids_file_invalid_lines", "counter",
+                     "Lines of ids files that were not a UUID v4 and were skipped.", (), {(): s.invalid_id_lines})
+        yield Family("distribute_exporter_state_write_errors", "counter",
+                     "Batches the state file could not take (retried with the next batch).", (),
+                     {(): s.state_write_errors})
+        yield Family("distribute_exporter_http_connections_rejected", "counter",
+                     "HTTP connections closed at once because web.max_connections were open.", (),
+                     {(): s.connections_rejected})
+        yield Family("distribute_exporter_shard_info", "gauge", "Always 1; which shard of the ids this replica "
+                     "tracks.", ("index", "count"), {(str(s.shard_index), str(s.shard_count)): 1})
 
 
 class ExporterStatus:

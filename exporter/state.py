@@ -238,10 +238,8 @@ class TrackedJobs:
         await self.flush()
         async with self._flush_lock:
             counts = await self.store.call(self.store.retire_ended_before, now - retention, now)
-        dropped = 0
-        for labels, n in counts:
-            self.agg.jobs[labels] -= n
-            dropped += n
+        self.agg.add_counts((labels, -n) for labels, n in counts)
+        dropped = sum(n for _, n in counts)
         self.closed_total -= dropped
         return dropped
 

@@ -11,6 +11,7 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from . import __version__
+from .exposition import render_parts
 
 if TYPE_CHECKING:
     from .app import Exporter
@@ -34,11 +35,16 @@ def build_web_app(exporter: "Exporter", middlewares: list | None = None) -> web.
 async def metrics(request: web.Request) -> web.Response:
     exporter: Exporter = request.app["exporter"]
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-    body = encoder(exporter.registry)
     headers = {"Content-Type": content_type}
-    if "gzip" in request.headers.get("Accept-Encoding", ""):
-        body = gzip.compress(body, compresslevel=1)  # level 1: most of the saving, a fraction of the CPU
+    gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+    if gzipped:
         headers["Content-Encoding"] = "gzip"
+    if content_type.startswith("text/plain"):  # the fast, cached path
+        parts = render_parts(exporter.registry, exporter.renderer)
+        body = exporter.gzip_parts.compress(parts) if gzipped else b"".join(b for _, b in parts)
+    else:
+        body = encoder(exporter.registry)
+        body = gzip.compress(body, compresslevel=1) if gzipped else body
     return web.Response(body=body, headers=headers)
 
 

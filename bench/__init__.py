@@ -1,0 +1,1 @@
+"""Benchmarks of distribute-exporter: `python -m bench` writes bench/RESULTS.md."""

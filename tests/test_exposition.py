@@ -1,0 +1,67 @@
+"""The fast text renderer writes exactly what prometheus_client writes, through every kind of change."""
+
+from __future__ import annotations
+
+import gzip
+import random
+import subprocess
+
+from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
+
+from conftest import tool
+from exporter.aggregates import ApiAggregates, JobAggregates
+from exporter.collector import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector
+from exporter.exposition import GzipParts, TextRenderer, render_parts, render_registry
+
+
+def build():
+    jobs, api, status = JobAggregates((0.5, 1, 60)), ApiAggregates((0.1, 1.0)), ExporterStatus()
+    registry = CollectorRegistry(auto_describe=False)
+    for collector in (JobsCollector(jobs, lambda job_id, created: True), ApiCollector(api), ExporterCollector(status)):
+        registry.register(collector)
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    return registry, jobs, api
+
+
+def mutate(rng: random.Random, jobs: JobAggregates, api: ApiAggregates) -> None:
+    kind = rng.choice(["chat", "images", "speech"])
+    labels = (kind, rng.choice(["a", 'we"ird\\grp\n']), rng.choice(["", "m1", "m2"]), rng.choice(["QUEUED", "COMPLETED", "ERROR"]))
+    step = rng.randrange(5)
+    if step == 0:
+        jobs.move(None, labels)
+    elif step == 1:
+        jobs.record_finished(labels, rng.uniform(0, 100), rng.randrange(50), rng.randrange(50), rng.randrange(3),
+                             {"stop": 1}, rng.randrange(2))
+    elif step == 2:
+        jobs.note_unfinished(kind, "a", rng.uniform(1e9, 2e9), "id")
+    elif step == 3:
+        api.record(kind, rng.choice(["200", "404", "error"]), rng.uniform(0, 2), rng.choice([None, "timeout"]), 1e9)
+    else:
+        jobs.declare_group(kind, "new")
+
+
+def test_fast_text_equals_generate_latest_after_every_change():
+    registry, jobs, api = build()
+    renderer = TextRenderer()
+    rng = random.Random(5)
+    for round_ in range(300):
+        if round_ % 3:
+            mutate(rng, jobs, api)
+        fast = render_registry(registry, renderer).decode()
+        slow = generate_latest(registry).decode()
+        strip = lambda text: [l for l in text.splitlines() if not l.startswith(("process_", "python_"))]
+        assert strip(fast) == strip(slow), round_
+
+
+def test_gzip_members_decode_to_the_plain_text_and_promtool_accepts_it():
+    registry, jobs, api = build()
+    renderer, packer = TextRenderer(), GzipParts()
+    rng = random.Random(9)
+    for _ in range(50):
+        mutate(rng, jobs, api)
+        parts = render_parts(registry, renderer)
+        assert gzip.decompress(packer.compress(parts)) == b"".join(b for _, b in parts)
+    check = subprocess.run([tool("promtool"), "check", "metrics"], input=render_registry(registry, renderer),
+                           capture_output=True)
+    assert check.returncode == 0, check.stdout + check.stderr
