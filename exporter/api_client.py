@@ -158,10 +158,10 @@ class Answer:
 class ApiClient:
     """Asks `/async/<kind>/result` about one id at a time."""
 
-    def __init__(self, base_url: str, api_key: str | None, transport: Transport) -> None:
+    def __init__(self, base_url: str, api_key: str | None, transport: Transport, user_agent: str = "distribute-exporter") -> None:
         self._base = base_url.rstrip("/")
         self._headers = {"content-type": "application/json", "accept": "application/json",
-                         "user-agent": "distribute-exporter"}
+                         "user-agent": user_agent}
         if api_key:
             self._headers["authorization"] = api_key  # the raw key, as the API documents
         self._transport = transport
@@ -174,7 +174,7 @@ class ApiClient:
             raw = await self._transport.post(f"{self._base}/async/{kind}/result",
                                              json.dumps({"id": job_id}).encode(), self._headers)
             code = str(raw.status)
-            return parse_result(kind, raw.body, job_id) if raw.status == 200 else _refuse(raw), \
+            return parse_result(raw.body) if raw.status == 200 else _refuse(raw), \
                 Answer(code, time.perf_counter() - started)
         except (ApiError, NotFound) as exc:
             exc.answer = Answer(code, time.perf_counter() - started)  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from typing import Any, Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from . import KINDS
+from . import KINDS, __version__
 from .aggregates import ApiAggregates, JobAggregates
 from .api_client import ApiClient, Transport, make_transport
 from .collector import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector
@@ -99,7 +99,9 @@ class Exporter:
 
     def _make_client(self, config: Config) -> ApiClient:
         key = config.api_key.reveal() if config.api_key else None
-        return ApiClient(config.api.base_url, key, self.transport_factory(config))
+        # The shard in the User-Agent lets the API's (and the simulator's) logs tell replicas apart.
+        agent = f"distribute-exporter/{__version__} (shard {self.shard_index}/{self.shard_count})"
+        return ApiClient(config.api.base_url, key, self.transport_factory(config), agent)
 
     # -- life cycle ----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -189,7 +191,8 @@ class Exporter:
 
     async def _files_loop(self) -> None:
         while True:
-            await asyncio.sleep(min(5.0, self.config.poll.interval_seconds / 2))
+            # A stat() per file: cheap enough to look every second, so appended ids show up at once.
+            await asyncio.sleep(min(1.0, self.config.poll.interval_seconds / 2))
             try:
                 await self.scan_files(self.config)
             except Exception:

@@ -30,6 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="where to serve /metrics; overrides web.listen_address (default 0.0.0.0:9877)")
     parser.add_argument("--web.config.file", dest="web_config", default=None, metavar="PATH",
                         help="TLS and basic auth in the Prometheus exporter-toolkit format; overrides web.config_file")
+    parser.add_argument("--shard.index", dest="shard_index", default=None, metavar="I",
+                        help="this replica's shard, 0..count-1; a StatefulSet pod name such as "
+                             "distribute-exporter-2 is read as its ordinal (overrides shard.index)")
+    parser.add_argument("--shard.count", dest="shard_count", default=None, type=int, metavar="N",
+                        help="how many replicas share the ids (overrides shard.count)")
     parser.add_argument("--log.level", dest="log_level", default="info",
                         choices=("debug", "info", "warn", "warning", "error"), help="log level (default info)")
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json"),
@@ -72,16 +77,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for warning in config.warnings:
         log.warning("%s", warning)
-    return run_exporter(config, args.config_file, args.listen, args.web_config)
+    try:
+        shard = parse_shard(args.shard_index, args.shard_count, config)
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
+    return run_exporter(config, args.config_file, args.listen, args.web_config, shard)
 
 
-def run_exporter(config, config_path: str | None, listen: str | None, web_config: str | None = None) -> int:
+def parse_shard(index: str | None, count: int | None, config) -> tuple[int, int] | None:
+    """--shard.index/--shard.count over the config's shard; the index may be a pod name ending in -N."""
+    if index is None and count is None:
+        return None
+    text = str(index if index is not None else config.shard.index)
+    ordinal = text.rsplit("-", 1)[-1]
+    if not ordinal.isdigit():
+        raise ValueError(f"--shard.index: not a number or a name ending in -<number>: {text!r}")
+    number, total = int(ordinal), count if count is not None else config.shard.count
+    if total < 1 or not 0 <= number < total:
+        raise ValueError(f"--shard.index: {number} is not below --shard.count {total}")
+    return number, total
+
+
+def run_exporter(config, config_path: str | None, listen: str | None, web_config: str | None = None,
+                 shard: tuple[int, int] | None = None) -> int:
     from .app import Exporter
     from .websecurity import WebConfigError
 
     async def serve() -> int:
         try:
-            exporter = Exporter(config, config_path, listen, web_config=web_config)
+            exporter = Exporter(config, config_path, listen, web_config=web_config, shard=shard)
         except WebConfigError as exc:
             log.error("cannot load the web config: %s", exc)
             return 1

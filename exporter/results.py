@@ -38,7 +38,7 @@ class JobResult:
     choices: dict[str, int] = field(default_factory=dict)  # finish_reason -> count
 
 
-def parse_result(kind: str, body: bytes, job_id: str) -> JobResult:
+def parse_result(body: bytes) -> JobResult:
     """Parse and check one answer; raise InvalidBody (only) when it cannot be used."""
     try:
         data = json.loads(body)
@@ -46,9 +46,10 @@ def parse_result(kind: str, body: bytes, job_id: str) -> JobResult:
         raise InvalidBody("not JSON") from None
     if not isinstance(data, dict):
         raise InvalidBody("not a JSON object")
-    answered_id = data.get("id")
-    if not isinstance(answered_id, str) or answered_id.lower() != job_id:
-        raise InvalidBody("id missing or not the one asked for")
+    # The schema requires an id string; it is not compared with the one asked for, so that a fixed
+    # answer (a load-test server, a cache in front of the API) still counts.
+    if not isinstance(data.get("id"), str):
+        raise InvalidBody("id missing")
     status = data.get("status")
     if not isinstance(status, str) or not _STATUS.match(status):
         raise InvalidBody("status missing or not a status")

@@ -43,7 +43,7 @@ def test_every_schema_valid_answer_is_handled(kind):
     @given(VALID[kind])
     def check(body):
         body["id"] = ID
-        result = parse_result(kind, json.dumps(body).encode(), ID)
+        result = parse_result(json.dumps(body).encode())
         assert result.status == body["status"]
         assert result.created is not None
         assert result.prompt_tokens >= 0 and result.completion_tokens >= 0
@@ -105,7 +105,7 @@ def test_mutated_answers_count_as_invalid_body_and_never_escape_the_poller(kind)
     @given(mutated(kind))
     def check(raw):
         try:
-            parse_result(kind, raw, ID)
+            parse_result(raw)
             expected_invalid = False
         except InvalidBody:
             expected_invalid = True

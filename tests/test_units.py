@@ -55,28 +55,28 @@ def body(**fields) -> bytes:
 def test_a_finished_chat_answer_is_read_whole():
     choices = [{"finish_reason": "tool_calls", "index": 0, "message": {"tool_calls": [{}, {}]}},
                {"finish_reason": "stop", "index": 1, "message": {"content": "x"}}]
-    r = parse_result("chat", body(finished=EPOCH + 12.5, usage={"prompt_tokens": 10, "completion_tokens": 5,
-                                                                "total_tokens": 15}, choices=choices), ID)
+    r = parse_result(body(finished=EPOCH + 12.5, usage={"prompt_tokens": 10, "completion_tokens": 5,
+                                                        "total_tokens": 15}, choices=choices))
     assert (r.status, r.model, r.created, r.finished) == ("COMPLETED", "m", EPOCH, EPOCH + 12.5)
     assert (r.prompt_tokens, r.completion_tokens, r.tool_calls) == (10, 5, 2)
     assert r.choices == {"tool_calls": 1, "stop": 1}
 
 
 def test_missing_optional_parts_and_unknown_status_are_fine():
-    r = parse_result("images", body(status="WARMING_UP", finished=None), ID)
+    r = parse_result(body(status="WARMING_UP", finished=None))
     assert (r.status, r.finished, r.results, r.prompt_tokens) == ("WARMING_UP", None, 0, 0)
-    assert parse_result("speech", body(results=[{"url": "u"}]), ID).results == 1
-    assert parse_result("chat", body(id=ID.upper()), ID).status == "COMPLETED"
+    assert parse_result(body(results=[{"url": "u"}])).results == 1
+    assert parse_result(body(id=ID.upper())).status == "COMPLETED"
 
 
 @pytest.mark.parametrize("raw", [b"<html>", b"[1,2]", b'"COMPLETED"', b"", b"{" * 100000,
-                                 body(status=7), body(status="lower"), body(status="X" * 200), body(id="other"),
+                                 body(status=7), body(status="lower"), body(status="X" * 200), body(id=None), body(id=7),
                                  body(created="yesterday"), body(created=None), body(usage=[1]),
                                  body(usage={"prompt_tokens": -1}), body(choices={}), body(results="x"),
                                  body(model=["m"]), body(usage={"prompt_tokens": float("inf")}), body(finished=True), body(choices=[1])])
 def test_malformed_answers_raise_invalid_body_only(raw):
     with pytest.raises(InvalidBody):
-        parse_result("chat", raw, ID)
+        parse_result(raw)
 
 
 # ---- schedule -----------------------------------------------------------------------------------------

@@ -42,17 +42,21 @@ class Stats:
         self.by_status: Counter[str] = Counter()
         self.by_endpoint_status: Counter[str] = Counter()
         self.by_id: Counter[str] = Counter()
+        self.by_id_agent: dict[str, Counter[str]] = {}
         self.recent: deque[tuple[float, str, int, str | None]] = deque(maxlen=RECENT_REQUESTS)
 
-    def record(self, path: str, status: int, job_id: str | None) -> None:
+    def record(self, path: str, status: int, job_id: str | None, agent: str = "") -> None:
         self.recent.append((time.time(), path, status, job_id))
+        if job_id is not None:
+            self.by_id_agent.setdefault(job_id, Counter())[agent] += 1
         self.by_endpoint[path] += 1
         self.by_status[str(status)] += 1
         self.by_endpoint_status[f"{path} {status}"] += 1
         if job_id is not None:
             self.by_id[job_id] += 1
 
-    def as_dict(self, with_ids: bool = True, only_id: str | None = None, recent: bool = False) -> dict[str, Any]:
+    def as_dict(self, with_ids: bool = True, only_id: str | None = None, recent: bool = False,
+                agents: bool = False) -> dict[str, Any]:
         answer: dict[str, Any] = {
             "requests_total": sum(self.by_endpoint.values()),
             "by_endpoint": dict(self.by_endpoint),
@@ -65,6 +69,8 @@ class Stats:
             answer["by_id"] = dict(self.by_id)
         if recent:
             answer["recent"] = [list(r) for r in self.recent]
+        if agents:
+            answer["by_id_agent"] = {i: dict(c) for i, c in self.by_id_agent.items()}
         return answer
 
 
@@ -145,7 +151,7 @@ def _guarded(handler: Callable[[Simulator, web.Request], Awaitable[tuple[web.Str
         except asyncio.CancelledError:  # the client gave up on a hanging request
             sim.stats.record(request.path, 499, None)
             raise
-        sim.stats.record(request.path, response.status, job_id)
+        sim.stats.record(request.path, response.status, job_id, request.headers.get("User-Agent", ""))
         return response
 
     return wrapped
@@ -215,8 +221,8 @@ def _result_handler(kind: str) -> Handler:
 async def _get_stats(request: web.Request) -> web.Response:
     sim: Simulator = request.app["sim"]
     with_ids = request.query.get("ids", "1") not in ("0", "false")
-    recent = request.query.get("recent", "0") not in ("0", "false")
-    return _json(200, sim.stats.as_dict(with_ids, request.query.get("id"), recent))
+    flag = lambda name: request.query.get(name, "0") not in ("0", "false")  # noqa: E731
+    return _json(200, sim.stats.as_dict(with_ids, request.query.get("id"), flag("recent"), flag("agents")))
 
 
 async def _reset_stats(request: web.Request) -> web.Response:

@@ -1,0 +1,109 @@
+"""`python -m bench [--quick] [--repeats N] [--only NAME]`: run the benchmarks, write bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from . import benchmarks as b
+
+HERE = Path(__file__).resolve().parent
+
+# name -> (function, full-size kwargs, quick kwargs, [(figure, target text, check)])
+PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float], bool] | None]]]] = {
+    "poll_throughput": (b.poll_throughput, {"ids": 100_000}, {"ids": 5_000}, [
+        ("polls_per_second", ">= 3,000 /s", lambda v: v >= 3000),
+        ("cpu_us_per_poll", "<= 300 µs", lambda v: v <= 300),
+        ("wrk_rps", "(wrk, same POST, same nginx)", None),
+        ("ratio_to_wrk", "reported", None)]),
+    "scrape_1k": (b.scrape_latency, {"jobs": 1_000}, {"jobs": 1_000, "scrapes": 50}, [
+        ("gzip_p99_ms", "reported", None), ("gzip_median_ms", "reported", None),
+        ("identity_p99_ms", "reported", None), ("series_lines", "reported", None)]),
+    "scrape_100k": (b.scrape_latency, {"jobs": 100_000}, {"jobs": 20_000, "scrapes": 50}, [
+        ("gzip_p99_ms", "reported", None), ("gzip_median_ms", "reported", None),
+        ("identity_p99_ms", "reported", None)]),
+    "scrape_1m": (b.scrape_latency, {"jobs": 1_000_000}, {"jobs": 100_000, "scrapes": 50}, [
+        ("gzip_p99_ms", "<= 50 ms", lambda v: v <= 50), ("gzip_median_ms", "reported", None),
+        ("identity_p99_ms", "reported (uncompressed)", None), ("identity_median_ms", "reported", None),
+        ("rss_mb", "<= 300 MB (1M jobs, 100k unfinished)", lambda v: v <= 300),
+        ("startup_seconds", "<= 10 s to /-/ready", lambda v: v <= 10), ("series_lines", "reported", None)]),
+    "api_economy": (b.api_economy, {"jobs": 10_000}, {"jobs": 600, "speed": 40}, [
+        ("requests_per_job", "reported", None), ("fixed_requests_per_job", "reported", None),
+        ("ratio_to_fixed", "<= 0.333", lambda v: v <= 1 / 3),
+        ("delay_median_real_s", "<= 30 s (interval 15 s x 2)", lambda v: v <= 30),
+        ("fixed_delay_median_real_s", "reported", None)]),
+    "id_files": (b.id_files, {"lines": 1_000_000}, {"lines": 50_000}, [
+        ("first_load_seconds", "<= 10 s", lambda v: v <= 10),
+        ("append_pickup_seconds", "<= 1 s", lambda v: v <= 1)]),
+    "scrape_load": (b.scrape_load, {"jobs": 10_000}, {"jobs": 2_000, "seconds": 10}, [
+        ("failed_scrapes", "0", lambda v: v == 0), ("scrape_p99_ms", "reported", None),
+        ("scrapes_per_second", "reported", None), ("poll_rate_quiet", "reported", None),
+        ("poll_rate_ratio", ">= 0.9 (unaffected)", lambda v: v >= 0.9)]),
+    "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
+        ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
+}
+
+
+def machine() -> str:
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {mem:.0f} GiB, Python {platform.python_version()}, {platform.platform()}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, one run (minutes, not tens of minutes)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each benchmark (default 3)")
+    parser.add_argument("--only", action="append", choices=sorted(PLAN), help="run only these benchmarks")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the table")
+    args = parser.parse_args()
+    repeats = 1 if args.quick else args.repeats
+    cache = Path(tempfile.gettempdir()) / "distribute-bench-cache"
+    rows = []
+    for name in args.only or list(PLAN):
+        fn, full, quick, figures = PLAN[name]
+        kwargs = dict(quick if args.quick else full)
+        if fn is b.scrape_latency:
+            kwargs["cache"] = cache
+        runs = []
+        for attempt in range(repeats):
+            with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as work:
+                started = time.monotonic()
+                runs.append(fn(Path(work), **kwargs))
+                print(f"{name} run {attempt + 1}/{repeats} ({time.monotonic() - started:.0f}s): "
+                      + ", ".join(f"{k}={v:.4g}" for k, v in runs[-1].items()), flush=True)
+        size = ", ".join(f"{k}={v:,}" for k, v in kwargs.items() if k != "cache")
+        for figure, target, check in figures:
+            values = [r[figure] for r in runs]
+            median = statistics.median(values)
+            verdict = "–" if check is None else ("met" if check(median) else "**missed**")
+            rows.append((name, size, figure, median, min(values), max(values), target, verdict))
+    write(args.out, rows, repeats, args.quick)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def write(path: Path, rows, repeats: int, quick: bool) -> None:
+    lines = [f"# Benchmark results{' (quick sizes)' if quick else ''}", "",
+             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
+             f"- machine: {machine()}", f"- runs per benchmark: {repeats} (median, and min–max spread)",
+             f"- command: `python -m bench{' --quick' if quick else ''}`", "",
+             "| benchmark | size | figure | median | spread | target | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for name, size, figure, median, low, high, target, verdict in rows:
+        lines.append(f"| {name} | {size} | {figure} | {median:,.3g} | {low:,.3g}–{high:,.3g} | {target} | {verdict} |")
+    notes = HERE / "NOTES.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
