@@ -124,7 +124,14 @@ def test_kubernetes_manifests_parse_and_agree(tmp_path):
                                    capture_output=True, text=True, cwd=REPO)
             assert check.returncode == 0, check.stdout
     scrape = yaml.safe_load((base / "prometheus-scrape.yaml").read_text())
+    job = scrape["scrape_configs"][0]
+    discovery = job.pop("kubernetes_sd_configs")
+    assert discovery[0]["role"] == "endpoints"
+    assert discovery[0]["namespaces"]["names"] == [kustomization["namespace"]]
+    # Debian's Prometheus is built without Kubernetes discovery: promtool checks the rest (relabelling
+    # included) with a static target standing in for it.
+    job["static_configs"] = [{"targets": ["127.0.0.1:9877"]}]
     full = tmp_path / "prometheus.yml"
-    full.write_text(yaml.safe_dump({"scrape_configs": scrape["scrape_configs"]}))
+    full.write_text(yaml.safe_dump({"scrape_configs": [job]}))
     check = subprocess.run([tool("promtool"), "check", "config", str(full)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
