@@ -5,11 +5,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive for real: Prometheus and promtool (end-to-end and rule tests),
-# docker-compose (validates docker-compose.yml offline). Installed only when missing.
+# docker-compose (validates docker-compose.yml offline), openssl (test certificates). Installed only
+# when missing.
 missing=()
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+# nginx and wrk: the small versions of the benchmarks (tests/test_bench_small.py).
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -1,0 +1,57 @@
+"""Small versions of every benchmark, so that `python -m bench` stays runnable. They check what each
+run measured (counts, ratios, no failed scrape), never how fast: timings are the bench command's."""
+
+from __future__ import annotations
+
+import sys
+
+from helpers import REPO
+
+sys.path.insert(0, str(REPO))
+from bench import benchmarks as b  # noqa: E402
+from bench.fixtures import prepare_state  # noqa: E402
+from exporter.store import StateStore  # noqa: E402
+
+
+def test_prepared_state_is_consistent(tmp_path):
+    counts = prepare_state(tmp_path / "s.db", 3000)
+    store = StateStore(str(tmp_path / "s.db"))
+    store.open()
+    closed = sum(n for _, n in store.closed_counts())
+    finished = sum(v for family, _, v in store.load_counters() if family == "finished")
+    assert closed == counts["final"] and len(store.load_open_jobs()) == counts["unfinished"]
+    assert 0 < finished <= closed  # NOT_FOUND jobs are closed but never finished
+    store.close()
+
+
+def test_poll_throughput_small(tmp_path):
+    figures = b.poll_throughput(tmp_path, ids=2000, wrk_seconds=1)
+    assert figures["polls_per_second"] > 0 and figures["wrk_rps"] > 0
+    assert 0 < figures["ratio_to_wrk"] < 1 and figures["cpu_us_per_poll"] > 0
+
+
+def test_scrape_latency_small(tmp_path):
+    figures = b.scrape_latency(tmp_path, jobs=3000, scrapes=20)
+    assert figures["series_lines"] > 1000 and figures["rss_mb"] > 0
+    assert figures["gzip_p99_ms"] >= figures["gzip_median_ms"] > 0
+
+
+def test_api_economy_small(tmp_path):
+    figures = b.api_economy(tmp_path, jobs=120, speed=40, interval=2)
+    assert figures["fixed_requests_per_job"] >= figures["requests_per_job"] >= 1
+    assert figures["delay_median_real_s"] >= 0
+
+
+def test_id_files_small(tmp_path):
+    figures = b.id_files(tmp_path, lines=5000, appended=100)
+    assert figures["first_load_seconds"] > 0 and figures["append_pickup_seconds"] > 0
+
+
+def test_scrape_load_small(tmp_path):
+    figures = b.scrape_load(tmp_path, jobs=300, scrapers=10, seconds=5, rate=100)
+    assert figures["failed_scrapes"] == 0 and figures["scrapes_per_second"] > 0
+    assert figures["poll_rate_quiet"] > 0 and figures["poll_rate_loaded"] > 0
+
+
+def test_simulator_throughput_small(tmp_path):
+    assert b.simulator_throughput(tmp_path, jobs=1000, seconds=1)["answers_per_second"] > 0
