@@ -46,6 +46,7 @@ def prepare_state(path: Path, jobs: int, unfinished_share: float = 0.1, seed: in
         duration = rng.lognormvariate(2.5, 1.0)
         final = 2 if status == "NOT_FOUND" else 1
         rows.append(_row(job_id(rng), kind, group, model, status, created, created + duration, final, now, now))
+        agg.tables["closed"][(kind, group, model, status)] += 1
         if final == 1:
             agg.add(kind, group, model, status, duration, rng)
         if len(rows) >= 50_000:

@@ -52,7 +52,7 @@ def _le(bound: float) -> str:
 class JobAggregates:
     """Totals over tracked jobs; the families that persist are listed in PERSISTED."""
 
-    PERSISTED = ("finished", "tokens", "results", "choices", "tool_calls", "durations")
+    PERSISTED = ("finished", "tokens", "results", "choices", "tool_calls", "durations", "closed")
 
     def __init__(self, duration_buckets: Iterable[float]) -> None:
         self.bounds = tuple(float(b) for b in duration_buckets)
@@ -63,6 +63,9 @@ class JobAggregates:
         self.results: dict[tuple[str, str, str], int] = defaultdict(int)
         self.choices: dict[tuple[str, str, str], int] = defaultdict(int)
         self.tool_calls: dict[tuple[str, str], int] = defaultdict(int)
+        # The share of `jobs` that is final and only in the state file, persisted so that a start
+        # does not have to count a million rows.
+        self.closed: dict[JobLabels, int] = defaultdict(int)
         self.dirty: set[tuple[str, tuple[str, ...]]] = set()
         self.version = 0  # bumped by every change: the renderer reuses its text while it stays
         # (kind, group) -> heap of (created, job id); stale entries are dropped when read.
@@ -97,6 +100,14 @@ class JobAggregates:
         self.version += 1
         for labels, n in counts:
             self.jobs[labels] += n
+
+    def close(self, labels: JobLabels, n: int = 1) -> None:
+        """`n` jobs with these labels became final (or, negative, left the state while final)."""
+        self._bump("closed", self.closed, labels, n)
+
+    @property
+    def closed_total(self) -> int:
+        return sum(self.closed.values())
 
     # -- finished jobs -----------------------------------------------------------------------------
     def record_finished(self, labels: JobLabels, duration: float | None, prompt: int, completion: int,

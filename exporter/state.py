@@ -83,7 +83,6 @@ class TrackedJobs:
         self._retire: dict[str, float] = {}
         self._flush_lock = asyncio.Lock()
         self.on_new: Callable[[Job], None] = lambda job: None
-        self.closed_total = 0  # jobs in the file that are no longer polled
 
     # -- start-up --------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -95,13 +94,16 @@ class TrackedJobs:
             self.agg.move(None, job.labels)
             if job.created is not None:
                 self.agg.note_unfinished(job.kind, job.group, job.created, job.id)
-        closed = await self.store.call(self.store.closed_counts)
-        self.agg.add_counts(closed)
-        self.closed_total = sum(n for _, n in closed)
         for family, labels, value in await self.store.call(self.store.load_counters):
             if not self.agg.restore(family, labels, value):
                 log.warning("duration buckets changed since the state was written; "
                             "the duration histogram of %s starts again from zero", "/".join(labels))
+        self.agg.add_counts(list(self.agg.closed.items()))
+
+    @property
+    def closed_total(self) -> int:
+        """Jobs in the file that are no longer polled."""
+        return self.agg.closed_total
 
     # -- tracking ----------------------------------------------------------------------------------
     async def track(self, ids: Iterable[str], kind: str, group: str, source: str,
@@ -140,7 +142,7 @@ class TrackedJobs:
         if job.final == OPEN:
             self._deleted.add(job_id)
         else:
-            self.closed_total -= 1
+            self.agg.close(job.labels, -1)
             self._retire[job_id] = now
         return True
 
@@ -201,7 +203,7 @@ class TrackedJobs:
 
     def _close(self, job: Job) -> None:
         self.open.pop(job.id, None)
-        self.closed_total += 1
+        self.agg.close(job.labels)
 
     # -- persistence -----------------------------------------------------------------------------
     async def flush(self) -> int:
@@ -237,11 +239,13 @@ class TrackedJobs:
         """Drop jobs final for longer than `retention`; counters keep their totals."""
         await self.flush()
         async with self._flush_lock:
+            # The file's closed counts drop in the same transaction; the memory's before the lock
+            # is released, so no batch can write the old ones back.
             counts = await self.store.call(self.store.retire_ended_before, now - retention, now)
-        self.agg.add_counts((labels, -n) for labels, n in counts)
-        dropped = sum(n for _, n in counts)
-        self.closed_total -= dropped
-        return dropped
+            self.agg.add_counts((labels, -n) for labels, n in counts)
+            for labels, n in counts:
+                self.agg.closed[labels] -= n
+        return sum(n for _, n in counts)
 
     async def ids_from_source(self, source: str) -> set[str]:
         ids = {j.id for j in self.open.values() if j.source == source}

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 APPLICATION_ID = 0x44495354  # "DIST": marks a file as ours, so a foreign database is refused
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 JOB_COLUMNS = ("id", "kind", "grp", "source", "status", "model", "created", "finished", "final",
                "ended", "prompt_tokens", "completion_tokens", "results", "tool_calls", "choices",
@@ -44,6 +44,11 @@ CREATE TABLE IF NOT EXISTS retired (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHO
 """
 
 T = TypeVar("T")
+
+
+def labels_key(labels: Iterable[str]) -> str:
+    """The counters table's key for a label tuple: compact JSON, as SQLite's json_array writes it."""
+    return json.dumps(list(labels), separators=(",", ":"))
 
 
 class StateError(Exception):
@@ -194,7 +199,7 @@ class StateStore:
                 db.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i, _ in batch.retire))
             if batch.counters:
                 db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
-                               ((f, json.dumps(list(l)), json.dumps(v)) for f, l, v in batch.counters))
+                               ((f, labels_key(l), json.dumps(v)) for f, l, v in batch.counters))
 
     def retire_ended_before(self, cutoff: float, now: float) -> list[tuple[tuple[str, str, str, str], int]]:
         """Drop jobs final since before `cutoff`, keeping their ids as tombstones; counts dropped."""
@@ -204,6 +209,8 @@ class StateStore:
             counts = [((k, g, m, s), n) for k, g, m, s, n in db.execute(
                 "SELECT kind, grp, model, status, count(*) FROM jobs WHERE final != 0 AND ended < ? "
                 "GROUP BY kind, grp, model, status", (cutoff,))]
+            db.executemany("UPDATE counters SET value = CAST(value AS INTEGER) - ? WHERE family = 'closed' "
+                           "AND labels = ?", ((n, labels_key(labels)) for labels, n in counts))
             if counts:
                 db.execute("INSERT OR IGNORE INTO retired SELECT id, ? FROM jobs WHERE final != 0 AND ended < ?",
                            (now, cutoff))
@@ -225,3 +232,9 @@ def _migrate(db: sqlite3.Connection, version: int) -> None:
         columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
         if "polls" not in columns:
             db.execute("ALTER TABLE jobs ADD COLUMN polls INTEGER NOT NULL DEFAULT 0")
+    if version < 3:
+        # Version 3 keys counters by compact JSON and keeps the counts of closed jobs with them:
+        # count those once, here.
+        db.execute("UPDATE counters SET labels = json(labels)")
+        db.execute("INSERT OR REPLACE INTO counters SELECT 'closed', json_array(kind, grp, model, status), "
+                   "CAST(count(*) AS TEXT) FROM jobs WHERE final != 0 GROUP BY kind, grp, model, status")

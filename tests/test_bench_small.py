@@ -18,7 +18,9 @@ def test_prepared_state_is_consistent(tmp_path):
     store = StateStore(str(tmp_path / "s.db"))
     store.open()
     closed = sum(n for _, n in store.closed_counts())
-    finished = sum(v for family, _, v in store.load_counters() if family == "finished")
+    counters = store.load_counters()
+    finished = sum(v for family, _, v in counters if family == "finished")
+    assert sorted(store.closed_counts()) == sorted((l, v) for f, l, v in counters if f == "closed")
     assert closed == counts["final"] and len(store.load_open_jobs()) == counts["unfinished"]
     assert 0 < finished <= closed  # NOT_FOUND jobs are closed but never finished
     store.close()

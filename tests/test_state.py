@@ -47,12 +47,14 @@ def test_kill_9_then_restart_keeps_ids_and_counters_and_does_not_repoll(simulato
     wait_for(lambda: total(first.samples("distribute_jobs_finished_total")) == 35, 30, what="35 finished")
     wait_for(lambda: all(sim.stats()["by_id"].get(i, 0) >= 3 for i in waiting), 10, what="active polling")
     before = counters(first.metrics())
+    gauge_before = {k: v for k, v in first.samples("distribute_jobs").items() if v}
     first.stop(signal.SIGKILL)
     asked = sim.stats()["by_id"]
 
     second = exporter(cfg, env=env)
     after = counters(second.metrics())
     assert after == before
+    assert {k: v for k, v in second.samples("distribute_jobs").items() if v} == gauge_before
     for job_id in finished_chat + waiting:
         assert http("GET", f"{second.url}/api/v1/jobs/{job_id}", headers=AUTH)[0] == 200
     wait_for(lambda: all(sim.stats()["by_id"][i] > asked[i] + 2 for i in waiting), 10, what="polling resumed")
