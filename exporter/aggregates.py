@@ -50,9 +50,8 @@ def _le(bound: float) -> str:
 
 
 class JobAggregates:
-    """Totals over tracked jobs; the families that persist are listed in PERSISTED."""
-
-    PERSISTED = ("finished", "tokens", "results", "choices", "tool_calls", "durations", "closed")
+    """Totals over tracked jobs. The families changed through `_bump` (and durations) are marked
+    dirty and persisted with the jobs; `jobs` is rebuilt at start from the open jobs and `closed`."""
 
     def __init__(self, duration_buckets: Iterable[float]) -> None:
         self.bounds = tuple(float(b) for b in duration_buckets)

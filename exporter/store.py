@@ -153,7 +153,8 @@ class StateStore:
         return list(self.open_jobs())
 
     def closed_counts(self) -> list[tuple[tuple[str, str, str, str], int]]:
-        """Jobs no longer polled, per (kind, group, model, status): the rest of the jobs gauge."""
+        """Jobs no longer polled, per (kind, group, model, status), counted the slow way (a scan):
+        for checks of the `closed` counters, which start-up reads instead."""
         rows = self.db.execute("SELECT kind, grp, model, status, count(*) FROM jobs WHERE final != 0 "
                                "GROUP BY kind, grp, model, status")
         return [((k, g, m, s), n) for k, g, m, s, n in rows]

@@ -13,7 +13,6 @@ import logging
 import os
 import ssl
 import stat
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import urllib.parse
 from pathlib import Path
 from typing import Any

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 
 from helpers import wait_for, write_config
 from prom import Prometheus, local_prometheus_config

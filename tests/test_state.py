@@ -7,7 +7,6 @@ import os
 import signal
 import time
 
-import pytest
 
 from helpers import http, parse_samples, total, wait_for, write_config
 from test_exporter import OLD, config_text
