@@ -6,6 +6,7 @@ import argparse
 import datetime
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -49,6 +50,7 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("fixed_delay_median_real_s", "reported", None)]),
     "id_files": (b.id_files, {"lines": 1_000_000}, {"lines": 50_000}, [
         ("first_load_seconds", "<= 10 s", lambda v: v <= 10),
+        ("persisted_seconds", "reported (start to every id in the state file)", None),
         ("append_pickup_seconds", "<= 1 s", lambda v: v <= 1)]),
     "scrape_load": (b.scrape_load, {"jobs": 10_000}, {"jobs": 2_000, "seconds": 10}, [
         ("failed_scrapes", "0", lambda v: v == 0), ("scrape_p99_ms", "reported", None),
@@ -92,20 +94,43 @@ def main() -> int:
             median = statistics.median(values)
             verdict = "–" if check is None else ("met" if check(median) else "**missed**")
             rows.append((name, size, figure, median, min(values), max(values), target, verdict))
+    stamp = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M}"
+    rows = [(*row, stamp) for row in rows]
+    if args.only and args.out.exists():
+        rows = merged(args.out.read_text(), rows)
     write(args.out, rows, repeats, args.quick)
     print(f"wrote {args.out}")
     return 0
 
 
+def merged(old_text: str, rows: list) -> list:
+    """`rows` in place of the same benchmarks' rows of an earlier table; the others kept, in order."""
+    fresh = {row[0] for row in rows}
+    dated = re.search(r"^- date: (.+?)( UTC)?$", old_text, re.M)  # tables from before rows were dated
+    kept = []
+    for line in old_text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 7 or not line.startswith("| ") or cells[0] in ("benchmark", "---") or cells[0] in fresh:
+            continue
+        stamp = cells[7] if len(cells) > 7 else (dated.group(1) if dated else "")
+        kept.append((*cells[:5], None, cells[5], cells[6], stamp))
+    order = list(PLAN)
+    return sorted(kept + rows, key=lambda row: order.index(row[0]) if row[0] in order else len(order))
+
+
 def write(path: Path, rows, repeats: int, quick: bool) -> None:
     lines = [f"# Benchmark results{' (quick sizes)' if quick else ''}", "",
-             f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}",
              f"- machine: {machine()}", f"- runs per benchmark: {repeats} (median, and min–max spread)",
-             f"- command: `python -m bench{' --quick' if quick else ''}`", "",
-             "| benchmark | size | figure | median | spread | target | verdict |",
-             "|---|---|---|---|---|---|---|"]
-    for name, size, figure, median, low, high, target, verdict in rows:
-        lines.append(f"| {name} | {size} | {figure} | {median:,.3g} | {low:,.3g}–{high:,.3g} | {target} | {verdict} |")
+             f"- command: `python -m bench{' --quick' if quick else ''}` (`--only NAME` re-runs one "
+             "benchmark and keeps the other rows; each row says when it was measured)", "",
+             "| benchmark | size | figure | median | spread | target | verdict | measured (UTC) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, size, figure, median, low, high, target, verdict, stamp in rows:
+        if isinstance(median, str):  # kept from the earlier table as written
+            lines.append(f"| {name} | {size} | {figure} | {median} | {low} | {target} | {verdict} | {stamp} |")
+            continue
+        lines.append(f"| {name} | {size} | {figure} | {median:,.3g} | {low:,.3g}–{high:,.3g} | {target} | {verdict} "
+                     f"| {stamp} |")
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += ["", notes.read_text().strip()]

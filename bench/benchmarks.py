@@ -145,6 +145,12 @@ state: {path: state.db}
 """)
     try:
         load = exporter.wait_ready(300)
+        tracked = metric(exporter.metrics(), "distribute_jobs")
+        if tracked != lines:
+            raise RuntimeError(f"ready with {tracked:g} of {lines} ids tracked")
+        # Ready means every id is tracked and due; the state file catches up in the background.
+        wait_for(lambda: _rows(workdir / "state.db") >= lines, 300, "every id in the state file", 0.1)
+        persisted = time.monotonic() - exporter.started
         extra = _ids_file(workdir / "more.txt", appended, seed=99)
         time.sleep(1.5)  # let a scan pass with nothing new, so the append lands mid-period
         before = metric(exporter.metrics(), "distribute_jobs")
@@ -156,7 +162,15 @@ state: {path: state.db}
         pickup = time.monotonic() - appended_at
     finally:
         exporter.stop()
-    return {"first_load_seconds": load, "append_pickup_seconds": pickup}
+    return {"first_load_seconds": load, "persisted_seconds": persisted, "append_pickup_seconds": pickup}
+
+
+def _rows(path: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT count(*) FROM jobs").fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 def scrape_load(workdir: Path, jobs: int, scrapers: int = 50, seconds: int = 30, rate: float = 500) -> Figures:

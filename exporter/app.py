@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import logging
 import time
 from collections import Counter
@@ -90,8 +91,11 @@ class Exporter:
     def shard_count(self) -> int:
         return self.shard_override[1] if self.shard_override else self.config.shard.count
 
-    def owns(self, job_id: str) -> bool:
-        return owner(job_id, self.shard_count) == self.shard_index
+    def owned(self, ids: list[str]) -> list[str]:
+        """Those of `ids` in this replica's shard (all of them when there is one shard)."""
+        if self.shard_count == 1:
+            return ids
+        return [i for i in ids if owner(i, self.shard_count) == self.shard_index]
 
     @staticmethod
     def _secrets(config: Config) -> list[str | None]:
@@ -113,7 +117,11 @@ class Exporter:
         self._declare_series(self.config)
         self.poller.schedule_all()
         await self.sync_sources(self.config, initial=True)
-        await self.jobs.flush()
+        # What start-up loaded lives long: keep full collections from scanning it over and over (a
+        # million jobs take a quarter of a second per scan). Refcounting still frees finished jobs.
+        gc.freeze()
+        # Ready before the new ids are in the state file: they are still in the config and the
+        # files they came from, and the flusher writes them in the background.
         self.ready = True
         for name, coro in (("poller", self.poller.run()), ("flusher", self._flush_loop()),
                            ("web-config", self.guard.watch()),
@@ -216,7 +224,7 @@ class Exporter:
         now = time.time()
         wanted: set[str] = set()
         for group in config.jobs:
-            owned = [i for i in group.ids if self.owns(i)]
+            owned = self.owned(list(group.ids))
             wanted.update(owned)
             accepted, _ = await self.jobs.track(owned, group.kind, group.group, "config", now)
             if accepted and not initial:
@@ -243,7 +251,7 @@ class Exporter:
                 for bad in change.bad:
                     self.status.invalid_id_lines += 1
                     log.warning("skipping invalid id file=%s line=%d text=%r", change.path, bad.line_no, bad.text)
-                owned = [i for i in change.ids if self.owns(i)]
+                owned = self.owned(change.ids)
                 accepted, _ = await self.jobs.track(owned, group.kind, group.group, source_name(change.path), now)
                 added += len(accepted)
                 if change.complete and group.forget_removed:
@@ -252,7 +260,7 @@ class Exporter:
                 for path in gone:
                     await self._forget_missing(source_name(path), set(), now)
             if added:
-                await self.jobs.flush()  # log only what is durably stored
+                # Not flushed here: the file itself keeps these ids until the next batch does.
                 log.info("ids files added %d ids kind=%s group=%s pattern=%s", added, group.kind,
                          group.group, group.ids_file)
 

@@ -12,7 +12,7 @@ import heapq
 import itertools
 import logging
 import time
-from typing import Callable
+from typing import Callable, Iterable
 
 from .aggregates import ApiAggregates
 from .api_client import ApiClient, ApiError, NotFound, RateLimited, Unauthorized
@@ -45,7 +45,7 @@ class Poller:
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=concurrency)
         self._auth_failures = 0
         self._rate_limited = False
-        jobs.on_new = self.schedule
+        jobs.on_new = self.schedule_many
 
     # -- scheduling ------------------------------------------------------------------------------
     def schedule(self, job: Job) -> None:
@@ -54,10 +54,19 @@ class Poller:
         if self._heap[0][2] == job.id:
             self._wake.set()
 
-    def schedule_all(self) -> None:
-        for job in self.jobs.open.values():
-            heapq.heappush(self._heap, (job.next_due, next(self._seq), job.id))
+    def schedule_many(self, jobs: Iterable[Job]) -> None:
+        """Enter many jobs at once (new ids, start-up)."""
+        entries = [(job.next_due, next(self._seq), job.id) for job in jobs]
+        if len(entries) * 8 < len(self._heap):
+            for entry in entries:
+                heapq.heappush(self._heap, entry)
+        else:  # linear, where a push each would be n log n
+            self._heap.extend(entries)
+            heapq.heapify(self._heap)
         self._wake.set()
+
+    def schedule_all(self) -> None:
+        self.schedule_many(self.jobs.open.values())
 
     def credentials_changed(self) -> None:
         """A new API key: lift the pause after refused keys and ask the refused jobs again now."""

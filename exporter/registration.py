@@ -68,7 +68,7 @@ async def register(request: web.Request) -> web.Response:
         return problem
     exporter: Exporter = request.app["exporter"]
     ids = [normalise(i) for i in body["ids"]]
-    owned = [i for i in ids if exporter.owns(i)]
+    owned = exporter.owned(ids)
     accepted, duplicates = await exporter.jobs.track(owned, body["kind"], body.get("group", "default"),
                                                      "api", time.time())
     await exporter.jobs.flush()  # 202 only once the ids are durably stored

@@ -91,12 +91,8 @@ class IdsFileWatcher:
         if end < len(data) and is_uuid4(data[end:].split(b"#")[0].strip().decode("utf-8", "replace")):
             end = len(data)
         text = data[:end].decode("utf-8", errors="replace").splitlines()
-        change = FileChange(path, complete=complete)
-        for item in parse_id_lines(text, first_line_no=lines + 1):
-            if isinstance(item, BadLine):
-                change.bad.append(item)
-            else:
-                change.ids.append(item)
+        ids, bad = parse_id_lines(text, first_line_no=lines + 1)
+        change = FileChange(path, ids, bad, complete)
         new_offset = offset + end
         handle.seek(max(0, new_offset - _TAIL))
         tail = handle.read(new_offset - max(0, new_offset - _TAIL))

@@ -163,9 +163,15 @@ class StateStore:
         rows = self.db.execute("SELECT family, labels, value FROM counters")
         return [(family, tuple(json.loads(labels)), json.loads(value)) for family, labels, value in rows]
 
+    def has_closed(self) -> bool:
+        """True when the file holds any job that is not polled any more, or any tombstone."""
+        return bool(self.db.execute("SELECT EXISTS(SELECT 1 FROM jobs WHERE final != 0) "
+                                    "OR EXISTS(SELECT 1 FROM retired)").fetchone()[0])
+
     def known(self, ids: list[str]) -> set[str]:
         """Which of `ids` are tracked or retired."""
         found: set[str] = set()
+        ids = sorted(ids)  # look up in key order: neighbouring ids share B-tree pages
         for start in range(0, len(ids), 500):
             chunk = ids[start:start + 500]
             marks = ",".join("?" * len(chunk))

@@ -175,8 +175,8 @@ def test_api_key_from_file_or_env_never_printed(tmp_path):
 
 # ---- ids, histogram, shards ----------------------------------------------------------------------------------
 def test_id_lines_skip_comments_and_blank_and_flag_bad_lines():
-    items = list(parse_id_lines(["# header", "", f"{ID.upper()}  # a comment", "nope", f"  {ID}  "]))
-    assert items == [ID, BadLine(4, "nope"), ID]
+    ids, bad = parse_id_lines(["# header", "", f"{ID.upper()}  # a comment", "nope", f"  {ID}  ", f"{ID}x", ID])
+    assert ids == [ID, ID, ID] and bad == [BadLine(4, "nope"), BadLine(6, f"{ID}x")]
 
 
 def test_histogram_buckets_are_cumulative_with_inf():

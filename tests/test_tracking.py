@@ -1,0 +1,137 @@
+"""Tracked jobs against a real SQLite file: big batches, failed writes, and look-ups skipped safely."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import exporter.state as state_module
+from exporter.aggregates import JobAggregates
+from exporter.results import JobResult
+from exporter.state import TrackedJobs
+from exporter.store import StateStore
+
+
+def ids(n: int, seed: int = 7) -> list[str]:
+    return [f"{seed:08x}-{i * 7919 % 65536:04x}-4000-8000-{i:012x}" for i in range(n)]
+
+
+class Recorder:
+    """Wraps a store's `write` and `known` to see what reaches the file, and fails on request."""
+
+    def __init__(self, store: StateStore, fail_on_write: int | None = None) -> None:
+        self.writes: list = []
+        self.known_calls = 0
+        self.fail_on_write = fail_on_write
+        self._write, self._known = store.write, store.known
+        store.write, store.known = self.write, self.known  # type: ignore[method-assign]
+
+    def write(self, batch) -> None:
+        if self.fail_on_write == len(self.writes) + 1:
+            self.fail_on_write = None
+            raise sqlite3.OperationalError("disk I/O error")
+        self.writes.append(batch)
+        self._write(batch)
+
+    def known(self, job_ids):
+        self.known_calls += 1
+        return self._known(job_ids)
+
+
+def rows_in(path: Path) -> dict[str, int]:
+    with sqlite3.connect(path) as db:
+        return dict(db.execute("SELECT id, final FROM jobs"))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def opened(path: Path) -> tuple[StateStore, TrackedJobs]:
+    store = StateStore(str(path))
+    await store.call(store.open)
+    jobs = TrackedJobs(store, JobAggregates((1.0, 10.0)))
+    await jobs.load()
+    return store, jobs
+
+
+def test_a_big_batch_goes_in_key_order_chunks_with_the_counts_in_the_first(tmp_path, monkeypatch):
+    monkeypatch.setattr(state_module, "FLUSH_CHUNK", 10)
+    path = tmp_path / "state.db"
+
+    async def scenario():
+        store, jobs = await opened(path)
+        recorder = Recorder(store)
+        accepted, duplicates = await jobs.track(ids(35), "chat", "g", "file:x", 1.0)
+        done = jobs.open[accepted[20]]
+        jobs.apply(done, JobResult("COMPLETED", "m", 1.0, 3.0, 5, 7), 4.0)
+        written = await jobs.flush()
+        store.shutdown()
+        return accepted, duplicates, done.id, recorder, written
+
+    accepted, duplicates, done_id, recorder, written = run(scenario())
+    assert (len(accepted), duplicates, written) == (35, 0, 35)
+    first, *rest = recorder.writes
+    assert first.counters and done_id in [r[0] for r in first.upserts]
+    assert [len(b.upserts) for b in recorder.writes] == [11, 10, 10, 4]
+    assert all(not b.counters for b in rest)
+    later = [r[0] for b in rest for r in b.upserts]
+    assert later == sorted(later)
+    stored = rows_in(path)
+    assert set(stored) == set(accepted) and stored[done_id] == 1
+
+
+def test_a_failed_chunk_keeps_every_unwritten_job_for_the_next_flush(tmp_path, monkeypatch):
+    monkeypatch.setattr(state_module, "FLUSH_CHUNK", 10)
+    path = tmp_path / "state.db"
+
+    async def scenario():
+        store, jobs = await opened(path)
+        recorder = Recorder(store, fail_on_write=3)
+        accepted, _ = await jobs.track(ids(35), "speech", "g", "file:x", 1.0)
+        with pytest.raises(sqlite3.OperationalError):
+            await jobs.flush()
+        after_failure = len(rows_in(path))
+        await jobs.flush()
+        store.shutdown()
+        return accepted, after_failure, [len(b.upserts) for b in recorder.writes]
+
+    accepted, after_failure, sizes = run(scenario())
+    assert after_failure == 20  # the first two transactions landed
+    assert sizes == [10, 10, 10, 5]  # the 15 left over, and nothing twice
+    assert set(rows_in(path)) == set(accepted)
+
+
+def test_a_fresh_file_needs_no_lookups_yet_a_finished_id_is_never_tracked_twice(tmp_path):
+    path = tmp_path / "state.db"
+    job_id, other = ids(2, seed=9)
+
+    async def first_life():
+        store, jobs = await opened(path)
+        recorder = Recorder(store)
+        await jobs.track([job_id], "chat", "g", "config", 1.0)
+        lookups_while_fresh = recorder.known_calls
+        jobs.apply(jobs.open[job_id], JobResult("ERROR", "m", 1.0, 2.0), 3.0)
+        await jobs.flush()
+        again, _ = await jobs.track([job_id], "chat", "g", "config", 4.0)
+        await jobs.untrack(job_id, 5.0)  # finished: it stays a tombstone
+        await jobs.flush()
+        after_retire, _ = await jobs.track([job_id, other], "chat", "g", "config", 6.0)
+        await jobs.flush()
+        store.shutdown()
+        return lookups_while_fresh, recorder.known_calls, again, after_retire
+
+    lookups_while_fresh, lookups, again, after_retire = run(first_life())
+    assert lookups_while_fresh == 0 and lookups > 0
+    assert again == [] and after_retire == [other]
+
+    async def second_life():
+        store, jobs = await opened(path)
+        accepted, duplicates = await jobs.track([job_id], "chat", "g", "config", 7.0)
+        store.shutdown()
+        return accepted, duplicates
+
+    assert run(second_life()) == ([], 1)
