@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 from . import KINDS, __version__
 from .aggregates import ApiAggregates, JobAggregates
 from .api_client import ApiClient, Transport, make_transport
-from .collector import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector
+from .collector import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector, Sampled
 from .exposition import GzipParts, TextRenderer
 from .config import Config, ConfigError, expand_ids_file, load_config
 from .logs import MASK
@@ -37,6 +37,7 @@ log = logging.getLogger("distribute.exporter")
 API_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RETENTION_SWEEP_SECONDS = 10.0  # an indexed range query: cheap when nothing is due
 SOURCE_COUNTS_TTL = 15.0
+PROCESS_SAMPLE_SECONDS = 1.0  # process_* metrics: read /proc at most this often
 
 TransportFactory = Callable[[Config], Transport]
 
@@ -164,8 +165,8 @@ class Exporter:
         for collector in (JobsCollector(self.job_agg, self.jobs.is_current), ApiCollector(self.api_agg),
                           ExporterCollector(s)):
             self.registry.register(collector)
-        ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
+        self.registry.register(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
+        self.registry.register(Sampled(PlatformCollector(registry=None), float("inf")))
 
     def _declare_series(self, config: Config) -> None:
         for kind, group in config.groups():

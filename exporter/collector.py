@@ -165,3 +165,32 @@ class ExporterStatus:
         self.reload_ok = ok
         if ok:
             self.reload_success_time = time.time()
+
+
+class Sampled:
+    """Wraps a prometheus_client collector so that it is read at most once per `period` seconds.
+
+    prometheus_client's process collector reads /proc files and lists the open descriptors at every
+    scrape: half a scrape's CPU when fifty scrapers hammer /metrics. Its values need not be fresher
+    than a second for a server scraped every 15 s. `version()` lets the renderer reuse the text (and
+    its gzip) of an unchanged sample. With `period` infinite (the platform collector) it is read once.
+    """
+
+    def __init__(self, inner: object, period: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.inner = inner
+        self.period = period
+        self.clock = clock
+        self._taken = -float("inf")
+        self._sample: list = []
+        self._version = 0
+
+    def version(self) -> int:
+        now = self.clock()
+        if now - self._taken >= self.period:
+            self._sample = list(self.inner.collect())  # type: ignore[attr-defined]
+            self._taken, self._version = now, self._version + 1
+        return self._version
+
+    def collect(self) -> Iterator:
+        self.version()
+        return iter(self._sample)

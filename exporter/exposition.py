@@ -94,7 +94,8 @@ def render_parts(registry: CollectorRegistry, renderer: TextRenderer) -> list[Pa
 
     A part's key is (collector id, version) for collectors with a `version()`: while it is unchanged
     the collector is not even walked and its last bytes are reused (and, by GzipParts, their gzip).
-    Collectors without `families()` (process, platform) are rendered by prometheus_client itself.
+    Collectors without `families()` (process, platform) are rendered by prometheus_client itself,
+    and reused too while a `version()` (collector.Sampled) says their sample is the same.
     """
     parts: list[Part] = []
     for collector in list(registry._collector_to_names):  # the order registry.collect() uses
@@ -108,11 +109,21 @@ def render_parts(registry: CollectorRegistry, renderer: TextRenderer) -> list[Pa
             parts.append(cached)
         elif families is not None:
             parts.append((None, renderer.render(families()).encode()))
+        elif version is not None:  # a Sampled prometheus_client collector
+            key = (id(collector), version())
+            cached = renderer.whole.get(key[0])
+            if cached is None or cached[0] != key:
+                cached = renderer.whole[key[0]] = (key, _generic(collector))
+            parts.append(cached)
         else:
-            single = CollectorRegistry(auto_describe=False)
-            single.register(collector)
-            parts.append((None, generate_latest(single)))
+            parts.append((None, _generic(collector)))
     return parts
+
+
+def _generic(collector: object) -> bytes:
+    single = CollectorRegistry(auto_describe=False)
+    single.register(collector)  # type: ignore[arg-type]
+    return generate_latest(single)
 
 
 def render_registry(registry: CollectorRegistry, renderer: TextRenderer) -> bytes:

@@ -10,7 +10,7 @@ from prometheus_client import CollectorRegistry, PlatformCollector, ProcessColle
 
 from conftest import tool
 from exporter.aggregates import ApiAggregates, JobAggregates
-from exporter.collector import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector
+from exporter.collector import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector, Sampled
 from exporter.exposition import GzipParts, TextRenderer, render_parts, render_registry
 
 
@@ -65,3 +65,33 @@ def test_gzip_members_decode_to_the_plain_text_and_promtool_accepts_it():
     check = subprocess.run([tool("promtool"), "check", "metrics"], input=render_registry(registry, renderer),
                            capture_output=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+class CountingCollector:
+    """A prometheus_client-style collector whose value is how often it was read."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+        self.reads += 1
+        yield GaugeMetricFamily("reads", "times read", value=self.reads)
+
+
+def test_a_sampled_collector_is_read_once_per_period_and_its_text_reused():
+    now = [100.0]
+    inner = CountingCollector()
+    sampled = Sampled(inner, 1.0, clock=lambda: now[0])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(sampled)
+    renderer = TextRenderer()
+    first = render_parts(registry, renderer)
+    now[0] += 0.5
+    again = render_parts(registry, renderer)
+    assert inner.reads == 1 and again[0][1] is first[0][1] and b"reads 1.0" in first[0][1]
+    now[0] += 0.6
+    later = render_registry(registry, renderer)
+    assert inner.reads == 2 and b"reads 2.0" in later
+    assert later == generate_latest(registry)  # the same sample through prometheus_client
+    assert inner.reads == 2
