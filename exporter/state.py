@@ -258,8 +258,9 @@ class TrackedJobs:
             if batch:
                 try:
                     await self.store.call(self.store.write, batch)
-                except Exception:
-                    # Keep the changes for the next attempt rather than lose them.
+                except BaseException:
+                    # A failed write, or a flush cancelled at shutdown: keep the changes for the
+                    # next attempt (writing a row or a counter twice is harmless; losing it is not).
                     self._requeue(batch, polled[FLUSH_CHUNK:])
                     raise
             written = len(batch.upserts)
@@ -268,7 +269,7 @@ class TrackedJobs:
                 rows = [j.row() for j in polled[start:start + FLUSH_CHUNK] if j.final == OPEN]
                 try:
                     await self.store.call(self.store.write, Batch(upserts=rows))
-                except Exception:
+                except BaseException:
                     self._requeue(Batch(), polled[start:])
                     raise
                 written += len(rows)

@@ -184,3 +184,29 @@ def test_retention_drops_old_finished_jobs_but_counters_keep_totals(simulator, e
     assert counters(again.metrics()) == kept
     assert total(again.samples("distribute_jobs")) == 0
     assert sim.stats()["by_id"] == asked
+
+
+def test_ids_from_a_file_survive_a_kill_9_before_the_state_file_has_them(exporter, tmp_path):
+    """Ready does not wait for the state file: the ids file keeps the ids until the flusher has
+    written them, so a crash in between loses none (they are read again at start)."""
+    ids = ghost_ids(30_000, 7)
+    (tmp_path / "ids.txt").write_text("\n".join(ids) + "\n")
+    cfg = write_config(tmp_path, "api: {base_url: 'http://127.0.0.1:9', max_requests_per_second: 1}\n"
+                                 "poll: {interval_seconds: 60, not_found_grace_seconds: 3600}\n"
+                                 "state: {path: state.db, flush_interval_seconds: 30}\n"
+                                 "jobs: [{kind: images, ids_file: ids.txt}]\n")
+    first = exporter(cfg)
+    assert total(first.samples("distribute_jobs")) == len(ids)  # tracked at ready
+    first.stop(signal.SIGKILL)
+    assert stored_ids(tmp_path / "state.db") < len(ids)  # the flusher had not written them all
+
+    second = exporter(cfg, "--log.level", "warn")
+    assert total(second.samples("distribute_jobs")) == len(ids)
+    second.stop()  # a clean stop writes what is pending
+    assert stored_ids(tmp_path / "state.db") == len(ids)
+
+
+def stored_ids(path) -> int:
+    import sqlite3
+    with sqlite3.connect(path) as db:
+        return db.execute("SELECT count(*) FROM jobs").fetchone()[0]

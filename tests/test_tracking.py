@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -135,3 +137,36 @@ def test_a_fresh_file_needs_no_lookups_yet_a_finished_id_is_never_tracked_twice(
         return accepted, duplicates
 
     assert run(second_life()) == ([], 1)
+
+
+def test_a_flush_cancelled_at_shutdown_leaves_the_rest_for_the_last_flush(tmp_path, monkeypatch):
+    monkeypatch.setattr(state_module, "FLUSH_CHUNK", 10)
+    path = tmp_path / "state.db"
+    started = threading.Event()
+
+    async def scenario():
+        store, jobs = await opened(path)
+        real_write = store.write
+
+        def slow_write(batch):  # the second transaction is still running when the flush is cancelled
+            if started.is_set():
+                time.sleep(0.3)
+            started.set()
+            real_write(batch)
+
+        store.write = slow_write  # type: ignore[method-assign]
+        accepted, _ = await jobs.track(ids(35), "chat", "g", "file:x", 1.0)
+        flushing = asyncio.create_task(jobs.flush())
+        deadline = time.monotonic() + 10
+        while not started.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.05)
+        flushing.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await flushing
+        await jobs.flush()  # what stop() does after cancelling the background tasks
+        store.shutdown()
+        return accepted
+
+    accepted = run(scenario())
+    assert set(rows_in(path)) == set(accepted)
