@@ -170,3 +170,18 @@ def test_a_flush_cancelled_at_shutdown_leaves_the_rest_for_the_last_flush(tmp_pa
 
     accepted = run(scenario())
     assert set(rows_in(path)) == set(accepted)
+
+
+def test_a_row_follows_the_column_order_and_reads_back_the_same():
+    from dataclasses import fields
+
+    from exporter.state import Job
+    from exporter.store import JOB_COLUMNS
+
+    job = Job("id-1", "chat", "grp-1", "src-1", "PROCESSING", "model-1", 1.5, 2.5, 1, 3.5, 11, 12, 13, 14,
+              {"stop": 2}, 4.5, 5.5, 6.5, 7.5, 8, 9)
+    row = dict(zip(JOB_COLUMNS, job.row()))
+    assert len(job.row()) == len(JOB_COLUMNS) == len(fields(Job))
+    assert row["grp"] == "grp-1" and row["choices"] == '{"stop": 2}' and row["polls"] == 9
+    again = Job.from_row(row)
+    assert [getattr(again, f.name) for f in fields(Job)] == [getattr(job, f.name) for f in fields(Job)]
