@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from . import benchmarks as b
+from bench import benchmarks as b
 
 HERE = Path(__file__).resolve().parent
 

@@ -12,8 +12,8 @@ import time
 import uuid
 from pathlib import Path
 
-from .fixtures import prepare_state
-from .procs import Exporter, Nginx, Simulator, get, metric, wait_for, wrk
+from bench.fixtures import prepare_state
+from bench.procs import Exporter, Nginx, Simulator, get, metric, wait_for, wrk
 
 Figures = dict[str, float]
 

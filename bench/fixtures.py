@@ -10,9 +10,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from exporter import KINDS
-from exporter.aggregates import Histogram
+from exporter.tracking.aggregates import Histogram
 from exporter.config import DEFAULT_DURATION_BUCKETS
-from exporter.store import Batch, StateStore
+from exporter.tracking.store import Batch, StateStore
 
 OPEN_STATUSES = ("UNKNOWN", "CREATED", "QUEUED", "POSTPONED", "ASSIGNED_CONNECTIONS", "PROCESSING")
 GROUPS = tuple(f"group-{g}" for g in range(10))

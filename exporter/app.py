@@ -15,28 +15,29 @@ from typing import Any, Callable
 from aiohttp import web
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
 
-from . import KINDS, __version__
-from .aggregates import ApiAggregates, JobAggregates
-from .api_client import ApiClient, Transport, make_transport
-from .collector import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector, Sampled
-from .exposition import GzipParts, TextRenderer
-from .config import Config, ConfigError, expand_ids_file, load_config
-from .logs import MASK
-from .netaddr import parse_listen_address
-from .poller import Poller
-from .ratelimit import RateLimiter
-from .shard import owner
-from .sources import IdsFileWatcher, source_name
-from .state import TrackedJobs
-from .store import StateStore
-from .web import build_web_app
-from .websecurity import Guard, limit_connections, middleware
+from exporter import KINDS, __version__
+from exporter.tracking.aggregates import ApiAggregates, JobAggregates
+from exporter.polling.client import ApiClient, Transport, make_transport
+from exporter.metrics.collectors import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector, Sampled
+from exporter.metrics.exposition import GzipParts, TextRenderer
+from exporter.config import Config, ConfigError, load_config
+from exporter.logs import MASK
+from exporter.config.addresses import parse_listen_address
+from exporter.polling.poller import Poller
+from exporter.polling.ratelimit import RateLimiter
+from exporter.tracking.shard import owner
+from exporter.sources.registration import Registrar
+from exporter.sources.registration import routes as registration_routes
+from exporter.sources.sync import ConfigSources
+from exporter.tracking.jobs import TrackedJobs
+from exporter.tracking.store import StateStore
+from exporter.http.server import Site, build_web_app
+from exporter.http.guard import Guard, limit_connections, middleware
 
 log = logging.getLogger("distribute.exporter")
 
 API_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 RETENTION_SWEEP_SECONDS = 10.0  # an indexed range query: cheap when nothing is due
-SOURCE_COUNTS_TTL = 15.0
 PROCESS_SAMPLE_SECONDS = 1.0  # process_* metrics: read /proc at most this often
 
 TransportFactory = Callable[[Config], Transport]
@@ -74,12 +75,11 @@ class Exporter:
         self.registry = CollectorRegistry(auto_describe=False)
         self.renderer = TextRenderer()
         self.gzip_parts = GzipParts()
-        self.watchers: dict[tuple[int, str], IdsFileWatcher] = {}
+        self.sources = ConfigSources(self.jobs, self.owned, self._invalid_id_line)
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
         self._retired_clients: list[ApiClient] = []
-        self._source_counts: tuple[float, dict[str, int]] = (0.0, {})
         self.port = 0
         MASK.set(self._secrets(config))
 
@@ -117,7 +117,7 @@ class Exporter:
         await self.jobs.load()
         self._declare_series(self.config)
         self.poller.schedule_all()
-        await self.sync_sources(self.config, initial=True)
+        await self.sources.sync(self.config, initial=True)
         # What start-up loaded lives long: keep full collections from scanning it over and over (a
         # million jobs take a quarter of a second per scan). Refcounting still frees finished jobs.
         gc.freeze()
@@ -141,7 +141,12 @@ class Exporter:
     async def _serve(self) -> None:
         host, port = parse_listen_address(self.listen)
         limits = self.config.web
-        app = build_web_app(self, [middleware(self.guard, limits.request_timeout_seconds)])
+        site = Site(self.registry, self.renderer, self.gzip_parts, lambda: self.ready, self.reload,
+                    self.overview, limits.max_request_body_bytes)
+        registrar = Registrar(lambda: self.config.registration_token, self.jobs, self.owned,
+                              lambda: self.shard_count > 1)
+        app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
+                            [registration_routes(registrar)])
         # keepalive_timeout also closes a connection that has not sent a whole request by then:
         # a client that trickles its headers cannot hold a slot for longer.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
@@ -203,7 +208,7 @@ class Exporter:
             # A stat() per file: cheap enough to look every second, so appended ids show up at once.
             await asyncio.sleep(min(1.0, self.config.poll.interval_seconds / 2))
             try:
-                await self.scan_files(self.config)
+                await self.sources.scan_files(self.config)
             except Exception:
                 log.exception("ids file scan failed")
 
@@ -219,70 +224,8 @@ class Exporter:
             # Short retentions (tests, small disks) are swept more often than once a minute.
             await asyncio.sleep(min(RETENTION_SWEEP_SECONDS, max(0.5, self.config.state.retention_seconds / 4)))
 
-    # -- id sources ----------------------------------------------------------------------------------
-    async def sync_sources(self, config: Config, initial: bool = False) -> None:
-        """Track the config's ids and files; forget what the config no longer lists."""
-        now = time.time()
-        wanted: set[str] = set()
-        for group in config.jobs:
-            owned = self.owned(list(group.ids))
-            wanted.update(owned)
-            accepted, _ = await self.jobs.track(owned, group.kind, group.group, "config", now)
-            if accepted and not initial:
-                log.info("config added %d ids kind=%s group=%s", len(accepted), group.kind, group.group)
-        keep = {(g.kind, g.group) for g in config.jobs if not g.forget_removed}
-        dropped = 0
-        for job_id in await self.jobs.ids_from_source("config") - wanted:
-            job = await self.jobs.lookup(job_id)
-            if job is not None and (job.kind, job.group) not in keep:
-                dropped += await self.jobs.untrack(job_id, now)
-        if dropped:
-            log.info("stopped tracking %d ids no longer in the config", dropped)
-        await self.scan_files(config)
-
-    async def scan_files(self, config: Config) -> None:
-        now = time.time()
-        for index, group in enumerate(config.jobs):
-            if not group.ids_file:
-                continue
-            watcher = self.watchers.setdefault((index, group.ids_file), IdsFileWatcher())
-            changes, gone = watcher.scan(expand_ids_file(config, group.ids_file))
-            added = 0
-            for change in changes:
-                for bad in change.bad:
-                    self.status.invalid_id_lines += 1
-                    log.warning("skipping invalid id file=%s line=%d text=%r", change.path, bad.line_no, bad.text)
-                owned = self.owned(change.ids)
-                accepted, _ = await self.jobs.track(owned, group.kind, group.group, source_name(change.path), now)
-                added += len(accepted)
-                if change.complete and group.forget_removed:
-                    await self._forget_missing(source_name(change.path), set(owned), now)
-            if group.forget_removed:
-                for path in gone:
-                    await self._forget_missing(source_name(path), set(), now)
-            if added:
-                # Not flushed here: the file itself keeps these ids until the next batch does.
-                log.info("ids files added %d ids kind=%s group=%s pattern=%s", added, group.kind,
-                         group.group, group.ids_file)
-
-    async def _forget_missing(self, source: str, present: set[str], now: float) -> None:
-        missing = await self.jobs.ids_from_source(source) - present
-        for job_id in missing:
-            await self.jobs.untrack(job_id, now)
-        if missing:
-            log.info("stopped tracking %d ids removed from %s", len(missing), source[5:])
-
-    async def source_counts(self) -> dict[str, int]:
-        """Tracked jobs per source kind (config, file, api), cached for a few seconds."""
-        stamp, counts = self._source_counts
-        if time.monotonic() - stamp > SOURCE_COUNTS_TTL:
-            by_source = await self.jobs.count_by_source()
-            total: Counter[str] = Counter()
-            for source, n in by_source.items():
-                total[source.split(":", 1)[0]] += n
-            counts = dict(total)
-            self._source_counts = (time.monotonic(), counts)
-        return counts
+    def _invalid_id_line(self) -> None:
+        self.status.invalid_id_lines += 1
 
     # -- reload ------------------------------------------------------------------------------------------
     async def reload(self) -> tuple[bool, str]:
@@ -298,7 +241,7 @@ class Exporter:
                 return False, f"reload failed: {exc}"
             try:
                 self._apply(new)
-                await self.sync_sources(new)
+                await self.sources.sync(new)
             except Exception as exc:  # a bug, not a bad file: say so, keep serving
                 self.status.reloaded(False)
                 log.exception("config reload failed unexpectedly")
@@ -339,5 +282,9 @@ class Exporter:
                 jobs.setdefault(kind, Counter())[status] += n
         return {"jobs": jobs, "up": self.api_agg.up, "last_success": self.api_agg.last_success,
                 "base_url": self.config.api.base_url, "shard": f"{self.shard_index}/{self.shard_count}"}
+
+    async def overview(self) -> dict[str, Any]:
+        """The summary and tracked ids per source: what the landing page shows."""
+        return {**self.summary(), "sources": await self.sources.counts()}
 
 

@@ -9,10 +9,10 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__
-from .config import ConfigError, load_config
-from .logs import setup_logging
-from .store import StateError
+from exporter import __version__
+from exporter.config import ConfigError, load_config
+from exporter.logs import setup_logging
+from exporter.tracking.store import StateError
 
 log = logging.getLogger("distribute.exporter")
 
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     level = "warning" if args.log_level == "warn" else args.log_level
     setup_logging(level, args.log_format)
     if args.demo:
-        from .demo import run_demo
+        from exporter.demo import run_demo
         return run_demo(args.listen)
     try:
         config = load_config(args.config_file)
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     web_config = args.web_config or (str(config.resolve(config.web.config_file)) if config.web.config_file else None)
     if args.config_check and web_config:
-        from .websecurity import WebConfigError, load_web_config
+        from exporter.http.webconfig import WebConfigError, load_web_config
         try:
             load_web_config(Path(web_config))
         except WebConfigError as exc:
@@ -101,8 +101,8 @@ def parse_shard(index: str | None, count: int | None, config) -> tuple[int, int]
 
 def run_exporter(config, config_path: str | None, listen: str | None, web_config: str | None = None,
                  shard: tuple[int, int] | None = None) -> int:
-    from .app import Exporter
-    from .websecurity import WebConfigError
+    from exporter.app import Exporter
+    from exporter.http.webconfig import WebConfigError
 
     async def serve() -> int:
         try:

@@ -8,9 +8,9 @@ import signal
 import tempfile
 from pathlib import Path
 
-from .config import Config, JobGroup, PollConfig, StateConfig, WebConfig, ApiConfig
-from .simulator.runner import SimulatorServer
-from .simulator.server import Simulator
+from exporter.config import Config, JobGroup, PollConfig, StateConfig, WebConfig, ApiConfig
+from exporter.simulator.runner import SimulatorServer
+from exporter.simulator.server import Simulator
 
 log = logging.getLogger("distribute.demo")
 
@@ -28,7 +28,7 @@ def demo_config(api_url: str, ids_dir: Path, listen: str) -> Config:
 
 
 def run_demo(listen: str | None) -> int:
-    from .app import Exporter
+    from exporter.app import Exporter
 
     async def serve() -> int:
         with tempfile.TemporaryDirectory(prefix="distribute-demo-") as tmp:

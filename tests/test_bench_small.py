@@ -10,7 +10,7 @@ from helpers import REPO
 sys.path.insert(0, str(REPO))
 from bench import benchmarks as b  # noqa: E402
 from bench.fixtures import prepare_state  # noqa: E402
-from exporter.store import StateStore  # noqa: E402
+from exporter.tracking.store import StateStore  # noqa: E402
 
 
 def test_prepared_state_is_consistent(tmp_path):

@@ -9,9 +9,9 @@ import subprocess
 from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector, generate_latest
 
 from conftest import tool
-from exporter.aggregates import ApiAggregates, JobAggregates
-from exporter.collector import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector, Sampled
-from exporter.exposition import GzipParts, TextRenderer, render_parts, render_registry
+from exporter.tracking.aggregates import ApiAggregates, JobAggregates
+from exporter.metrics.collectors import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector, Sampled
+from exporter.metrics.exposition import GzipParts, TextRenderer, render_parts, render_registry
 
 
 def build():

@@ -14,14 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from hypothesis_jsonschema import from_schema
 
-from exporter.aggregates import ApiAggregates, JobAggregates
-from exporter.api_client import ApiClient, RawResponse
+from exporter.tracking.aggregates import ApiAggregates, JobAggregates
+from exporter.polling.client import ApiClient, RawResponse
 from exporter.config import PollConfig
-from exporter.poller import Poller
-from exporter.ratelimit import RateLimiter
-from exporter.results import InvalidBody, parse_result
-from exporter.state import TrackedJobs
-from exporter.store import StateStore
+from exporter.polling.poller import Poller
+from exporter.polling.ratelimit import RateLimiter
+from exporter.api.results import InvalidBody, parse_result
+from exporter.tracking.jobs import TrackedJobs
+from exporter.tracking.store import StateStore
 from helpers import REPO, SCHEMA_PATH
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())

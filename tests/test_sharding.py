@@ -10,7 +10,7 @@ from collections import Counter
 import yaml
 
 from conftest import tool
-from exporter.shard import owner
+from exporter.tracking.shard import owner
 from helpers import REPO, get_json, http, parse_samples, total, wait_for, write_config
 from test_exporter import OLD, config_text
 

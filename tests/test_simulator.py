@@ -12,10 +12,10 @@ import time
 import jsonschema
 import pytest
 
-from exporter.ids import is_uuid4
+from exporter.api.ids import is_uuid4
 from exporter.simulator.faults import Faults
 from exporter.simulator.jobs import STATUSES_IN_ORDER, draw_job, validate_create, SAMPLE_CREATE_BODIES
-from exporter.timestamps import parse_timestamp
+from exporter.api.timestamps import parse_timestamp
 from helpers import REPO, SCHEMA_PATH, http, wait_for
 
 SCHEMA = json.loads(SCHEMA_PATH.read_text())

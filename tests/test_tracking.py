@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-import exporter.state as state_module
-from exporter.aggregates import JobAggregates
-from exporter.results import JobResult
-from exporter.state import TrackedJobs
-from exporter.store import StateStore
+import exporter.tracking.jobs as state_module
+from exporter.tracking.aggregates import JobAggregates
+from exporter.api.results import JobResult
+from exporter.tracking.jobs import TrackedJobs
+from exporter.tracking.store import StateStore
 
 
 def ids(n: int, seed: int = 7) -> list[str]:
@@ -175,8 +175,8 @@ def test_a_flush_cancelled_at_shutdown_leaves_the_rest_for_the_last_flush(tmp_pa
 def test_a_row_follows_the_column_order_and_reads_back_the_same():
     from dataclasses import fields
 
-    from exporter.state import Job
-    from exporter.store import JOB_COLUMNS
+    from exporter.tracking.jobs import Job
+    from exporter.tracking.store import JOB_COLUMNS
 
     job = Job("id-1", "chat", "grp-1", "src-1", "PROCESSING", "model-1", 1.5, 2.5, 1, 3.5, 11, 12, 13, 14,
               {"stop": 2}, 4.5, 5.5, 6.5, 7.5, 8, 9)

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from exporter.aggregates import Histogram
-from exporter.api_client import parse_retry_after
+from exporter.tracking.aggregates import Histogram
+from exporter.polling.client import parse_retry_after
 from exporter.config import ConfigError, load_config, parse_config
-from exporter.ids import BadLine, parse_id_lines
-from exporter.ratelimit import RateLimiter
-from exporter.results import InvalidBody, parse_result
-from exporter.schedule import auth_pause, error_delay, next_interval
-from exporter.shard import owner
-from exporter.timestamps import TimestampError, format_timestamp, parse_timestamp
+from exporter.api.ids import BadLine, parse_id_lines
+from exporter.polling.ratelimit import RateLimiter
+from exporter.api.results import InvalidBody, parse_result
+from exporter.polling.schedule import auth_pause, error_delay, next_interval
+from exporter.tracking.shard import owner
+from exporter.api.timestamps import TimestampError, format_timestamp, parse_timestamp
 
 ID = "3b241101-e2bb-4255-8caf-4136c566a962"
 EPOCH = 1747467397.294  # 2025-05-17T07:36:37.294Z, the API reference's example

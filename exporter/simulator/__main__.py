@@ -11,11 +11,11 @@ import signal
 import sys
 from pathlib import Path
 
-from .. import __version__
-from ..netaddr import AddressError, parse_listen_address
-from .faults import DOWN_MODES, FaultError, Faults
-from .runner import SimulatorServer
-from .server import Simulator
+from exporter import __version__
+from exporter.config.addresses import AddressError, parse_listen_address
+from exporter.simulator.faults import DOWN_MODES, FaultError, Faults
+from exporter.simulator.runner import SimulatorServer
+from exporter.simulator.server import Simulator
 
 DESCRIPTION = """\
 A stand-in for Distribute.ai's async inference API: POST /async/{chat,images,speech}/create and

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from ..timestamps import format_timestamp
+from exporter.api.timestamps import format_timestamp
 
 
 @dataclass(frozen=True, slots=True)

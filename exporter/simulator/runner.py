@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .server import Simulator, build_app, generate
+from exporter.simulator.server import Simulator, build_app, generate
 
 
 class SimulatorServer:

@@ -13,10 +13,10 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .. import KINDS
-from ..ids import is_uuid4
-from .faults import FaultError, Faults
-from .jobs import SAMPLE_CREATE_BODIES, CreateBodyError, Job, draw_job, result_body, validate_create
+from exporter import KINDS
+from exporter.api.ids import is_uuid4
+from exporter.simulator.faults import FaultError, Faults
+from exporter.simulator.jobs import SAMPLE_CREATE_BODIES, CreateBodyError, Job, draw_job, result_body, validate_create
 
 log = logging.getLogger("distribute.simulator")
 

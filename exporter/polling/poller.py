@@ -14,12 +14,12 @@ import logging
 import time
 from typing import Callable, Iterable
 
-from .aggregates import ApiAggregates
-from .api_client import ApiClient, ApiError, NotFound, RateLimited, Unauthorized
-from .config import PollConfig
-from .ratelimit import RateLimiter
-from .schedule import auth_pause, error_delay, next_interval
-from .state import Job, TrackedJobs
+from exporter.tracking.aggregates import ApiAggregates
+from exporter.polling.client import ApiClient, ApiError, NotFound, RateLimited, Unauthorized
+from exporter.config import PollConfig
+from exporter.polling.ratelimit import RateLimiter
+from exporter.polling.schedule import auth_pause, error_delay, next_interval
+from exporter.tracking.jobs import Job, TrackedJobs
 
 log = logging.getLogger("distribute.poller")
 

@@ -15,8 +15,8 @@ from typing import Iterable
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
 
-from .aggregates import Histogram
-from .families import Family
+from exporter.tracking.aggregates import Histogram
+from exporter.metrics.families import Family
 
 
 def _escape_value(value: str) -> str:

@@ -8,23 +8,52 @@ from __future__ import annotations
 import hmac
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
 
 from aiohttp import web
 
-from . import KINDS
-from .ids import is_uuid4, normalise
-
-if TYPE_CHECKING:
-    from .app import Exporter
+from exporter import KINDS
+from exporter.api.ids import is_uuid4, normalise
+from exporter.config import Secret
 
 MAX_BODY = 1024 * 1024
 
 
-def add_routes(app: web.Application) -> None:
-    app.router.add_post("/api/v1/jobs", register)
-    app.router.add_get("/api/v1/jobs/{job_id}", show)
-    app.router.add_delete("/api/v1/jobs/{job_id}", forget)
+class Record(Protocol):
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+class RegisteredJobs(Protocol):
+    """What the registration API may do with the tracked jobs."""
+
+    async def track(self, ids: list[str], kind: str, group: str, source: str,
+                    now: float) -> tuple[list[str], int]: ...
+    async def lookup(self, job_id: str) -> Record | None: ...
+    async def untrack(self, job_id: str, now: float) -> bool: ...
+    async def flush(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class Registrar:
+    """What the routes use: the current token, the jobs, and this replica's shard."""
+
+    token: Callable[[], Secret | None]
+    jobs: RegisteredJobs
+    owned: Callable[[list[str]], list[str]]
+    sharded: Callable[[], bool]
+
+
+REGISTRAR = web.AppKey("registrar", Registrar)
+
+
+def routes(registrar: Registrar) -> Callable[[web.Application], None]:
+    def add(app: web.Application) -> None:
+        app[REGISTRAR] = registrar
+        app.router.add_post("/api/v1/jobs", register)
+        app.router.add_get("/api/v1/jobs/{job_id}", show)
+        app.router.add_delete("/api/v1/jobs/{job_id}", forget)
+    return add
 
 
 def _error(status: int, message: str, **extra: Any) -> web.Response:
@@ -33,8 +62,7 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
 
 def _authorised(request: web.Request) -> web.Response | None:
     """None when the request may go on, else the answer to give."""
-    exporter: Exporter = request.app["exporter"]
-    token = exporter.config.registration_token
+    token = request.app[REGISTRAR].token()
     if token is None:
         raise web.HTTPNotFound()
     # X-Registration-Token serves when basic auth (web config) already uses the Authorization header.
@@ -66,14 +94,14 @@ async def register(request: web.Request) -> web.Response:
     problem = _check_body(body)
     if problem is not None:
         return problem
-    exporter: Exporter = request.app["exporter"]
+    registrar = request.app[REGISTRAR]
     ids = [normalise(i) for i in body["ids"]]
-    owned = exporter.owned(ids)
-    accepted, duplicates = await exporter.jobs.track(owned, body["kind"], body.get("group", "default"),
-                                                     "api", time.time())
-    await exporter.jobs.flush()  # 202 only once the ids are durably stored
+    owned = registrar.owned(ids)
+    accepted, duplicates = await registrar.jobs.track(owned, body["kind"], body.get("group", "default"),
+                                                      "api", time.time())
+    await registrar.jobs.flush()  # 202 only once the ids are durably stored
     answer = {"accepted": len(accepted), "duplicates": duplicates}
-    if exporter.shard_count > 1:
+    if registrar.sharded():
         answer["not_owned"] = len(ids) - len(owned)
     return web.json_response(answer, status=202)
 
@@ -102,8 +130,7 @@ async def show(request: web.Request) -> web.Response:
     refused = _authorised(request)
     if refused is not None:
         return refused
-    exporter: Exporter = request.app["exporter"]
-    job = await exporter.jobs.lookup(normalise(request.match_info["job_id"]))
+    job = await request.app[REGISTRAR].jobs.lookup(normalise(request.match_info["job_id"]))
     if job is None:
         return _error(404, "not tracked")
     return web.json_response(job.as_dict())
@@ -113,8 +140,8 @@ async def forget(request: web.Request) -> web.Response:
     refused = _authorised(request)
     if refused is not None:
         return refused
-    exporter: Exporter = request.app["exporter"]
-    if not await exporter.jobs.untrack(normalise(request.match_info["job_id"]), time.time()):
+    jobs = request.app[REGISTRAR].jobs
+    if not await jobs.untrack(normalise(request.match_info["job_id"]), time.time()):
         return _error(404, "not tracked")
-    await exporter.jobs.flush()
+    await jobs.flush()
     return web.json_response({"forgotten": True})

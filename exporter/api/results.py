@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .timestamps import TimestampError, parse_timestamp
+from exporter.api.timestamps import TimestampError, parse_timestamp
 
 # An unknown status is kept as a label value, so it must look like one of the API's statuses; this
 # keeps garbage (or a hostile value) from minting unbounded or unreadable series.

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Mapping, Protocol
 
-from .results import InvalidBody, JobResult, parse_result
+from exporter.api.results import InvalidBody, JobResult, parse_result
 
 
 # ---- errors ------------------------------------------------------------------------------------

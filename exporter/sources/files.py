@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ids import BadLine, is_uuid4, parse_id_lines
+from exporter.api.ids import BadLine, is_uuid4, parse_id_lines
 
 log = logging.getLogger("distribute.sources")
 

@@ -11,9 +11,9 @@ import platform
 import time
 from typing import Callable, Iterator
 
-from . import __version__
-from .aggregates import ApiAggregates, JobAggregates
-from .families import Family, FamilyCollector
+from exporter import __version__
+from exporter.tracking.aggregates import ApiAggregates, JobAggregates
+from exporter.metrics.families import Family, FamilyCollector
 
 _SOURCE = "from the answers of POST /async/<kind>/result"
 JOB_LABELS = ("kind", "group", "model", "status")

@@ -13,7 +13,7 @@ from typing import Iterator, Mapping
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .aggregates import Histogram
+from exporter.tracking.aggregates import Histogram
 
 
 @dataclass(frozen=True, slots=True)

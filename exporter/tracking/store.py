@@ -15,8 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
+from exporter.tracking.migrations import SCHEMA_VERSION, migrate
+
 APPLICATION_ID = 0x44495354  # "DIST": marks a file as ours, so a foreign database is refused
-SCHEMA_VERSION = 3
 
 JOB_COLUMNS = ("id", "kind", "grp", "source", "status", "model", "created", "finished", "final",
                "ended", "prompt_tokens", "completion_tokens", "results", "tool_calls", "choices",
@@ -96,7 +97,7 @@ class StateStore:
             with db:
                 version = self._meta("schema_version")
                 if version is not None and int(version) < SCHEMA_VERSION:
-                    _migrate(db, int(version))
+                    migrate(db, int(version))
                 db.executescript(_SCHEMA)
                 db.execute(f"PRAGMA application_id={APPLICATION_ID}")
                 self._set_meta("schema_version", str(SCHEMA_VERSION))
@@ -230,18 +231,3 @@ class StateStore:
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
             self.db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})", rows)
-
-
-def _migrate(db: sqlite3.Connection, version: int) -> None:
-    """Bring an older state file up to SCHEMA_VERSION, in the open transaction."""
-    if version < 2:
-        # Version 1 had no `polls` column and no `retired` table (the table comes with _SCHEMA).
-        columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
-        if "polls" not in columns:
-            db.execute("ALTER TABLE jobs ADD COLUMN polls INTEGER NOT NULL DEFAULT 0")
-    if version < 3:
-        # Version 3 keys counters by compact JSON and keeps the counts of closed jobs with them:
-        # count those once, here.
-        db.execute("UPDATE counters SET labels = json(labels)")
-        db.execute("INSERT OR REPLACE INTO counters SELECT 'closed', json_array(kind, grp, model, status), "
-                   "CAST(count(*) AS TEXT) FROM jobs WHERE final != 0 GROUP BY kind, grp, model, status")

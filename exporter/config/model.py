@@ -1,0 +1,133 @@
+"""The configuration's types: every key with its default and validation rules, in one place."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+from exporter import KINDS
+
+API_KEY_ENV = "DISTRIBUTE_API_KEY"
+REGISTRATION_TOKEN_ENV = "DISTRIBUTE_EXPORTER_REGISTRATION_TOKEN"
+
+# About 0.5 s to 2 h, roughly doubling: inference jobs span seconds (speech) to an hour (long chat).
+DEFAULT_DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200)
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message starts with the key path of the culprit."""
+
+
+class Secret:
+    """A value that must never be printed: its repr and str give a placeholder."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('<redacted>')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def _opt(default: Any, **rules: Any) -> Any:
+    """A config field with its default and validation rules (min, max, choices, positive)."""
+    if isinstance(default, (list, dict, tuple)):
+        return field(default_factory=lambda: default, metadata=rules)
+    return field(default=default, metadata=rules)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    base_url: str = _opt("https://api.distribute.ai")
+    api_key_file: str | None = _opt(None)
+    timeout_seconds: float = _opt(10.0, positive=True)
+    max_concurrency: int = _opt(8, min=1, max=1024)
+    max_requests_per_second: float = _opt(20.0, min=0)  # 0 = unlimited
+    http_client: str = _opt("aiohttp", choices=("aiohttp", "httpx"))
+    max_response_bytes: int = _opt(1024 * 1024, min=1024)
+
+
+@dataclass(frozen=True)
+class PollConfig:
+    interval_seconds: float = _opt(15.0, positive=True)
+    max_interval_seconds: float = _opt(300.0, positive=True)
+    not_found_grace_seconds: float = _opt(600.0, min=0)
+    auth_backoff_max_seconds: float = _opt(300.0, positive=True)
+
+
+@dataclass(frozen=True)
+class JobGroup:
+    kind: str = _opt("", choices=KINDS, required=True)
+    group: str = _opt("default", nonempty=True)
+    ids: tuple[str, ...] = _opt(())
+    ids_file: str | None = _opt(None)
+    forget_removed: bool = _opt(True)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    listen_address: str = _opt("0.0.0.0:9877")
+    registration_token_file: str | None = _opt(None)
+    config_file: str | None = _opt(None)
+    max_request_body_bytes: int = _opt(1024 * 1024, min=1024)
+    max_header_bytes: int = _opt(8190, min=1024)
+    max_connections: int = _opt(256, min=1)
+    read_timeout_seconds: float = _opt(30.0, positive=True)
+    request_timeout_seconds: float = _opt(30.0, positive=True)
+
+
+@dataclass(frozen=True)
+class StateConfig:
+    path: str = _opt("distribute-exporter.db", nonempty=True)
+    retention_seconds: float = _opt(7 * 24 * 3600.0, positive=True)
+    flush_interval_seconds: float = _opt(1.0, positive=True)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    duration_buckets: tuple[float, ...] = _opt(DEFAULT_DURATION_BUCKETS)
+
+
+@dataclass(frozen=True)
+class ShardConfig:
+    index: int = _opt(0, min=0)
+    count: int = _opt(1, min=1)
+
+
+@dataclass(frozen=True)
+class Config:
+    api: ApiConfig = field(default_factory=ApiConfig)
+    poll: PollConfig = field(default_factory=PollConfig)
+    jobs: tuple[JobGroup, ...] = ()
+    web: WebConfig = field(default_factory=WebConfig)
+    state: StateConfig = field(default_factory=StateConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
+    # Not keys of the file: what loading it found.
+    base_dir: Path = field(default=Path("."), metadata={"internal": True})
+    api_key: Secret | None = field(default=None, metadata={"internal": True})
+    registration_token: Secret | None = field(default=None, metadata={"internal": True})
+    warnings: tuple[str, ...] = field(default=(), metadata={"internal": True})
+
+    def resolve(self, path: str) -> Path:
+        """A path written in the config, relative to the config file's folder."""
+        return Path(path) if os.path.isabs(path) else self.base_dir / path
+
+    def groups(self) -> list[tuple[str, str]]:
+        """Every (kind, group) the config names, in order, each once."""
+        return list(dict.fromkeys((g.kind, g.group) for g in self.jobs))

@@ -1,0 +1,1 @@
+"""HTTP: the aiohttp application, its pages and routes, and the web config (TLS, basic auth, limits)."""

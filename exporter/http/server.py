@@ -1,0 +1,94 @@
+"""The exporter's HTTP endpoints: /metrics, the landing page, health, readiness and reload.
+
+Routes see a `Site`: the few objects and callables they use, handed over by the wiring, never the
+whole exporter.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Iterable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+from exporter import __version__
+from exporter.http.pages import page
+from exporter.metrics.exposition import GzipParts, TextRenderer, render_parts
+
+RouteAdder = Callable[[web.Application], None]
+
+
+@dataclass(frozen=True)
+class Site:
+    """What the pages and routes may use."""
+
+    registry: CollectorRegistry
+    renderer: TextRenderer
+    gzip_parts: GzipParts
+    is_ready: Callable[[], bool]
+    reload: Callable[[], Awaitable[tuple[bool, str]]]
+    # jobs by kind and status, API up and last success, base URL, shard, tracked ids per source
+    overview: Callable[[], Awaitable[dict[str, Any]]]
+    max_body_bytes: int
+
+
+SITE = web.AppKey("site", Site)
+
+
+def build_web_app(site: Site, middlewares: list | None = None, routes: Iterable[RouteAdder] = ()) -> web.Application:
+    app = web.Application(client_max_size=site.max_body_bytes, middlewares=middlewares or [])
+    app[SITE] = site
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/", landing)
+    app.router.add_get("/-/healthy", healthy)
+    app.router.add_get("/-/ready", ready)
+    app.router.add_post("/-/reload", reload)
+    app.router.add_put("/-/reload", reload)
+    for add in routes:
+        add(app)
+    return app
+
+
+async def metrics(request: web.Request) -> web.Response:
+    site = request.app[SITE]
+    encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+    headers = {"Content-Type": content_type}
+    gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+    if gzipped:
+        headers["Content-Encoding"] = "gzip"
+    if content_type.startswith("text/plain"):  # the fast, cached path
+        parts = render_parts(site.registry, site.renderer)
+        body = site.gzip_parts.compress(parts) if gzipped else b"".join(b for _, b in parts)
+    else:
+        body = encoder(site.registry)
+        body = gzip.compress(body, compresslevel=1) if gzipped else body
+    return web.Response(body=body, headers=headers)
+
+
+async def healthy(request: web.Request) -> web.Response:
+    return web.Response(text="OK\n")
+
+
+async def ready(request: web.Request) -> web.Response:
+    if request.app[SITE].is_ready():
+        return web.Response(text="OK\n")
+    return web.Response(status=503, text="loading state and ids\n")
+
+
+async def reload(request: web.Request) -> web.Response:
+    ok, message = await request.app[SITE].reload()
+    return web.Response(status=200 if ok else 500, text=message + "\n")
+
+
+async def landing(request: web.Request) -> web.Response:
+    summary = await request.app[SITE].overview()
+    statuses = sorted({s for by_status in summary["jobs"].values() for s in by_status})
+    last = summary["last_success"]
+    return page("landing.html", version=__version__, base_url=summary["base_url"], up=summary["up"],
+                last_success=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last)) if last else "never",
+                shard=summary["shard"], statuses=statuses, jobs=sorted(summary["jobs"].items()),
+                sources=sorted(summary["sources"].items()))

@@ -1,0 +1,1 @@
+"""Metrics: collectors over the aggregates, metric families, and the fast text exposition."""

@@ -1,0 +1,42 @@
+"""Forward migrations of the state file: one function per schema version, applied in order.
+
+Each runs inside the transaction that opens the file, before the current schema's CREATE ... IF NOT
+EXISTS statements; a file newer than SCHEMA_VERSION is refused, never rewritten.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Callable
+
+
+def _to_2(db: sqlite3.Connection) -> None:
+    # Version 1 had no `polls` column and no `retired` table (the table comes with the schema).
+    columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+    if "polls" not in columns:
+        db.execute("ALTER TABLE jobs ADD COLUMN polls INTEGER NOT NULL DEFAULT 0")
+
+
+def _to_3(db: sqlite3.Connection) -> None:
+    # Version 3 keys counters by compact JSON and keeps the counts of closed jobs with them: count
+    # those once, here.
+    db.execute("UPDATE counters SET labels = json(labels)")
+    db.execute("INSERT OR REPLACE INTO counters SELECT 'closed', json_array(kind, grp, model, status), "
+               "CAST(count(*) AS TEXT) FROM jobs WHERE final != 0 GROUP BY kind, grp, model, status")
+
+
+def add_column(db: sqlite3.Connection, table: str, column: str, definition: str) -> None:
+    """ALTER TABLE ... ADD COLUMN unless the column is there already (a half-migrated copy)."""
+    if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
+
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+def migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a file at schema `version` up to SCHEMA_VERSION, in the open transaction."""
+    for target in sorted(MIGRATIONS):
+        if version < target:
+            MIGRATIONS[target](db)
