@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -222,9 +223,11 @@ def test_runbooks_quote_real_log_lines():
     """Every log line a runbook tells the reader to look for is one the code writes."""
     source = "\n".join(p.read_text() for p in (REPO / "exporter").rglob("*.py"))
     quoted = re.findall(r"`msg=\"([^\"`]+)\"", RUNBOOKS.read_text())
-    assert quoted
+    assert len(quoted) >= 8
     for text in quoted:
-        assert text in source, f"docs/runbooks.md quotes a log line the code does not write: {text!r}"
+        # "…" stands for what the code fills in; a line break in the markdown is a space
+        for fragment in re.sub(r"\s+", " ", text).split("…"):
+            assert fragment in source, f"docs/runbooks.md quotes a log line the code does not write: {text!r}"
 
 
 def test_readme_links_the_runbooks_and_the_operator_resources():
@@ -240,8 +243,9 @@ def test_the_version_is_written_once():
     docker = (REPO / "Dockerfile").read_text()
     label = re.search(r'org\.opencontainers\.image\.version="([^"]+)"', docker)
     assert label and label.group(1) == __version__
-    pyproject = (REPO / "pyproject.toml").read_text()
-    assert 'version = { attr = "exporter.__version__" }' in pyproject and "\nversion =" not in pyproject
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
+    assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "exporter.__version__"}
     images = re.findall(r"image: distribute-exporter:(\S+)", (KUBE / "statefulset.yaml").read_text())
     assert images == [__version__]
 
@@ -278,7 +282,7 @@ def test_sdist_and_wheel_build_check_and_run_from_a_fresh_venv(tmp_path):
         top = f"distribute_exporter-{__version__}"
         members = set(tar.getnames())
         for name in ("LICENSE", "config.yaml", "prometheus/alerts.yaml", "docs/runbooks.md",
-                     "deploy/kubernetes/operator/prometheusrule.yaml"):
+                     "deploy/kubernetes/operator/prometheusrule.yaml", "tests/helpers.py"):
             assert f"{top}/{name}" in members, name
         tar.extract(f"{top}/config.yaml", tmp_path / "sdist", filter="data")
     shipped_config = tmp_path / "sdist" / top / "config.yaml"
