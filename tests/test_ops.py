@@ -272,8 +272,11 @@ def test_sdist_and_wheel_build_check_and_run_from_a_fresh_venv(tmp_path):
     with zipfile.ZipFile(wheel) as whl:
         names = set(whl.namelist())
         metadata = whl.read(f"distribute_exporter-{__version__}.dist-info/METADATA").decode()
-    templates = {f"exporter/http/templates/{p.name}" for p in (REPO / "exporter/http/templates").iterdir()}
-    assert templates and templates <= names
+    # every file of the package, templates and any static file included (package-data in pyproject)
+    package = {p.relative_to(REPO).as_posix() for p in (REPO / "exporter").rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"}
+    assert "exporter/http/templates/landing.html" in package
+    assert not package - names, f"missing from the wheel: {sorted(package - names)}"
     assert f"distribute_exporter-{__version__}.dist-info/licenses/LICENSE" in names
     for field in ("License-Expression: Apache-2.0", "Project-URL: Source, ", "Classifier: Topic :: System :: Monitoring",
                   "Description-Content-Type: text/markdown", "Requires-Dist: aiohttp"):
