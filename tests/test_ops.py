@@ -219,6 +219,29 @@ def test_every_runbook_section_is_an_alert_and_says_what_to_do():
         assert "```promql" in section, (name, "a query to run")
 
 
+def runbook_queries(markdown: str) -> list[str]:
+    """The expressions of the ```promql blocks; an indented line continues the one before."""
+    queries: list[str] = []
+    for block in re.findall(r"```promql\n(.*?)```", markdown, flags=re.S):
+        for line in block.splitlines():
+            if line.strip() and line[0].isspace() and queries:
+                queries[-1] += " " + line.strip()
+            elif line.strip():
+                queries.append(line.strip())
+    return queries
+
+
+def test_every_runbook_query_is_valid_promql(tmp_path):
+    queries = runbook_queries(RUNBOOKS.read_text())
+    assert len(queries) >= 12
+    rules = {"groups": [{"name": "runbooks", "rules": [{"record": f"runbook:query{i}", "expr": q}
+                                                        for i, q in enumerate(queries)]}]}
+    (tmp_path / "queries.yaml").write_text(yaml.safe_dump(rules))
+    run = subprocess.run([tool("promtool"), "check", "rules", "queries.yaml"], cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
 def test_runbooks_quote_real_log_lines():
     """Every log line a runbook tells the reader to look for is one the code writes."""
     source = "\n".join(p.read_text() for p in (REPO / "exporter").rglob("*.py"))
