@@ -10,6 +10,7 @@ import os
 import re
 import ssl
 import tempfile
+import warnings
 from typing import Any
 
 log = logging.getLogger("distribute.web")
@@ -57,7 +58,9 @@ def build_ssl_context(tls: dict[str, Any], context: ssl.SSLContext | None = None
     """A new server context for `tls` (a checked tls_server_config); `context` is not reused."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     low, high = TLS_VERSIONS[tls["min_version"]], TLS_VERSIONS[tls["max_version"]]
-    ctx.minimum_version, ctx.maximum_version = low, high
+    with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated in Python; the file asks for them
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version, ctx.maximum_version = low, high
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     _set_ciphers(ctx, tls, low)
     curves = tls["curve_preferences"] or []

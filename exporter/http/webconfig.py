@@ -16,7 +16,7 @@ from typing import Any
 
 from exporter.http import goyaml
 from exporter.http.tlscontext import (CLIENT_AUTH, GO_CIPHERS, GO_CURVES, HTTP2_CIPHERS, NO_CLIENT_CERT,
-                                      TLS_VERSIONS, build_ssl_context, client_ca_text)
+                                      TLS_VERSIONS, build_ssl_context)
 
 log = logging.getLogger("distribute.web")
 
@@ -183,11 +183,12 @@ def _check_tls(tls: dict[str, Any], warnings: list[str]) -> dict[str, Any]:
 
 def _context(tls: dict[str, Any]) -> ssl.SSLContext:
     """The context, built now so that a bad file fails at load with its reason, not at a handshake."""
-    try:
-        client_ca_text(tls)
-    except OSError as exc:
-        raise WebConfigError(f"tls_server_config.client_ca_file: cannot read {tls['client_ca_file']}: "
-                             f"{exc.strerror or exc}") from None
+    for key in _PATHS:
+        try:
+            if tls[key]:
+                Path(tls[key]).read_bytes()
+        except OSError as exc:
+            raise WebConfigError(f"tls_server_config.{key}: cannot read {tls[key]}: {exc.strerror or exc}") from None
     try:
         return build_ssl_context(tls)
     except (OSError, ssl.SSLError, ValueError) as exc:

@@ -1,0 +1,344 @@
+"""The web config means what it means to the Prometheus exporter-toolkit: the same files accepted and
+refused, the same defaults, the same behaviour in handshakes and requests (README Security, the table).
+
+Every file here is written for these tests from what the toolkit's code decides; the exporter runs as
+a real process for start, --config.check and live re-read, and TLS is checked with real handshakes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import bcrypt
+import pytest
+
+from helpers import ExporterProc, wait_for, write_config
+from test_security import https, issue, make_pki, new_ca
+
+ROOT = Path(__file__).parent.parent
+sys.path.insert(0, str(ROOT))
+
+from exporter.http.webconfig import WebConfigError, load_web_config  # noqa: E402
+
+HASH = bcrypt.hashpw(b"s3cret", bcrypt.gensalt(4)).decode()
+CERT = "cert_file: server.crt\n  key_file: server.key\n"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("pki")
+    make_pki(directory)
+    (directory / "empty.pem").write_text("")
+    return directory
+
+
+def load(directory: Path, text: str, starting: bool = True):
+    path = directory / "web.yml"
+    path.write_text(text)
+    return load_web_config(path, starting=starting)
+
+
+def tls(extra: str = "", cert: str = CERT) -> str:
+    return "tls_server_config:\n  " + cert + "".join(f"  {line}\n" for line in extra.splitlines())
+
+
+# (name, file, None when accepted or a piece of the refusal)
+DECISIONS = [
+    ("empty file: plain HTTP", "", None),
+    ("comments only", "# nothing here\n", None),
+    ("null document", "~\n", None),
+    ("not a mapping", "just some words\nand more\n", "must be a mapping"),
+    ("unknown top-level key", "tls_config: {}\n", "tls_config: unknown key"),
+    ("unknown key in tls_server_config", "tls_server_config:\n  cert_flie: a\n", "cert_flie: unknown key"),
+    ("unknown key in http_server_config", "http_server_config: {http3: true}\n", "http3: unknown key"),
+    ("unknown key in rate_limit", "rate_limit: {period: 1s}\n", "period: unknown key"),
+    ("a key set twice", "rate_limit:\n  burst: 1\n  burst: 2\n", "set twice"),
+    ("a user set twice", f"basic_auth_users:\n  ann: '{HASH}'\n  ann: '{HASH}'\n", "set twice"),
+    ("TLS keys that do not switch TLS on", "tls_server_config: {min_version: TLS13, client_allowed_sans: [a]}\n", None),
+    ("empty cert_file and key_file: plain HTTP", "tls_server_config: {cert_file: '', key_file: ''}\n", None),
+    ("cert_file and key_file", tls(), None),
+    ("inline cert and key", "", None),  # written by the test from the PEM files
+    ("cert_file inline key", "", None),
+    ("no cert", "tls_server_config: {key_file: server.key}\n", "missing one of cert or cert_file"),
+    ("empty inline cert", "tls_server_config: {cert: '', key_file: server.key}\n", "missing one of cert or cert_file"),
+    ("no key", "tls_server_config: {cert_file: server.crt}\n", "missing one of key or key_file"),
+    ("empty inline key", "tls_server_config: {cert_file: server.crt, key: ''}\n", "missing one of key or key_file"),
+    ("client_auth_type alone switches TLS on",
+     "tls_server_config: {client_auth_type: RequireAndVerifyClientCert}\n", "missing one of cert"),
+    ("missing cert file", tls(cert="cert_file: nowhere.crt\n  key_file: server.key\n"), "nowhere.crt"),
+    ("missing key file", tls(cert="cert_file: server.crt\n  key_file: nowhere.key\n"), "nowhere.key"),
+    ("key that does not match the cert", tls(cert="cert_file: server.crt\n  key_file: client.key\n"), "cannot load"),
+    ("unknown client_auth_type", tls("client_auth_type: RequireSomething"), "invalid 'RequireSomething'"),
+    ("client_auth_type is case-sensitive", tls("client_auth_type: noclientcert"), "invalid"),
+    ("client_ca_file without client_auth_type", tls("client_ca_file: ca.crt"), "without a client auth policy"),
+    ("client_ca_file with NoClientCert", tls("client_ca_file: ca.crt\nclient_auth_type: NoClientCert"),
+     "without a client auth policy"),
+    ("client_ca_file naming no file", tls("client_ca_file: nowhere.crt\nclient_auth_type: VerifyClientCertIfGiven"),
+     "nowhere.crt"),
+    ("NoClientCert", tls("client_auth_type: NoClientCert"), None),
+    ("VerifyClientCertIfGiven without a CA", tls("client_auth_type: VerifyClientCertIfGiven"), None),
+    ("RequireAndVerifyClientCert without a CA", tls("client_auth_type: RequireAndVerifyClientCert"), None),
+    ("RequireAndVerifyClientCert with a CA", tls("client_auth_type: RequireAndVerifyClientCert\nclient_ca_file: ca.crt"),
+     None),
+    ("a CA file without a certificate", tls("client_auth_type: VerifyClientCertIfGiven\nclient_ca_file: empty.pem"),
+     None),
+    ("RequireClientCert, the old name, with a CA", tls("client_auth_type: RequireClientCert\nclient_ca_file: ca.crt"),
+     None),
+    ("RequestClientCert without a CA", tls("client_auth_type: RequestClientCert"), None),
+    ("RequireAnyClientCert without a CA (Python's ssl)", tls("client_auth_type: RequireAnyClientCert"),
+     "Python's ssl cannot"),
+    ("RequestClientCert with SANs, without a CA (Python's ssl)",
+     tls("client_auth_type: RequestClientCert\nclient_allowed_sans: [scraper]"), "Python's ssl cannot"),
+    ("client_allowed_sans not a list", tls("client_allowed_sans: scraper"), "must be a list"),
+    ("unknown min_version", tls("min_version: TLS111"), "unknown TLS version 'TLS111'"),
+    ("versions are case-sensitive", tls("max_version: tls13"), "unknown TLS version"),
+    ("unknown version with TLS off", "tls_server_config: {min_version: SSL3}\n", "unknown TLS version"),
+    ("every version name", tls("min_version: TLS10\nmax_version: TLS11"), None),
+    ("min_version above max_version is accepted", tls("min_version: TLS13\nmax_version: TLS12"), None),
+    ("every cipher suite Go offers", tls("cipher_suites: [" + ", ".join(
+        ["TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"]
+        + [f"TLS_ECDHE_{a}_WITH_{c}" for a in ("ECDSA", "RSA") for c in (
+            "AES_128_CBC_SHA", "AES_256_CBC_SHA", "AES_128_GCM_SHA256", "AES_256_GCM_SHA384",
+            "CHACHA20_POLY1305_SHA256")]) + "]"), None),
+    ("an invented cipher suite", tls("cipher_suites: [TLS_ECDHE_RSA_WITH_AES_512_GCM_SHA1024]"), "unknown name"),
+    ("an insecure cipher suite", tls("cipher_suites: [TLS_RSA_WITH_AES_128_CBC_SHA]"), "unknown name"),
+    ("every curve", tls("curve_preferences: [CurveP256, CurveP384, CurveP521, X25519]"), None),
+    ("an invented curve", tls("curve_preferences: [CurveP1024]"), "unknown name 'CurveP1024'"),
+    ("curve names are Go's", tls("curve_preferences: [secp384r1]"), "unknown name"),
+    ("prefer_server_cipher_suites false", tls("prefer_server_cipher_suites: false"), None),
+    ("prefer_server_cipher_suites yaml 1.1 word", tls("prefer_server_cipher_suites: off"), None),
+    ("prefer_server_cipher_suites not a bool", tls("prefer_server_cipher_suites: maybe"), "true or false"),
+    ("http2 quoted is a string", "http_server_config: {http2: 'false'}\n", "true or false"),
+    ("http2 false", "http_server_config: {http2: false}\n", None),
+    ("every header", "http_server_config:\n  headers:\n    X-Frame-Options: sameorigin\n"
+     "    X-Content-Type-Options: nosniff\n    X-XSS-Protection: 1; mode=block\n"
+     "    Strict-Transport-Security: max-age=3600\n    Content-Security-Policy: default-src 'self'\n", None),
+    ("a header that cannot be set", "http_server_config: {headers: {Server: me}}\n", "cannot be set"),
+    ("header names are case-sensitive", "http_server_config: {headers: {x-frame-options: deny}}\n", "cannot be set"),
+    ("X-Frame-Options value", "http_server_config: {headers: {X-Frame-Options: allow}}\n", "must be one of"),
+    ("X-Frame-Options value case", "http_server_config: {headers: {X-Frame-Options: DENY}}\n", "must be one of"),
+    ("X-Frame-Options blank", "http_server_config: {headers: {X-Frame-Options: }}\n", "must be one of"),
+    ("X-Content-Type-Options value", "http_server_config: {headers: {X-Content-Type-Options: sniff}}\n",
+     "must be one of"),
+    ("a free header left blank", "http_server_config: {headers: {Content-Security-Policy: }}\n", None),
+    ("a plain password", "basic_auth_users: {ann: hunter2}\n", "not a bcrypt hash"),
+    ("a user without a hash", "basic_auth_users: {ann: }\n", "not a bcrypt hash"),
+    ("bcrypt cost below 4", f"basic_auth_users: {{ann: '{HASH[:4]}03{HASH[6:]}'}}\n", "cost"),
+    ("a newer hash version", f"basic_auth_users: {{ann: '$3a{HASH[3:]}'}}\n", "not a bcrypt hash"),
+    ("$2x$ read as Go reads it", f"basic_auth_users: {{ann: '$2x{HASH[3:]}'}}\n", None),
+    ("users as a list", "basic_auth_users: [ann]\n", "must be a mapping"),
+    ("users without TLS", f"basic_auth_users: {{ann: '{HASH}'}}\n", None),
+    ("rate limit", "rate_limit: {interval: 1m30s, burst: 5}\n", None),
+    ("rate limit interval quoted number", "rate_limit: {interval: '5'}\n", "not a duration"),
+    ("rate limit interval bad unit", "rate_limit: {interval: 5 seconds}\n", "not a duration"),
+    ("rate limit burst quoted", "rate_limit: {interval: 1s, burst: '5'}\n", "must be an integer"),
+    ("rate limit burst a word", "rate_limit: {burst: many}\n", "must be an integer"),
+]
+
+
+@pytest.mark.parametrize("name,text,refusal", DECISIONS, ids=[d[0] for d in DECISIONS])
+def test_each_file_is_accepted_or_refused_as_the_toolkit_does(pki, name, text, refusal):
+    if name == "inline cert and key":
+        text = json.dumps({"tls_server_config": {"cert": (pki / "server.crt").read_text(),
+                                                 "key": (pki / "server.key").read_text()}})
+    elif name == "cert_file inline key":
+        text = json.dumps({"tls_server_config": {"cert_file": "server.crt", "key": (pki / "server.key").read_text()}})
+    if refusal is None:
+        load(pki, text)
+    else:
+        with pytest.raises(WebConfigError, match=None) as caught:
+            load(pki, text)
+        assert refusal in str(caught.value)
+        assert "\n" not in str(caught.value) and "Traceback" not in str(caught.value)
+
+
+def test_defaults_and_values_read_as_go_reads_them(pki):
+    plain = load(pki, "")
+    assert plain.tls is None and plain.users == {} and plain.headers == {} and plain.http2 is True
+    assert plain.rate_interval == 0 and plain.rate_burst == 0
+    on = load(pki, tls())
+    assert (on.tls["min_version"], on.tls["max_version"], on.tls["client_auth_type"]) == ("TLS12", "TLS13", "")
+    assert on.context.minimum_version == ssl.TLSVersion.TLSv1_2 and on.context.maximum_version == ssl.TLSVersion.TLSv1_3
+    assert on.context.verify_mode == ssl.CERT_NONE and on.tls["cert_file"] == str(pki / "server.crt")
+    assert load(pki, tls("client_auth_type: RequestClientCert")).context.verify_mode == ssl.CERT_NONE
+    assert load(pki, tls("client_auth_type: VerifyClientCertIfGiven")).context.verify_mode == ssl.CERT_OPTIONAL
+    assert load(pki, tls("client_auth_type: RequireAndVerifyClientCert")).context.verify_mode == ssl.CERT_REQUIRED
+    # a string field takes any scalar as written; a blank free header is sent blank
+    headers = load(pki, "http_server_config: {headers: {X-XSS-Protection: 1, Content-Security-Policy: }}\n").headers
+    assert headers == {"X-XSS-Protection": "1", "Content-Security-Policy": ""}
+    assert load(pki, "http_server_config: {http2: no}\n").http2 is False
+    assert load(pki, "http_server_config:\n").http2 is False  # null zeroes the section, as Go does
+    assert load(pki, "http_server_config: {}\n").http2 is True
+    # rate limit: a Go duration; a bare number is nanoseconds; a float burst is truncated
+    limit = load(pki, "rate_limit: {interval: 1m30s, burst: 2.9}\n")
+    assert (limit.rate_interval, limit.rate_burst) == (90.0, 2)
+    assert load(pki, "rate_limit: {interval: 250}\n").rate_interval == pytest.approx(250e-9)
+    assert load(pki, "rate_limit: {interval: 1.5h}\n").rate_interval == 5400.0
+    assert load(pki, "rate_limit: {interval: -1s, burst: 1}\n").rate_interval < 0  # no limit
+    burst0 = load(pki, "rate_limit: {interval: 1s}\n")
+    assert burst0.rate_burst == 0 and any("429" in w for w in burst0.warnings)
+
+
+def test_http2_cipher_rule_refuses_the_start_only(pki):
+    """Go's HTTP/2 server refuses cipher_suites without an AES-128-GCM suite at start, though the
+    toolkit's Validate (promtool check web-config) passes the file and a live re-read takes it."""
+    text = tls("cipher_suites: [TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]\nmax_version: TLS12")
+    with pytest.raises(WebConfigError, match="HTTP/2 needs"):
+        load(pki, text)
+    load(pki, text, starting=False)
+    load(pki, text + "http_server_config: {http2: false}\n")
+    load(pki, tls("cipher_suites: [TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]\nmin_version: TLS13"))
+    load(pki, tls("cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]"))
+
+
+# Debian's promtool (Prometheus 2.42) carries an older exporter-toolkit, built with an older Go: the
+# files it decides differently, and why. Every other decision above must be promtool's too.
+PROMTOOL_DIFFERS = {
+    "TLS keys that do not switch TLS on": "client_allowed_sans is newer than its toolkit",
+    "inline cert and key": "inline cert/key are newer than its toolkit",
+    "cert_file inline key": "inline cert/key are newer than its toolkit",
+    "rate limit": "rate_limit is newer than its toolkit",
+    "an insecure cipher suite": "its Go still listed RSA key exchange among tls.CipherSuites()",
+    "RequireAnyClientCert without a CA (Python's ssl)": "Python's ssl cannot accept unverified certificates",
+}
+
+
+def test_promtool_check_web_config_agrees(pki):
+    from conftest import tool
+
+    for name, text, refusal in DECISIONS:
+        if name in PROMTOOL_DIFFERS or name.startswith(("inline", "cert_file inline")):
+            continue
+        (pki / "web.yml").write_text(text)
+        check = subprocess.run([tool("promtool"), "check", "web-config", str(pki / "web.yml")],
+                               capture_output=True, text=True)
+        assert (check.returncode == 0) == (refusal is None), (name, check.stdout + check.stderr)
+
+
+# -- the exporter as a process -------------------------------------------------------------------------
+
+def exporter_config(directory: Path) -> Path:
+    from test_exporter import config_text
+
+    # No API is needed to serve these pages: the base URL points at a closed port.
+    return write_config(directory, config_text("http://127.0.0.1:9", "  - {kind: chat, ids_file: none.txt}\n"))
+
+
+def config_check(directory: Path, web: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "exporter", "--config.check", "--config.file",
+                           str(exporter_config(directory)), "--web.config.file", str(web)],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def start(directory: Path, web_text: str, ready, env: dict[str, str] | None = None) -> ExporterProc:
+    web = directory / "web.yml"
+    web.write_text(web_text)
+    proc = ExporterProc(exporter_config(directory), "--web.config.file", str(web), env=env, wait_ready=False)
+    try:
+        wait_for(lambda: _alive(proc) and _answers(lambda: ready(proc)), 30, what="the exporter serving")
+    except BaseException:
+        proc.stop()
+        raise
+    return proc
+
+
+def _alive(proc: ExporterProc) -> bool:
+    if proc.popen.poll() is not None:
+        raise AssertionError(f"exporter exited {proc.popen.returncode}: {proc.log()}")
+    return True
+
+
+def _answers(call) -> bool:
+    try:
+        return call()
+    except OSError:
+        return False
+
+
+def reread(proc: ExporterProc, web: Path, text: str) -> None:
+    """Rewrite the web config and wait until the running exporter has taken it."""
+    before = proc.log().count("web config reloaded")
+    web.write_text(text)
+    wait_for(lambda: proc.log().count("web config reloaded") > before, 15, what="the web config re-read")
+
+
+def get(proc: ExporterProc, pki: Path, cert: tuple[Path, Path] | None = None, path: str = "/-/healthy") -> int:
+    return https(f"https://127.0.0.1:{proc.port}{path}", pki / "ca.crt", cert=cert)[0]
+
+
+def refused(proc: ExporterProc, pki: Path, cert: tuple[Path, Path] | None = None) -> bool:
+    """The TLS connection fails (handshake refused or connection dropped): no HTTP answer at all."""
+    try:
+        get(proc, pki, cert)
+    except OSError:
+        return True
+    return False
+
+
+def client(pki: Path, name: str = "client") -> tuple[Path, Path]:
+    return pki / f"{name}.crt", pki / f"{name}.key"
+
+
+def test_client_ca_without_a_policy_is_refused_at_check_start_and_reread(tmp_path):
+    make_pki(tmp_path)
+    web = tmp_path / "web.yml"
+    for extra in ("client_ca_file: ca.crt", "client_ca_file: ca.crt\nclient_auth_type: NoClientCert"):
+        web.write_text(tls(extra))
+        check = config_check(tmp_path, web)
+        assert check.returncode == 1 and "without a client auth policy" in check.stdout, check.stdout + check.stderr
+    proc = ExporterProc(exporter_config(tmp_path), "--web.config.file", str(web), wait_ready=False)
+    try:
+        assert proc.popen.wait(30) == 1
+        assert "cannot load the web config" in proc.log() and "without a client auth policy" in proc.log()
+        assert "Traceback" not in proc.log()
+    finally:
+        proc.stop()
+    # running with mutual TLS, a re-read that drops the policy but keeps the CA is refused: the old stays
+    proc = start(tmp_path, tls("client_auth_type: RequireAndVerifyClientCert\nclient_ca_file: ca.crt"),
+                 lambda p: get(p, tmp_path, client(tmp_path)) == 200)
+    try:
+        assert refused(proc, tmp_path)
+        web.write_text(tls("client_ca_file: ca.crt"))
+        wait_for(lambda: "web config reload failed" in proc.log(), 15, what="the refused re-read logged")
+        assert "without a client auth policy" in proc.log()
+        assert refused(proc, tmp_path) and get(proc, tmp_path, client(tmp_path)) == 200
+    finally:
+        proc.stop()
+
+
+def test_verify_if_given_without_a_ca_checks_against_the_system_roots(tmp_path):
+    make_pki(tmp_path)
+    new_ca(tmp_path, "other-ca")
+    issue(tmp_path, "stranger", "DNS:scraper", ca="other-ca")
+    web = tmp_path / "web.yml"
+    web.write_text(tls("client_auth_type: VerifyClientCertIfGiven"))
+    check = config_check(tmp_path, web)
+    assert check.returncode == 0 and check.stdout.startswith("valid"), check.stdout + check.stderr
+    # OpenSSL's default roots honour SSL_CERT_FILE: the test CA stands in for the system's roots
+    proc = start(tmp_path, web.read_text(), lambda p: get(p, tmp_path) == 200,
+                 env={"SSL_CERT_FILE": str(tmp_path / "ca.crt")})
+    try:
+        assert get(proc, tmp_path) == 200  # no certificate: served
+        assert get(proc, tmp_path, client(tmp_path)) == 200  # one the system's roots trust
+        assert refused(proc, tmp_path, client(tmp_path, "stranger"))  # one they do not
+        reread(proc, web, tls("client_auth_type: RequireAndVerifyClientCert"))
+        assert refused(proc, tmp_path)
+        assert get(proc, tmp_path, client(tmp_path)) == 200
+        assert refused(proc, tmp_path, client(tmp_path, "stranger"))
+        # a CA file holding no certificate is an empty pool, not the system's roots
+        (tmp_path / "empty.pem").write_text("not a certificate\n")
+        reread(proc, web, tls("client_auth_type: VerifyClientCertIfGiven\nclient_ca_file: empty.pem"))
+        assert get(proc, tmp_path) == 200 and refused(proc, tmp_path, client(tmp_path))
+        # RequestClientCert asks for nothing it would check: every client is served
+        reread(proc, web, tls("client_auth_type: RequestClientCert"))
+        assert get(proc, tmp_path) == 200 and get(proc, tmp_path, client(tmp_path, "stranger")) == 200
+    finally:
+        proc.stop()
