@@ -342,3 +342,165 @@ def test_verify_if_given_without_a_ca_checks_against_the_system_roots(tmp_path):
         assert get(proc, tmp_path) == 200 and get(proc, tmp_path, client(tmp_path, "stranger")) == 200
     finally:
         proc.stop()
+
+
+def s_client(proc: ExporterProc, pki: Path, *args: str) -> str | None:
+    """The cipher `openssl s_client` agreed on with the exporter, or None when the handshake failed."""
+    run = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{proc.port}", "-CAfile",
+                          str(pki / "ca.crt"), "-verify_return_error", *args],
+                         input="", capture_output=True, text=True, timeout=30)
+    found = [line.split("Cipher is ")[1].strip() for line in run.stdout.splitlines() if "Cipher is " in line]
+    return found[0] if run.returncode == 0 and found and found[0] != "(NONE)" else None
+
+
+def test_versions_ciphers_and_curves_in_real_handshakes(tmp_path):
+    make_pki(tmp_path)
+    web = tmp_path / "web.yml"
+    proc = start(tmp_path, tls(), lambda p: get(p, tmp_path) == 200)
+    try:
+        # defaults: TLS 1.2 to 1.3 and Go's default TLS 1.2 suites (ECDHE only; CBC with SHA-1, not SHA-256)
+        assert s_client(proc, tmp_path, "-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0") is None
+        assert s_client(proc, tmp_path, "-tls1_2") and s_client(proc, tmp_path, "-tls1_3")
+        assert s_client(proc, tmp_path, "-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA") == "ECDHE-RSA-AES128-SHA"
+        assert s_client(proc, tmp_path, "-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA256") is None
+        assert s_client(proc, tmp_path, "-tls1_2", "-cipher", "DHE-RSA-AES128-GCM-SHA256") is None
+        reread(proc, web, tls("min_version: TLS13"))
+        assert s_client(proc, tmp_path, "-tls1_2") is None and s_client(proc, tmp_path, "-tls1_3")
+        reread(proc, web, tls("max_version: TLS12"))
+        assert s_client(proc, tmp_path, "-tls1_3") is None and s_client(proc, tmp_path, "-tls1_2")
+        reread(proc, web, tls("min_version: TLS10"))
+        assert s_client(proc, tmp_path, "-tls1", "-cipher", "DEFAULT@SECLEVEL=0")
+        # cipher_suites restricts TLS 1.2; the server picks in Go's order whatever the file's order
+        reread(proc, web, tls("cipher_suites: [TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384, "
+                              "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]\nprefer_server_cipher_suites: false"))
+        both = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-AES128-GCM-SHA256"
+        assert s_client(proc, tmp_path, "-tls1_2", "-cipher", both) == "ECDHE-RSA-AES128-GCM-SHA256"
+        assert s_client(proc, tmp_path, "-tls1_2", "-cipher", "ECDHE-RSA-AES256-SHA") is None
+        assert s_client(proc, tmp_path, "-tls1_3")  # TLS 1.3 suites are not chosen by the file, as in Go
+        reread(proc, web, tls("cipher_suites: [TLS_AES_128_GCM_SHA256]"))  # no TLS 1.2 suite left
+        assert s_client(proc, tmp_path, "-tls1_2") is None and s_client(proc, tmp_path, "-tls1_3")
+        # one curve is enforced, in TLS 1.3 as in 1.2
+        reread(proc, web, tls("curve_preferences: [CurveP521]\nmin_version: TLS13"))
+        assert s_client(proc, tmp_path, "-groups", "P-384") is None
+        assert s_client(proc, tmp_path, "-groups", "P-521")
+        reread(proc, web, tls("curve_preferences: [CurveP384]\nmax_version: TLS12"))
+        assert s_client(proc, tmp_path, "-groups", "P-256") is None
+        assert s_client(proc, tmp_path, "-groups", "P-384")
+    finally:
+        proc.stop()
+
+
+def test_client_allowed_sans_are_checked_in_the_handshake(tmp_path):
+    make_pki(tmp_path)
+    issue(tmp_path, "other", "DNS:other-scraper,email:ops@example.com")
+    issue(tmp_path, "by-ip", "IP:::ffff:10.0.0.7")
+    web = tmp_path / "web.yml"
+    pinned = "client_auth_type: RequireAndVerifyClientCert\nclient_ca_file: ca.crt\n"
+    proc = start(tmp_path, tls(pinned + "client_allowed_sans: [scraper, ops@example.com]"),
+                 lambda p: get(p, tmp_path, client(tmp_path)) == 200)
+    try:
+        assert get(proc, tmp_path, client(tmp_path, "other")) == 200  # the e-mail SAN matches
+        reread(proc, web, tls(pinned + "client_allowed_sans: [scraper]"))
+        assert refused(proc, tmp_path, client(tmp_path, "other"))  # a good certificate with another name
+        assert get(proc, tmp_path, client(tmp_path)) == 200
+        reread(proc, web, tls(pinned + "client_allowed_sans: [10.0.0.7]"))  # IPs compared as Go prints them
+        assert get(proc, tmp_path, client(tmp_path, "by-ip")) == 200
+        reread(proc, web, tls(pinned + "client_allowed_sans: []"))  # an empty list lets no certificate in
+        assert refused(proc, tmp_path, client(tmp_path))
+        # a certificate that is only asked for, not required: without one, no SAN, no entry
+        reread(proc, web, tls("client_auth_type: VerifyClientCertIfGiven\nclient_ca_file: ca.crt\n"
+                              "client_allowed_sans: [scraper]"))
+        assert refused(proc, tmp_path) and get(proc, tmp_path, client(tmp_path)) == 200
+        # NoClientCert asks for no certificate, so the SAN list is not read at all
+        reread(proc, web, tls("client_allowed_sans: [scraper]"))
+        assert get(proc, tmp_path) == 200
+    finally:
+        proc.stop()
+
+
+def test_certificate_and_ca_files_are_reread_without_touching_the_web_config(tmp_path):
+    make_pki(tmp_path)
+    new_ca(tmp_path, "ca2")
+    issue(tmp_path, "client2", "DNS:scraper", ca="ca2")
+    proc = start(tmp_path, tls("client_auth_type: RequireAndVerifyClientCert\nclient_ca_file: client-ca.pem"
+                               ).replace("client-ca.pem", str(tmp_path / "ca.crt")),
+                 lambda p: get(p, tmp_path, client(tmp_path)) == 200)
+    web = tmp_path / "web.yml"
+    try:
+        served = _served_serial(proc, tmp_path)
+        issue(tmp_path, "server", "IP:127.0.0.1,DNS:localhost")  # cert-manager style rotation, same names
+        wait_for(lambda: _served_serial(proc, tmp_path) != served, 15, what="the new certificate served")
+        # the client CA file now names the other CA only: the first CA is no longer trusted
+        (tmp_path / "client-ca.pem").write_text((tmp_path / "ca2.crt").read_text())
+        reread(proc, web, web.read_text().replace(str(tmp_path / "ca.crt"), "client-ca.pem"))
+        assert get(proc, tmp_path, client(tmp_path, "client2")) == 200
+        assert refused(proc, tmp_path, client(tmp_path))
+        (tmp_path / "client-ca.pem").write_text((tmp_path / "ca.crt").read_text())  # the file alone changes
+        wait_for(lambda: _answers(lambda: get(proc, tmp_path, client(tmp_path)) == 200), 15,
+                 what="the rewritten CA file taken")
+        assert refused(proc, tmp_path, client(tmp_path, "client2"))
+    finally:
+        proc.stop()
+
+
+def _served_serial(proc: ExporterProc, pki: Path) -> str:
+    context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
+    context.load_cert_chain(str(pki / "client.crt"), str(pki / "client.key"))
+    with socket.create_connection(("127.0.0.1", proc.port), timeout=10) as raw:
+        with context.wrap_socket(raw, server_hostname="127.0.0.1") as tls_socket:
+            return tls_socket.getpeercert()["serialNumber"]
+
+
+def test_basic_auth_headers_and_rate_limit_behave_as_the_toolkit(tmp_path):
+    from helpers import http
+
+    long_password = b"p" * 72
+    hashed = bcrypt.hashpw(long_password, bcrypt.gensalt(4)).decode()
+    users = {"ann": hashed, "bob": "$2x" + bcrypt.hashpw(b"bobs", bcrypt.gensalt(4)).decode()[3:]}
+    headers = {"X-Frame-Options": "deny", "Content-Security-Policy": ""}
+    text = json.dumps({"basic_auth_users": users, "http_server_config": {"headers": headers}})
+    proc = start(tmp_path, text, lambda p: http("GET", f"{p.url}/-/healthy")[0] == 401)
+    web = tmp_path / "web.yml"
+    url = f"{proc.url}/-/healthy"
+
+    def auth(scheme: str, credentials: bytes) -> tuple[int, bytes, dict]:
+        return http("GET", url, headers={"Authorization": f"{scheme} {base64.b64encode(credentials).decode()}"})
+
+    try:
+        status, body, answer = http("GET", url)
+        assert (status, body, answer["WWW-Authenticate"]) == (401, b"Unauthorized\n", "Basic")
+        assert answer["X-Frame-Options"] == "deny" and answer["Content-Security-Policy"] == ""  # on a 401 too
+        assert auth("Basic", b"ann:" + long_password)[0] == 200
+        assert auth("basic", b"ann:" + long_password)[0] == 200  # the scheme in any case, as Go reads it
+        assert auth("Basic", b"ann:" + long_password + b"beyond 72 bytes")[0] == 200  # bcrypt reads 72
+        assert auth("Basic", b"ann:" + long_password[:-1])[0] == 401
+        assert auth("Basic", b"ann")[0] == 401  # no colon: no credentials
+        assert auth("Basic", b"bob:bobs")[0] == 200  # a $2x$ hash, read as Go reads it
+        assert auth("Basic", b"eve:bobs")[0] == 401
+        # rate limit: checked before anything else; its 429 carries none of the configured headers
+        reread(proc, web, json.dumps({"rate_limit": {"interval": "1h", "burst": 2},
+                                      "http_server_config": {"headers": headers}}))
+        assert [http("GET", url)[0] for _ in range(3)] == [200, 200, 429]
+        status, body, answer = http("GET", url)
+        assert (status, body) == (429, b"Too Many Requests\n") and "X-Frame-Options" not in answer
+        reread(proc, web, "rate_limit: {interval: 1s}\n")  # burst 0: nothing passes, as in the toolkit
+        assert http("GET", url)[0] == 429
+        reread(proc, web, "rate_limit: {interval: -1s}\n")  # a negative interval: no limit
+        assert all(http("GET", url)[0] == 200 for _ in range(5))
+    finally:
+        proc.stop()
+
+
+def test_cipher_suites_http2_cannot_use_stop_the_start_and_the_check(tmp_path):
+    make_pki(tmp_path)
+    web = tmp_path / "web.yml"
+    web.write_text(tls("cipher_suites: [TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384]\nmax_version: TLS12"))
+    check = config_check(tmp_path, web)
+    assert check.returncode == 1 and "HTTP/2 needs" in check.stdout
+    proc = ExporterProc(exporter_config(tmp_path), "--web.config.file", str(web), wait_ready=False)
+    try:
+        assert proc.popen.wait(30) == 1 and "HTTP/2 needs" in proc.log()
+    finally:
+        proc.stop()
+    web.write_text(web.read_text() + "http_server_config: {http2: false}\n")
+    assert config_check(tmp_path, web).returncode == 0
