@@ -37,6 +37,8 @@ def pki(tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("pki")
     make_pki(directory)
     (directory / "empty.pem").write_text("")
+    subprocess.run(["openssl", "pkey", "-in", "server.key", "-aes256", "-passout", "pass:secret", "-out",
+                    "encrypted.key"], cwd=directory, check=True, capture_output=True)
     return directory
 
 
@@ -56,6 +58,7 @@ DECISIONS = [
     ("comments only", "# nothing here\n", None),
     ("null document", "~\n", None),
     ("not a mapping", "just some words\nand more\n", "must be a mapping"),
+    ("not YAML", "rate_limit: [1s\n", "not valid YAML"),
     ("unknown top-level key", "tls_config: {}\n", "tls_config: unknown key"),
     ("unknown key in tls_server_config", "tls_server_config:\n  cert_flie: a\n", "cert_flie: unknown key"),
     ("unknown key in http_server_config", "http_server_config: {http3: true}\n", "http3: unknown key"),
@@ -75,12 +78,14 @@ DECISIONS = [
      "tls_server_config: {client_auth_type: RequireAndVerifyClientCert}\n", "missing one of cert"),
     ("missing cert file", tls(cert="cert_file: nowhere.crt\n  key_file: server.key\n"), "nowhere.crt"),
     ("missing key file", tls(cert="cert_file: server.crt\n  key_file: nowhere.key\n"), "nowhere.key"),
+    ("an encrypted key", tls(cert="cert_file: server.crt\n  key_file: encrypted.key\n"), "encrypted"),
     ("key that does not match the cert", tls(cert="cert_file: server.crt\n  key_file: client.key\n"), "cannot load"),
     ("unknown client_auth_type", tls("client_auth_type: RequireSomething"), "invalid 'RequireSomething'"),
     ("client_auth_type is case-sensitive", tls("client_auth_type: noclientcert"), "invalid"),
     ("client_ca_file without client_auth_type", tls("client_ca_file: ca.crt"), "without a client auth policy"),
     ("client_ca_file with NoClientCert", tls("client_ca_file: ca.crt\nclient_auth_type: NoClientCert"),
      "without a client auth policy"),
+    ("inline client_ca without a policy", tls("client_ca: not even PEM"), "without a client auth policy"),
     ("client_ca_file naming no file", tls("client_ca_file: nowhere.crt\nclient_auth_type: VerifyClientCertIfGiven"),
      "nowhere.crt"),
     ("NoClientCert", tls("client_auth_type: NoClientCert"), None),
@@ -199,13 +204,10 @@ def test_http2_cipher_rule_refuses_the_start_only(pki):
     load(pki, tls("cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256]"))
 
 
-# Debian's promtool (Prometheus 2.42) carries an older exporter-toolkit, built with an older Go: the
-# files it decides differently, and why. Every other decision above must be promtool's too.
+# Debian's promtool (Prometheus 2.42) carries an older exporter-toolkit built with an older Go. Files
+# using keys newer than its toolkit are not comparable (it refuses them as unknown fields); of the rest,
+# these are decided differently, and why. Every other decision above must be promtool's too.
 PROMTOOL_DIFFERS = {
-    "TLS keys that do not switch TLS on": "client_allowed_sans is newer than its toolkit",
-    "inline cert and key": "inline cert/key are newer than its toolkit",
-    "cert_file inline key": "inline cert/key are newer than its toolkit",
-    "rate limit": "rate_limit is newer than its toolkit",
     "an insecure cipher suite": "its Go still listed RSA key exchange among tls.CipherSuites()",
     "RequireAnyClientCert without a CA (Python's ssl)": "Python's ssl cannot accept unverified certificates",
 }
@@ -214,13 +216,18 @@ PROMTOOL_DIFFERS = {
 def test_promtool_check_web_config_agrees(pki):
     from conftest import tool
 
+    compared = 0
     for name, text, refusal in DECISIONS:
-        if name in PROMTOOL_DIFFERS or name.startswith(("inline", "cert_file inline")):
+        if name in PROMTOOL_DIFFERS or name.startswith(("inline cert", "cert_file inline")):
             continue
         (pki / "web.yml").write_text(text)
         check = subprocess.run([tool("promtool"), "check", "web-config", str(pki / "web.yml")],
                                capture_output=True, text=True)
+        if "not found in type" in check.stdout + check.stderr and "unknown key" not in (refusal or ""):
+            continue  # a key its toolkit does not know yet
+        compared += 1
         assert (check.returncode == 0) == (refusal is None), (name, check.stdout + check.stderr)
+    assert compared >= 50
 
 
 # -- the exporter as a process -------------------------------------------------------------------------
