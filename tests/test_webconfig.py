@@ -351,11 +351,15 @@ def test_verify_if_given_without_a_ca_checks_against_the_system_roots(tmp_path):
         proc.stop()
 
 
+def _s_client_run(proc: ExporterProc, pki: Path, args: list[str], stdin: str = "") -> subprocess.CompletedProcess:
+    return subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{proc.port}", "-CAfile",
+                           str(pki / "ca.crt"), "-verify_return_error", *args],
+                          input=stdin, capture_output=True, text=True, timeout=30)
+
+
 def s_client(proc: ExporterProc, pki: Path, *args: str) -> str | None:
     """The cipher `openssl s_client` agreed on with the exporter, or None when the handshake failed."""
-    run = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{proc.port}", "-CAfile",
-                          str(pki / "ca.crt"), "-verify_return_error", *args],
-                         input="", capture_output=True, text=True, timeout=30)
+    run = _s_client_run(proc, pki, list(args))
     found = [line.split("Cipher is ")[1].strip() for line in run.stdout.splitlines() if "Cipher is " in line]
     return found[0] if run.returncode == 0 and found and found[0] != "(NONE)" else None
 
@@ -371,6 +375,16 @@ def test_versions_ciphers_and_curves_in_real_handshakes(tmp_path):
         assert s_client(proc, tmp_path, "-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA") == "ECDHE-RSA-AES128-SHA"
         assert s_client(proc, tmp_path, "-tls1_2", "-cipher", "ECDHE-RSA-AES128-SHA256") is None
         assert s_client(proc, tmp_path, "-tls1_2", "-cipher", "DHE-RSA-AES128-GCM-SHA256") is None
+        # Go's server picks ChaCha20 for a client that puts it first, AES-GCM otherwise
+        chacha_first = "ECDHE-RSA-CHACHA20-POLY1305:ECDHE-RSA-AES128-GCM-SHA256"
+        assert s_client(proc, tmp_path, "-tls1_2", "-cipher", chacha_first) == "ECDHE-RSA-CHACHA20-POLY1305"
+        aes_first = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305"
+        assert s_client(proc, tmp_path, "-tls1_2", "-cipher", aes_first) == "ECDHE-RSA-AES256-GCM-SHA384"
+        # ALPN: HTTP/1.1 is agreed on (no HTTP/2 here); a renegotiation is refused, as by Go's server
+        run = _s_client_run(proc, tmp_path, ["-alpn", "h2,http/1.1"])
+        assert "ALPN protocol: http/1.1" in run.stdout
+        run = _s_client_run(proc, tmp_path, ["-tls1_2"], stdin="R\n")
+        assert "RENEGOTIATING" in run.stdout + run.stderr and "no renegotiation" in run.stderr
         reread(proc, web, tls("min_version: TLS13"))
         assert s_client(proc, tmp_path, "-tls1_2") is None and s_client(proc, tmp_path, "-tls1_3")
         reread(proc, web, tls("max_version: TLS12"))

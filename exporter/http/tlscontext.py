@@ -39,6 +39,7 @@ GO_CURVES = {"CurveP256": "prime256v1", "CurveP384": "secp384r1", "CurveP521": "
 NO_CLIENT_CERT = ("", "NoClientCert")
 CLIENT_AUTH = ("NoClientCert", "RequestClientCert", "RequireAnyClientCert", "RequireClientCert",
                "VerifyClientCertIfGiven", "RequireAndVerifyClientCert")
+_OP_PRIORITIZE_CHACHA = 1 << 21  # OpenSSL's SSL_OP_PRIORITIZE_CHACHA; Python 3.11 has no name for it
 _PEM_CERT = re.compile(r"-----BEGIN CERTIFICATE-----\r?\n.*?-----END CERTIFICATE-----", re.S)
 
 
@@ -61,7 +62,10 @@ def build_ssl_context(tls: dict[str, Any], context: ssl.SSLContext | None = None
     with warnings.catch_warnings():  # TLS 1.0/1.1 are deprecated in Python; the file asks for them
         warnings.simplefilter("ignore", DeprecationWarning)
         ctx.minimum_version, ctx.maximum_version = low, high
-    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # Go's server: its own suite order, ChaCha20 first for a client that puts it first (Go reads that
+    # as "no AES hardware"), never a renegotiation, and ALPN answered with HTTP/1.1 (no HTTP/2 here).
+    ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE | _OP_PRIORITIZE_CHACHA | ssl.OP_NO_RENEGOTIATION
+    ctx.set_alpn_protocols(["http/1.1"])
     _set_ciphers(ctx, tls, low)
     curves = tls["curve_preferences"] or []
     if len(curves) == 1:  # Python's ssl sets one curve, or leaves OpenSSL's list
