@@ -490,6 +490,7 @@ def test_basic_auth_headers_and_rate_limit_behave_as_the_toolkit(tmp_path):
     try:
         status, body, answer = http("GET", url)
         assert (status, body, answer["WWW-Authenticate"]) == (401, b"Unauthorized\n", "Basic")
+        assert answer["X-Content-Type-Options"] == "nosniff"
         assert answer["X-Frame-Options"] == "deny" and answer["Content-Security-Policy"] == ""  # on a 401 too
         assert auth("Basic", b"ann:" + long_password)[0] == 200
         assert auth("basic", b"ann:" + long_password)[0] == 200  # the scheme in any case, as Go reads it
@@ -504,6 +505,7 @@ def test_basic_auth_headers_and_rate_limit_behave_as_the_toolkit(tmp_path):
         assert [http("GET", url)[0] for _ in range(3)] == [200, 200, 429]
         status, body, answer = http("GET", url)
         assert (status, body) == (429, b"Too Many Requests\n") and "X-Frame-Options" not in answer
+        assert answer["X-Content-Type-Options"] == "nosniff"  # Go's http.Error sets it on every error
         reread(proc, web, "rate_limit: {interval: 1s}\n")  # burst 0: nothing passes, as in the toolkit
         assert http("GET", url)[0] == 429
         reread(proc, web, "rate_limit: {interval: -1s}\n")  # a negative interval: no limit

@@ -130,6 +130,10 @@ class Guard:
         return self._limiter is not None and not self._limiter.try_acquire()
 
 
+# Go's http.Error, which writes the toolkit's 401 and 429 answers, always sends this header.
+_GO_ERROR_HEADERS = {"X-Content-Type-Options": "nosniff"}
+
+
 def basic_credentials(header: str | None) -> tuple[str, bytes] | None:
     """User and password of an Authorization header as Go's Request.BasicAuth reads it: the scheme
     in any case, strict base64, a colon required; the bytes need not be UTF-8."""
@@ -158,7 +162,7 @@ def middleware(guard: Guard, request_timeout: float) -> Callable[..., Awaitable[
     @web.middleware
     async def protect(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         if guard.rate_limited():  # before the headers are set, as in the toolkit
-            return web.Response(status=429, text="Too Many Requests\n")
+            return web.Response(status=429, text="Too Many Requests\n", headers=_GO_ERROR_HEADERS)
         try:
             response = await _protected(request, handler)
         except web.HTTPException as exc:
@@ -169,7 +173,8 @@ def middleware(guard: Guard, request_timeout: float) -> Callable[..., Awaitable[
 
     async def _protected(request: web.Request, handler) -> web.StreamResponse:
         if not await guard.authorised(request.headers.get("Authorization")):
-            return web.Response(status=401, text="Unauthorized\n", headers={"WWW-Authenticate": "Basic"})
+            return web.Response(status=401, text="Unauthorized\n",
+                                headers={**_GO_ERROR_HEADERS, "WWW-Authenticate": "Basic"})
         try:
             async with asyncio.timeout(request_timeout):
                 return await handler(request)
