@@ -188,6 +188,8 @@ def test_defaults_and_values_read_as_go_reads_them(pki):
     assert load(pki, "rate_limit: {interval: 250}\n").rate_interval == pytest.approx(250e-9)
     assert load(pki, "rate_limit: {interval: 1.5h}\n").rate_interval == 5400.0
     assert load(pki, "rate_limit: {interval: -1s, burst: 1}\n").rate_interval < 0  # no limit
+    assert any("one curve" in w for w in load(pki, tls("curve_preferences: [X25519, CurveP256]")).warnings)
+    assert any("no TLS handshake" in w for w in load(pki, tls("min_version: TLS13\nmax_version: TLS12")).warnings)
     burst0 = load(pki, "rate_limit: {interval: 1s}\n")
     assert burst0.rate_burst == 0 and any("429" in w for w in burst0.warnings)
 
