@@ -21,20 +21,34 @@ from test_exporter import OLD, config_text
 PASSWORD = "correct horse battery"
 
 
+def openssl(directory: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+
+def new_ca(directory: Path, name: str = "ca") -> Path:
+    """A self-signed CA (`name`.crt, `name`.key) made with openssl."""
+    openssl(directory, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out",
+            f"{name}.crt", "-days", "2", "-subj", f"/CN=test-{name}")
+    (directory / f"{name}.key").chmod(0o600)
+    return directory / f"{name}.crt"
+
+
+def issue(directory: Path, name: str, san: str, ca: str = "ca") -> tuple[Path, Path]:
+    """A certificate `name`.crt (key `name`.key, mode 600) with subjectAltName `san`, signed by `ca`."""
+    openssl(directory, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+            "-subj", f"/CN={name}")
+    (directory / f"{name}.ext").write_text(f"subjectAltName={san}\n")
+    openssl(directory, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey", f"{ca}.key",
+            "-CAcreateserial", "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
+    (directory / f"{name}.key").chmod(0o600)
+    return directory / f"{name}.crt", directory / f"{name}.key"
+
+
 def make_pki(directory: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
-        "-subj", "/CN=test-ca")
-    for name, extra in (("server", "subjectAltName=IP:127.0.0.1,DNS:localhost"), ("client", "subjectAltName=DNS:scraper")):
-        run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        (directory / f"{name}.ext").write_text(extra + "\n")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-            "-out", f"{name}.crt", "-days", "2", "-extfile", f"{name}.ext")
-    for key in directory.glob("*.key"):
-        key.chmod(0o600)
+    new_ca(directory)
+    issue(directory, "server", "IP:127.0.0.1,DNS:localhost")
+    issue(directory, "client", "DNS:scraper")
     return {n: directory / n for n in ("ca.crt", "server.crt", "server.key", "client.crt", "client.key")}
 
 

@@ -1,6 +1,7 @@
 """The guard in front of every route: basic auth, response headers and the request rate limit of
-the current web config (re-read when the file changes), client-certificate SAN pinning, and the
-server's own limits on connections and slow clients.
+the current web config (re-read when the file or a certificate file changes; client-certificate SAN
+pinning is done in the TLS handshake, tlscontext.py), and the server's own limits on connections and
+slow clients.
 """
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import hmac
 import logging
 import os
 import ssl
@@ -17,62 +17,78 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from exporter.http.webconfig import WebConfigError, WebSecurity, build_ssl_context, load_web_config
+from exporter.http.tlscontext import LiveContext
+from exporter.http.webconfig import WebConfigError, WebSecurity, load_web_config
 from exporter.polling.ratelimit import RateLimiter
 
 log = logging.getLogger("distribute.web")
 
 
 class Guard:
-    """Applies the current web config to every request; re-reads the file when it changes."""
+    """Applies the current web config to every request; re-reads the file when it or a certificate
+    file it names changes."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.security = WebSecurity()
-        self._mtime: float | None = None
+        self._seen: tuple | None = None
         self._cache: dict[bytes, bool] = {}
         self._bcrypt = asyncio.Semaphore(2)  # wrong-password floods must not take every core
         self._limiter: RateLimiter | None = None
         self._dummy: tuple[int, bytes] | None = None
-        self.ssl_context: ssl.SSLContext | None = None
-        self.allowed_sans: list[str] = []
+        self.ssl_context: LiveContext | None = None
         if path is not None:
-            self._apply(load_web_config(path))
-            self._mtime = path.stat().st_mtime
+            security = load_web_config(path)
+            if security.context is not None:
+                self.ssl_context = LiveContext(ssl.PROTOCOL_TLS_SERVER)
+            self._apply(security)
+            self._seen = self._files_state(security)
 
     def _apply(self, security: WebSecurity) -> None:
         for warning in security.warnings:
             log.warning("web config: %s", warning)
-        if security.tls and self.ssl_context is not None:
-            build_ssl_context(security.tls, self.ssl_context)  # new handshakes get the new certificate
-        elif security.tls:
-            self.ssl_context = build_ssl_context(security.tls)
-        elif self.ssl_context is not None:
-            log.warning("web config: TLS cannot be switched off while running; restart to do so")
-        self.allowed_sans = list((security.tls or {}).get("client_allowed_sans") or [])
+        if self.ssl_context is not None and security.context is not None:
+            self.ssl_context.current = security.context  # new connections get it; open ones keep theirs
+        rate = (security.rate_interval, security.rate_burst)
+        if rate != (self.security.rate_interval, self.security.rate_burst) or self._limiter is None:
+            self._limiter = (RateLimiter(1.0 / security.rate_interval, burst=float(security.rate_burst))
+                             if security.rate_interval > 0 else None)
         self.security = security
         self._cache.clear()
-        self._limiter = (RateLimiter(1.0 / security.rate_interval, burst=max(1, security.rate_burst))
-                         if security.rate_interval > 0 else None)
+
+    def _files_state(self, security: WebSecurity) -> tuple:
+        """What tells a change: the web config file's and its certificate files' stat."""
+        state = []
+        for name in [str(self.path), *security.files()]:
+            try:
+                st = os.stat(name)
+                state.append((name, st.st_mtime_ns, st.st_size, st.st_ino))
+            except OSError:
+                state.append((name, None))
+        return tuple(state)
 
     def recheck(self) -> None:
-        """Load the file again if it changed; a broken file keeps the last good one."""
+        """Load the file again if it or a certificate file changed; a broken file keeps the last good one."""
         if self.path is None:
             return
+        seen = self._files_state(self.security)
+        if seen == self._seen:
+            return
+        self._seen = seen
         try:
-            mtime = self.path.stat().st_mtime
-            if mtime == self._mtime:
-                return
-            self._mtime = mtime
-            had_tls = self.ssl_context is not None
-            security = load_web_config(self.path)
-            if security.tls and not had_tls:
-                log.warning("web config: TLS cannot be switched on while running; restart to do so")
-                security.tls = None
-            self._apply(security)
-            log.info("web config reloaded from %s", self.path)
-        except (OSError, WebConfigError) as exc:
+            security = load_web_config(self.path, starting=False)
+        except WebConfigError as exc:
             log.error("web config reload failed, keeping the previous one: %s", exc)
+            return
+        if security.context is not None and self.ssl_context is None:
+            log.warning("web config: TLS cannot be switched on while running; restart to do so")
+            security.tls = security.context = None
+        elif security.context is None and self.ssl_context is not None:
+            log.warning("web config: TLS cannot be switched off while running; restart to do so")
+            security.tls, security.context = self.security.tls, self.security.context
+        self._apply(security)
+        self._seen = self._files_state(security)
+        log.info("web config reloaded from %s", self.path)
 
     async def watch(self, every: float = 2.0) -> None:
         while True:
@@ -83,19 +99,18 @@ class Guard:
         users = self.security.users
         if not users:
             return True
-        if not header or not header.startswith("Basic "):
+        credentials = basic_credentials(header)
+        if credentials is None:
             return False
-        try:
-            user, _, password = base64.b64decode(header[6:], validate=True).decode().partition(":")
-        except (ValueError, UnicodeDecodeError):
-            return False
-        key = hashlib.sha256(f"{user}\0{password}".encode()).digest()
+        user, password = credentials
+        password = password[:72]  # bcrypt reads no further (Go's and OpenBSD's alike)
+        key = hashlib.sha256(b"%d:%s%s" % (len(user), user.encode("utf-8", "surrogateescape"), password)).digest()
         cached = self._cache.get(key)
         if cached is not None:
             return cached
         hashed = users.get(user) or self._dummy_hash()
         async with self._bcrypt:
-            ok = await asyncio.get_running_loop().run_in_executor(None, _checkpw, password.encode(), hashed)
+            ok = await asyncio.get_running_loop().run_in_executor(None, _checkpw, password, hashed)
         ok = ok and user in users
         if len(self._cache) > 1000:
             self._cache.clear()
@@ -115,6 +130,25 @@ class Guard:
         return self._limiter is not None and not self._limiter.try_acquire()
 
 
+# Go's http.Error, which writes the toolkit's 401 and 429 answers, always sends this header.
+_GO_ERROR_HEADERS = {"X-Content-Type-Options": "nosniff"}
+
+
+def basic_credentials(header: str | None) -> tuple[str, bytes] | None:
+    """User and password of an Authorization header as Go's Request.BasicAuth reads it: the scheme
+    in any case, strict base64, a colon required; the bytes need not be UTF-8."""
+    if not header or header[:6].lower() != "basic ":
+        return None
+    try:
+        decoded = base64.b64decode(header[6:], validate=True)
+    except ValueError:
+        return None
+    user, colon, password = decoded.partition(b":")
+    if not colon:
+        return None
+    return user.decode("utf-8", "surrogateescape"), password
+
+
 def _checkpw(password: bytes, hashed: bytes) -> bool:
     import bcrypt
 
@@ -127,6 +161,8 @@ def _checkpw(password: bytes, hashed: bytes) -> bool:
 def middleware(guard: Guard, request_timeout: float) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
     async def protect(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+        if guard.rate_limited():  # before the headers are set, as in the toolkit
+            return web.Response(status=429, text="Too Many Requests\n", headers=_GO_ERROR_HEADERS)
         try:
             response = await _protected(request, handler)
         except web.HTTPException as exc:
@@ -136,13 +172,9 @@ def middleware(guard: Guard, request_timeout: float) -> Callable[..., Awaitable[
         return response
 
     async def _protected(request: web.Request, handler) -> web.StreamResponse:
-        if guard.allowed_sans and not _san_allowed(request, guard.allowed_sans):
-            return web.Response(status=403, text="client certificate not allowed\n")
-        if guard.rate_limited():
-            return web.Response(status=429, text="too many requests\n")
         if not await guard.authorised(request.headers.get("Authorization")):
             return web.Response(status=401, text="Unauthorized\n",
-                                headers={"WWW-Authenticate": 'Basic realm="distribute-exporter"'})
+                                headers={**_GO_ERROR_HEADERS, "WWW-Authenticate": "Basic"})
         try:
             async with asyncio.timeout(request_timeout):
                 return await handler(request)
@@ -150,15 +182,6 @@ def middleware(guard: Guard, request_timeout: float) -> Callable[..., Awaitable[
             return web.Response(status=408, text="request took too long\n")
 
     return protect
-
-
-def _san_allowed(request: web.Request, allowed: list[str]) -> bool:
-    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
-    cert = ssl_object.getpeercert() if ssl_object else None
-    if not cert:
-        return False
-    names = {value for _, value in cert.get("subjectAltName", ())}
-    return any(hmac.compare_digest(n, a) for n in names for a in allowed)
 
 
 def limit_connections(server: web.Server, max_connections: int, on_reject: Callable[[], None]) -> None:
