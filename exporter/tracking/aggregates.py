@@ -69,6 +69,11 @@ class JobAggregates:
         self.version = 0  # bumped by every change: the renderer reuses its text while it stays
         # (kind, group) -> heap of (created, job id); stale entries are dropped when read.
         self._oldest: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
+        # Cost (with pricing.file only): (kind, group, model, currency) and (kind, group, model).
+        self.cost: dict[tuple[str, str, str, str], float] = defaultdict(float)
+        self.unpriced: dict[tuple[str, str, str], int] = defaultdict(int)
+        self.currency: str | None = None  # pricing.currency while a price file is loaded, else None
+        self.spend_today = SpendToday()
 
     def declare_group(self, kind: str, group: str) -> None:
         """Export zero series for a known (kind, group), so that rate() works from the first job."""
@@ -128,7 +133,27 @@ class JobAggregates:
         if kind == "chat" and (tool_calls or choices):
             self._bump("tool_calls", self.tool_calls, (group, model), tool_calls)
 
-    def _bump(self, family: str, table: dict, labels: tuple[str, ...], n: int) -> None:
+    # -- cost ------------------------------------------------------------------------------------
+    def pricing(self, currency: str | None, groups: Iterable[tuple[str, str]]) -> None:
+        """A price file is loaded (currency) or not (None); zero series for the config's groups."""
+        self.version += 1
+        self.currency = currency
+        if currency is not None:
+            for kind, group in groups:
+                self.cost[(kind, group, "", currency)] += 0
+                self.unpriced[(kind, group, "")] += 0
+
+    def record_cost(self, kind: str, group: str, model: str, cost: float | None, ended: float, now: float) -> None:
+        """Count a finished job's estimated cost, or (None) that no price matched it; once per job."""
+        assert self.currency is not None
+        self.version += 1
+        if cost is None:
+            self._bump("unpriced", self.unpriced, (kind, group, model), 1)
+        else:
+            self._bump("cost", self.cost, (kind, group, model, self.currency), cost)
+        self.spend_today.add(group, self.currency, cost, ended, now)
+
+    def _bump(self, family: str, table: dict, labels: tuple[str, ...], n: float) -> None:
         table[labels] += n
         self.dirty.add((family, labels))
 
@@ -172,6 +197,49 @@ class JobAggregates:
 
 def _histogram_state(h: Histogram) -> list:
     return [list(h.bounds), list(h.counts), h.total, h.count]
+
+
+class SpendToday:
+    """Estimated spend of the jobs finished since 00:00 UTC, per group and currency, with how many
+    were priced and unpriced: the status page's figure, O(1) per job and per look. Rebuilt from
+    the state file at start (`restore`)."""
+
+    def __init__(self) -> None:
+        self.day = -1
+        self.rows: dict[tuple[str, str], list[float]] = {}  # (group, currency) -> [cost, priced, unpriced]
+
+    def start_of_day(self, now: float) -> float:
+        return _day(now) * 86400.0
+
+    def _roll(self, now: float) -> None:
+        if _day(now) != self.day:
+            self.day, self.rows = _day(now), {}
+
+    def add(self, group: str, currency: str, cost: float | None, ended: float, now: float) -> None:
+        self._roll(now)
+        if _day(ended) == self.day:
+            row = self.rows.setdefault((group, currency), [0.0, 0, 0])
+            if cost is None:
+                row[2] += 1
+            else:
+                row[0] += cost
+                row[1] += 1
+
+    def restore(self, rows: Iterable[tuple[str, str, float, int, int]], now: float) -> None:
+        self._roll(now)
+        for group, currency, cost, priced, unpriced in rows:
+            self.rows[(group, currency)] = [cost, priced, unpriced]
+
+    def snapshot(self, now: float) -> list[dict[str, object]]:
+        """Rows for the page, most spent first."""
+        self._roll(now)
+        rows = [{"group": g, "currency": c, "cost": v[0], "priced": int(v[1]), "unpriced": int(v[2])}
+                for (g, c), v in self.rows.items()]
+        return sorted(rows, key=lambda r: (-r["cost"], r["group"]))  # type: ignore[operator]
+
+
+def _day(moment: float) -> int:
+    return int(moment // 86400)  # UTC days since the epoch
 
 
 class ApiAggregates:

@@ -35,6 +35,8 @@ class Job:
     interval: float = 0.0
     errors: int = 0
     polls: int = 0
+    estimated_cost: float | None = None  # set once, when the job becomes final (tracking/cost.py)
+    price_entry: dict[str, Any] | None = None
 
     @property
     def labels(self) -> JobLabels:
@@ -45,13 +47,15 @@ class Job:
         return (self.id, self.kind, self.group, self.source, self.status, self.model, self.created,
                 self.finished, self.final, self.ended, self.prompt_tokens, self.completion_tokens,
                 self.results, self.tool_calls, json.dumps(self.choices) if self.choices else None,
-                self.first_tracked, self.last_polled, self.next_due, self.interval, self.errors, self.polls)
+                self.first_tracked, self.last_polled, self.next_due, self.interval, self.errors, self.polls,
+                self.estimated_cost, json.dumps(self.price_entry) if self.price_entry else None)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Job":
         values = dict(row)
         values["group"] = values.pop("grp")
         values["choices"] = json.loads(values["choices"]) if values.get("choices") else None
+        values["price_entry"] = json.loads(values["price_entry"]) if values.get("price_entry") else None
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:

@@ -8,6 +8,7 @@ SQLite never sees two threads. WAL mode with `synchronous=FULL`: a committed bat
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sqlite3
@@ -21,7 +22,8 @@ APPLICATION_ID = 0x44495354  # "DIST": marks a file as ours, so a foreign databa
 
 JOB_COLUMNS = ("id", "kind", "grp", "source", "status", "model", "created", "finished", "final",
                "ended", "prompt_tokens", "completion_tokens", "results", "tool_calls", "choices",
-               "first_tracked", "last_polled", "next_due", "interval", "errors", "polls")
+               "first_tracked", "last_polled", "next_due", "interval", "errors", "polls",
+               "estimated_cost", "price_entry")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -33,7 +35,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
     results INTEGER NOT NULL DEFAULT 0, tool_calls INTEGER NOT NULL DEFAULT 0, choices TEXT,
     first_tracked REAL NOT NULL, last_polled REAL, next_due REAL NOT NULL,
-    interval REAL NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, polls INTEGER NOT NULL DEFAULT 0
+    interval REAL NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, polls INTEGER NOT NULL DEFAULT 0,
+    estimated_cost REAL,                  -- NULL unless priced (schema 6)
+    price_entry TEXT                      -- JSON: the price entry used, or the file matched none
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(final) WHERE final = 0;
 CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(ended) WHERE final != 0;
@@ -225,9 +229,25 @@ class StateStore:
                 db.execute("DELETE FROM jobs WHERE final != 0 AND ended < ?", (cutoff,))
         return counts
 
+    def spend_since(self, cutoff: float) -> list[tuple[str, str, float, int, int]]:
+        """(group, currency, estimated cost, priced jobs, unpriced jobs) of jobs final since `cutoff`
+        (an indexed range): what the status page's "spend today" starts from."""
+        return list(self.db.execute(
+            "SELECT grp, json_extract(price_entry, '$.currency'), total(estimated_cost), count(estimated_cost), "
+            "count(*) - count(estimated_cost) FROM jobs WHERE final != 0 AND ended >= ? AND price_entry IS NOT NULL "
+            "GROUP BY 1, 2", (cutoff,)))
+
     def bulk_insert(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Write many job rows in one transaction (benchmarks and imports)."""
-        marks = ",".join("?" * len(JOB_COLUMNS))
+        """Write many job rows in one transaction (benchmarks and imports). Rows may stop before the
+        last of JOB_COLUMNS (all as long as the first): the columns left out get their defaults, so
+        fixtures written for an older schema keep working."""
+        rows = iter(rows)
+        first = next(rows, None)
+        if first is None:
+            return
+        columns = JOB_COLUMNS[:len(first)]
+        marks = ",".join("?" * len(columns))
         with self.db:
             self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})", rows)
+            self.db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(columns)}) VALUES ({marks})",
+                                itertools.chain([first], rows))
