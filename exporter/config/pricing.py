@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ PRICE_KEYS: dict[str, tuple[str, ...]] = {
 }
 _ENTRY_KEYS = ("kind", "model", "model_regex", "effective_from", *PRICE_KEYS)
 MAX_PRICE_FILE_BYTES = 4 * 1024 * 1024
+MAX_CACHED_MODELS = 10_000
 
 
 class PriceFileError(ValueError):
@@ -93,18 +94,23 @@ class PriceTable:
     name: str  # the file's name as the config wrote it
     currency: str
     entries: tuple[Price, ...]
+    # (kind, model) -> its matching entries in the order they win: exact first, then the latest
+    # effective_from, then file order. Filled as models are seen, so that a job finishing costs no
+    # regular expression; models are label values, few, but the cache is bounded all the same.
+    _candidates: dict[tuple[str, str], tuple[Price, ...]] = field(default_factory=dict, compare=False, repr=False)
 
     def lookup(self, kind: str, model: str, finished: float) -> Price | None:
-        exact = regex = None
-        for entry in self.entries:
-            if entry.kind != kind or entry.effective_from > finished or not entry.matches(model):
-                continue
-            if entry.model is not None:
-                if exact is None or entry.effective_from > exact.effective_from:
-                    exact = entry
-            elif regex is None or entry.effective_from > regex.effective_from:
-                regex = entry
-        return exact or regex
+        candidates = self._candidates.get((kind, model))
+        if candidates is None:
+            if len(self._candidates) >= MAX_CACHED_MODELS:
+                self._candidates.clear()
+            matching = (e for e in self.entries if e.kind == kind and e.matches(model))
+            candidates = tuple(sorted(matching, key=lambda e: (e.model is None, -e.effective_from, e.index)))
+            self._candidates[(kind, model)] = candidates
+        for entry in candidates:
+            if entry.effective_from <= finished:
+                return entry
+        return None
 
 
 def load_prices(file: Path, name: str, currency: str) -> PriceTable:
