@@ -222,6 +222,24 @@ def test_config_check_says_what_is_wrong_in_one_line_and_the_example_is_valid(tm
     assert "FAKE" in (REPO / "pricing.example.yaml").read_text()
 
 
+def test_spend_today_counts_jobs_finished_since_midnight_utc_and_starts_again_each_day():
+    from exporter.tracking.spend import SpendToday
+
+    noon = at("2026-03-10T12:00:00")
+    today = SpendToday()
+    today.add("g", "USD", 1.5, noon - 13 * 3600, noon)  # finished yesterday at 23:00
+    today.add("g", "USD", 2.0, noon - 3600, noon)
+    today.add("g", "USD", None, noon - 60, noon)
+    today.add("h", "EUR", 0.25, noon, noon)
+    assert today.start_of_day(noon) == at("2026-03-10")
+    assert today.snapshot(noon) == [{"group": "g", "currency": "USD", "cost": 2.0, "priced": 1, "unpriced": 1},
+                                     {"group": "h", "currency": "EUR", "cost": 0.25, "priced": 1, "unpriced": 0}]
+    assert today.snapshot(at("2026-03-11T00:00:00")) == []  # a new day
+    today.restore([("g", "USD", 4.0, 2, 0)], at("2026-03-11T01:00:00"))
+    today.add("g", "USD", 1.0, at("2026-03-11T00:30:00"), at("2026-03-11T01:00:00"))
+    assert today.snapshot(at("2026-03-11T02:00:00"))[0]["cost"] == 5.0
+
+
 # ---- a real exporter against the simulator ---------------------------------------------------------
 
 def test_cost_equals_the_truth_per_group_and_model_and_survives_kill_9(simulator, exporter, tmp_path):

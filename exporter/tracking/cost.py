@@ -22,4 +22,4 @@ def charge(job: Job, prices: PriceTable, agg: JobAggregates, now: float) -> None
     else:
         job.estimated_cost = entry.cost(job.prompt_tokens, job.completion_tokens, job.results)
         job.price_entry = {"file": prices.name, **entry.describe(), "currency": prices.currency}
-    agg.record_cost(job.kind, job.group, job.model, job.estimated_cost, finished, now)
+    agg.record_cost(job.kind, job.group, job.model, prices.currency, job.estimated_cost, finished, now)
