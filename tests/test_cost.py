@@ -15,6 +15,7 @@ import pytest
 
 from exporter.config import ConfigError, load_config
 from exporter.config.pricing import PriceFileError, parse_prices
+from conftest import tool
 from helpers import REPO, http, parse_samples, wait_for, write_config
 from test_exporter import OLD, config_text
 
@@ -264,6 +265,8 @@ def test_cost_equals_the_truth_per_group_and_model_and_survives_kill_9(simulator
     assert {m for _, _, m in want[0]} == {"Llama-3.1 8B", "Llama-3.3 70B", "SDXL", "FLUX.1 schnell", "Chatterbox"}
     wait_for(lambda: same(exported(proc.metrics()), want), 30, what="cost and unpriced equal to the truth")
     text = proc.metrics()
+    check = subprocess.run([tool("promtool"), "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0 and not check.stdout.strip(), check.stdout + check.stderr
     zero = parse_samples(text, "distribute_estimated_cost_total")
     assert zero[(("currency", "USD"), ("group", "beta"), ("kind", "chat"), ("model", ""))] == 0  # rate() from the start
 

@@ -98,6 +98,17 @@ class PriceTable:
     # effective_from, then file order. Filled as models are seen, so that a job finishing costs no
     # regular expression; models are label values, few, but the cache is bounded all the same.
     _candidates: dict[tuple[str, str], tuple[Price, ...]] = field(default_factory=dict, compare=False, repr=False)
+    _records: dict[int | None, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def record(self, entry: Price | None) -> str:
+        """What a job's record keeps of the entry that priced it (None: none matched), as JSON text:
+        made once per entry, as every job priced by it shows the same."""
+        key = None if entry is None else entry.index
+        text = self._records.get(key)
+        if text is None:
+            shown = {"entry": None} if entry is None else entry.describe()
+            text = self._records[key] = json.dumps({"file": self.name, **shown, "currency": self.currency})
+        return text
 
     def lookup(self, kind: str, model: str, finished: float) -> Price | None:
         candidates = self._candidates.get((kind, model))

@@ -16,10 +16,6 @@ def charge(job: Job, prices: PriceTable, agg: JobAggregates, now: float) -> None
     """Price `job` (final, with its usage and results) once; unpriced when no entry matches."""
     finished = job.ended if job.ended is not None else now
     entry = prices.lookup(job.kind, job.model, finished)
-    if entry is None:
-        job.estimated_cost = None
-        job.price_entry = {"file": prices.name, "entry": None, "currency": prices.currency}
-    else:
-        job.estimated_cost = entry.cost(job.prompt_tokens, job.completion_tokens, job.results)
-        job.price_entry = {"file": prices.name, **entry.describe(), "currency": prices.currency}
+    job.estimated_cost = None if entry is None else entry.cost(job.prompt_tokens, job.completion_tokens, job.results)
+    job.price_entry = prices.record(entry)
     agg.record_cost(job.kind, job.group, job.model, prices.currency, job.estimated_cost, finished, now)

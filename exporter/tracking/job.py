@@ -36,7 +36,7 @@ class Job:
     errors: int = 0
     polls: int = 0
     estimated_cost: float | None = None  # set once, when the job becomes final (tracking/cost.py)
-    price_entry: dict[str, Any] | None = None
+    price_entry: str | None = None  # JSON text, stored as is: the price entry used, or that none matched
 
     @property
     def labels(self) -> JobLabels:
@@ -48,14 +48,13 @@ class Job:
                 self.finished, self.final, self.ended, self.prompt_tokens, self.completion_tokens,
                 self.results, self.tool_calls, json.dumps(self.choices) if self.choices else None,
                 self.first_tracked, self.last_polled, self.next_due, self.interval, self.errors, self.polls,
-                self.estimated_cost, json.dumps(self.price_entry) if self.price_entry else None)
+                self.estimated_cost, self.price_entry)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Job":
         values = dict(row)
         values["group"] = values.pop("grp")
         values["choices"] = json.loads(values["choices"]) if values.get("choices") else None
-        values["price_entry"] = json.loads(values["price_entry"]) if values.get("price_entry") else None
         return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
@@ -63,4 +62,5 @@ class Job:
         record = {c: getattr(self, "group" if c == "grp" else c) for c in JOB_COLUMNS}
         record["group"] = record.pop("grp")
         record["final"] = bool(self.final)
+        record["price_entry"] = json.loads(self.price_entry) if self.price_entry else None
         return record

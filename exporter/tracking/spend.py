@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+DAY = 86400.0  # a UTC day: Unix time has no leap seconds
+
 
 class SpendToday:
     """Estimated spend of the jobs finished since 00:00 UTC, per group and currency, with how many
@@ -11,20 +13,25 @@ class SpendToday:
     the state file at start (`restore`)."""
 
     def __init__(self) -> None:
-        self.day = -1
+        self.start = self.end = 0.0  # the current UTC day: [start, end)
         self.rows: dict[tuple[str, str], list[float]] = {}  # (group, currency) -> [cost, priced, unpriced]
 
     def start_of_day(self, now: float) -> float:
-        return _day(now) * 86400.0
+        return now // DAY * DAY
 
     def _roll(self, now: float) -> None:
-        if _day(now) != self.day:
-            self.day, self.rows = _day(now), {}
+        if not self.start <= now < self.end:
+            self.start = self.start_of_day(now)
+            self.end, self.rows = self.start + DAY, {}
 
     def add(self, group: str, currency: str, cost: float | None, ended: float, now: float) -> None:
-        self._roll(now)
-        if _day(ended) == self.day:
-            row = self.rows.setdefault((group, currency), [0.0, 0, 0])
+        """One finished job (cost None: unpriced); counted only if it ended today."""
+        if not self.start <= now < self.end:
+            self._roll(now)
+        if self.start <= ended < self.end:
+            row = self.rows.get((group, currency))
+            if row is None:
+                row = self.rows[(group, currency)] = [0.0, 0, 0]
             if cost is None:
                 row[2] += 1
             else:
@@ -42,7 +49,3 @@ class SpendToday:
         rows = [{"group": g, "currency": c, "cost": v[0], "priced": int(v[1]), "unpriced": int(v[2])}
                 for (g, c), v in self.rows.items()]
         return sorted(rows, key=lambda r: (-r["cost"], r["group"]))  # type: ignore[operator]
-
-
-def _day(moment: float) -> int:
-    return int(moment // 86400)  # UTC days since the epoch
