@@ -241,6 +241,35 @@ def test_spend_today_counts_jobs_finished_since_midnight_utc_and_starts_again_ea
     assert today.snapshot(at("2026-03-11T02:00:00"))[0]["cost"] == 5.0
 
 
+def test_each_price_entry_is_stored_once_and_a_rolled_back_write_forgets_its_ids(tmp_path):
+    import sqlite3
+
+    from exporter.tracking.job import Job
+    from exporter.tracking.store import Batch, StateStore
+
+    def row(n: int, entry: str | None, kind: str | None = "chat") -> tuple:
+        return Job(f"3b241101-e2bb-4255-8caf-{n:012x}", kind, "g", "config", "COMPLETED", "m", final=1, ended=5.0,
+                   estimated_cost=None if entry is None or "null" in entry else 0.5, price_entry=entry).row()
+
+    a, b, c = ('{"file": "p.yaml", "entry": 0, "currency": "USD"}',
+               '{"file": "p.yaml", "entry": null, "currency": "USD"}', '{"file": "p.yaml", "entry": 1, "currency": "USD"}')
+    path = str(tmp_path / "s.db")
+    store = StateStore(path)
+    store.open()
+    store.write(Batch(upserts=[row(i, a if i % 2 else b) for i in range(10)]))
+    with pytest.raises(sqlite3.IntegrityError):  # the second row breaks NOT NULL: nothing is written
+        store.write(Batch(upserts=[row(20, c), row(21, c, kind=None)]))
+    store.write(Batch(upserts=[row(20, c)]))
+    store.close()
+    store = StateStore(path)
+    store.open()
+    assert store.db.execute("SELECT count(*) FROM price_entries").fetchone()[0] == 3
+    assert [store.get(f"3b241101-e2bb-4255-8caf-{n:012x}")["price_entry"] for n in (0, 1, 20)] == [b, a, c]
+    assert store.spend_since(0) == [("g", "USD", 3.0, 6, 5)]  # 5 with a and one with c priced, 5 unpriced
+    assert store.spend_since(5.5) == []
+    store.close()
+
+
 # ---- a real exporter against the simulator ---------------------------------------------------------
 
 def test_cost_equals_the_truth_per_group_and_model_and_survives_kill_9(simulator, exporter, tmp_path):

@@ -26,9 +26,10 @@ def _to_3(db: sqlite3.Connection) -> None:
 
 
 def _to_6(db: sqlite3.Connection) -> None:
-    # Cost: what a finished job was estimated to cost, and the price entry used (JSON).
+    # Cost: what a finished job was estimated to cost, and the price entry used (an id in the
+    # price_entries table, which comes with the schema).
     add_column(db, "jobs", "estimated_cost", "REAL")
-    add_column(db, "jobs", "price_entry", "TEXT")
+    add_column(db, "jobs", "price_entry", "INTEGER")
 
 
 def add_column(db: sqlite3.Connection, table: str, column: str, definition: str) -> None:
