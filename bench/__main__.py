@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import benchmarks as b
+from bench import cost
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,6 +58,12 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("failed_scrapes", "0", lambda v: v == 0), ("scrape_p99_ms", "reported", None),
         ("scrapes_per_second", "reported", None), ("poll_rate_quiet", "reported", None),
         ("poll_rate_ratio", ">= 0.9 (unaffected)", lambda v: v >= 0.9)]),
+    "poll_priced": (cost.priced_polls, {"ids": 50_000}, {"ids": 5_000}, [
+        ("polls_per_second_plain", "reported", None), ("polls_per_second_priced", "reported", None),
+        ("rate_ratio", ">= 0.9 (pricing costs the poll loop little)", lambda v: v >= 0.9),
+        ("ratio_to_wrk_plain", "reported", None), ("ratio_to_wrk_priced", "reported", None),
+        ("cpu_us_per_poll_plain", "reported", None), ("cpu_us_per_poll_priced", "reported", None),
+        ("cpu_ratio", "reported", None)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
 }

@@ -27,8 +27,9 @@ def _ids_file(path: Path, count: int, seed: int = 7) -> list[str]:
     return ids
 
 
-def poll_throughput(workdir: Path, ids: int, wrk_seconds: int = 5) -> Figures:
-    """Polls per second and CPU per poll against nginx's fixed COMPLETED answer, and wrk's rate."""
+def poll_throughput(workdir: Path, ids: int, wrk_seconds: int = 5, extra_config: str = "") -> Figures:
+    """Polls per second and CPU per poll against nginx's fixed COMPLETED answer, and wrk's rate
+    (`extra_config`: more top-level config keys, e.g. pricing)."""
     nginx = Nginx()
     try:
         _ids_file(workdir / "ids.txt", ids)
@@ -37,7 +38,7 @@ api: {{base_url: 'http://127.0.0.1:{nginx.port}', max_requests_per_second: 0, ma
 poll: {{interval_seconds: 60, max_interval_seconds: 60}}
 jobs: [{{kind: speech, ids_file: ids.txt}}]
 state: {{path: state.db}}
-""")
+{extra_config}""")
         try:
             exporter.wait_ready()
             started, cpu0 = time.monotonic(), exporter.cpu_seconds()

@@ -68,6 +68,7 @@ class Exporter:
         self.job_agg = JobAggregates(config.metrics.duration_buckets)
         self.api_agg = ApiAggregates(API_LATENCY_BUCKETS)
         self.jobs = TrackedJobs(self.store, self.job_agg)
+        self.jobs.prices = config.prices
         self.limiter = RateLimiter(config.api.max_requests_per_second)
         self.client = self._make_client(config)
         self.poller = Poller(self.jobs, self.client, self.limiter, self.api_agg, config.poll,
@@ -115,6 +116,9 @@ class Exporter:
         self._register_collectors()
         await self._serve()
         await self.jobs.load()
+        now = time.time()
+        today = self.job_agg.spend_today
+        today.restore(await self.store.call(self.store.spend_since, today.start_of_day(now)), now)
         self._declare_series(self.config)
         self.poller.schedule_all()
         await self.sources.sync(self.config, initial=True)
@@ -178,6 +182,7 @@ class Exporter:
             self.job_agg.declare_group(kind, group)
         for kind in KINDS:
             self.api_agg.declare_kind(kind)
+        self.job_agg.pricing(config.prices.currency if config.prices else None, config.groups())
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -266,6 +271,7 @@ class Exporter:
                 self.poller.credentials_changed()
         self.limiter.reconfigure(new.api.max_requests_per_second)
         self.poller.config = new.poll
+        self.jobs.prices = new.prices  # for jobs that finish from now on; what was counted stays
         self._declare_series(new)
         self.config = dataclasses.replace(new, state=old.state, web=dataclasses.replace(
             new.web, listen_address=old.web.listen_address))
@@ -285,6 +291,7 @@ class Exporter:
 
     async def overview(self) -> dict[str, Any]:
         """The summary and tracked ids per source: what the landing page shows."""
-        return {**self.summary(), "sources": await self.sources.counts()}
+        spend = self.job_agg.spend_today.snapshot(time.time()) if self.config.prices else None
+        return {**self.summary(), "sources": await self.sources.counts(), "spend_today": spend}
 
 

@@ -127,7 +127,30 @@ def jobs_dashboard() -> dict[str, Any]:
               [(f"sum by (model) (rate(distribute_chat_tool_calls_total{{{SEL_GM}}}[{RI}]))", "{{model}}")]),
     ]
     return dashboard("distribute-jobs", "Distribute.ai async jobs", "Jobs tracked by distribute-exporter: "
-                     "status, latency, tokens and results.", panels, with_jobs=True)
+                     "status, latency, tokens, results and estimated cost.", panels + cost_row(), with_jobs=True)
+
+
+def cost_row() -> list[dict[str, Any]]:
+    """Estimated cost (only with pricing.file): spend, cost per 1,000 jobs, unpriced jobs."""
+    cost = f"distribute_estimated_cost_total{{{SEL}}}"
+    finished = f"sum by (kind) (rate(distribute_jobs_finished_total{{{SEL}}}[{RI}]))"
+    unpriced = f"sum by (kind) (rate(distribute_unpriced_jobs_total{{{SEL}}}[{RI}]))"
+    return [
+        row("Estimated cost"),
+        panel("Estimated spend per hour by group and model", "Estimated cost of finished jobs per hour at the "
+              "current rate (distribute_estimated_cost_total): your pricing.file times the tokens, result items "
+              "and requests the API reported. Not a bill.", "short",
+              [(f"3600 * sum by (group, model, currency) (rate({cost}[{RI}]))", "{{group}} {{model}} ({{currency}})")],
+              defaults={"custom": {"stacking": {"mode": "normal"}, "fillOpacity": 20}}),
+        panel("Estimated cost per 1,000 jobs", "Estimated cost of 1,000 priced finished jobs, by kind: spend "
+              "over finished jobs that matched a price (unpriced jobs are left out of both).", "short",
+              [(f"1000 * sum by (kind, currency) (rate({cost}[{RI}])) / on (kind) group_left () "
+                f"({finished} - ({unpriced} or {finished} * 0))", "{{kind}} ({{currency}})")]),
+        panel("Unpriced jobs", "Finished jobs whose model matched no entry of pricing.file "
+              "(distribute_unpriced_jobs_total): their cost is in no total. Add a price and reload.", "short",
+              [(f"sum by (kind, group, model) (increase(distribute_unpriced_jobs_total{{{SEL}}}[{RI}]))",
+                "{{kind}} {{group}} {{model}}")], width=24),
+    ]
 
 
 def exporter_dashboard() -> dict[str, Any]:

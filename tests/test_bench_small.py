@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import sys
 
+import pytest
+
 from helpers import REPO
 
 sys.path.insert(0, str(REPO))
@@ -66,3 +68,19 @@ def test_the_readme_quotes_the_results_table_as_measured():
     quoted = readme.split("<!-- bench:table -->\n")[1].split("<!-- /bench:table -->")[0]
     table = [line for line in results.splitlines() if line.startswith("|")]
     assert quoted.strip().splitlines() == table
+
+
+def test_poll_priced_small(tmp_path):
+    from bench.cost import priced_polls
+
+    figures = priced_polls(tmp_path, ids=1000, wrk_seconds=1)
+    assert figures["polls_per_second_plain"] > 0 and figures["polls_per_second_priced"] > 0
+    assert figures["cpu_us_per_poll_priced"] > 0 and 0 < figures["ratio_to_wrk_priced"] < 1
+    prices = (tmp_path / "priced" / "prices.yaml").read_text()
+    assert prices.count("kind:") == 60 and "Chatter" in prices
+    for run, priced in (("plain", 0), ("priced", 1000)):  # every job of the priced run priced, once
+        store = StateStore(str(tmp_path / run / "state.db"))
+        store.open()
+        assert store.db.execute("SELECT count(estimated_cost), total(estimated_cost) FROM jobs").fetchone() == \
+            (priced, pytest.approx(priced * 0.001))
+        store.close()

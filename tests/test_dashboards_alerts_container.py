@@ -197,7 +197,13 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(simulator, export
     running = sim.create("chat", 3)
     groups = "".join(f"  - {{kind: {k}, group: g-{k}, ids: {json.dumps(ids + (running if k == 'chat' else []))}}}\n"
                      for k, ids in done.items())
-    proc = exporter(write_config(tmp_path, config_text(sim.url, groups, poll="interval_seconds: 0.5, max_interval_seconds: 1")))
+    # Prices for chat and images, none for speech: the cost row has spend and unpriced jobs to draw.
+    (tmp_path / "prices.yaml").write_text(
+        "prices:\n  - {kind: chat, model_regex: '.*', effective_from: 2020-01-01, per_million_prompt_tokens: 1,"
+        " per_million_completion_tokens: 2}\n  - {kind: images, model_regex: '.*', effective_from: 2020-01-01,"
+        " per_image: 0.01}\n")
+    proc = exporter(write_config(tmp_path, "pricing: {file: prices.yaml}\n" + config_text(
+        sim.url, groups, poll="interval_seconds: 0.5, max_interval_seconds: 1")))
     # jobs keep finishing while Prometheus watches, so rate() over the window sees them
     rules = [REPO / "prometheus" / "alerts.yaml"]
     prom = Prometheus(tmp_path / "prom", local_prometheus_config([f"127.0.0.1:{proc.port}"], rules))
@@ -215,7 +221,8 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(simulator, export
                 empty.append((board, title, expr))
         assert not empty, empty
         rules_state = json.loads(http("GET", f"{prom.url}/api/v1/rules")[1])["data"]["groups"][0]["rules"]
-        assert len(rules_state) == 8 and all(r["health"] == "ok" for r in rules_state)
+        rules = yaml.safe_load((REPO / "prometheus/alerts.yaml").read_text())["groups"][0]["rules"]
+        assert len(rules_state) == len(rules) and all(r["health"] == "ok" for r in rules_state)
         _check_variable_queries(prom)
     finally:
         prom.stop()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import glob
 import os
+import re
 import stat
 import types
 import typing
@@ -21,6 +22,7 @@ import yaml
 from exporter.api.ids import is_uuid4, normalise
 from exporter.config.addresses import AddressError, parse_listen_address
 from exporter.config.model import (API_KEY_ENV, REGISTRATION_TOKEN_ENV, Config, ConfigError, Secret)
+from exporter.config.pricing import PriceFileError, load_prices
 
 
 def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> Config:
@@ -49,7 +51,8 @@ def parse_config(text: str, *, base_dir: Path = Path("."), env: dict[str, str] |
     config = _build(Config, data, "")
     config = _check_jobs(config)
     _check_cross_fields(config)
-    return _load_secrets(dataclasses.replace(config, base_dir=base_dir), os.environ if env is None else env)
+    config = _load_secrets(dataclasses.replace(config, base_dir=base_dir), os.environ if env is None else env)
+    return _load_prices(config)
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
@@ -111,6 +114,8 @@ def _check_scalar(hint: type, raw: Any, path: str, rules: dict[str, Any]) -> Any
         raise ConfigError(f"{path}: must be one of {', '.join(rules['choices'])}, not {raw!r}")
     if rules.get("nonempty") and not raw.strip():
         raise ConfigError(f"{path}: must not be empty")
+    if "pattern" in rules and not re.fullmatch(rules["pattern"], raw):
+        raise ConfigError(f"{path}: must match {rules['pattern']}, not {raw[:40]!r}")
     return raw
 
 
@@ -176,6 +181,20 @@ def _read_secret(config: Config, name: str | None, path: str, warnings: list[str
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warnings.append(f"{path}: {file} is readable by group or others (mode {stat.S_IMODE(mode):o}); chmod 600 it")
     return Secret(value)
+
+
+def _load_prices(config: Config) -> Config:
+    """Parse pricing.file as part of the config: a broken price file fails the whole load (and so a
+    reload keeps both the running config and its price table)."""
+    name = config.pricing.file
+    if not name:
+        return config
+    file = config.resolve(name)
+    try:
+        table = load_prices(file, name, config.pricing.currency)
+    except PriceFileError as exc:
+        raise ConfigError(f"pricing.file: {file}: {exc}") from None
+    return dataclasses.replace(config, prices=table)
 
 
 def expand_ids_file(config: Config, pattern: str) -> list[Path]:

@@ -9,6 +9,7 @@ from typing import Any
 
 
 from exporter import KINDS
+from exporter.config.pricing import PriceTable
 
 API_KEY_ENV = "DISTRIBUTE_API_KEY"
 REGISTRATION_TOKEN_ENV = "DISTRIBUTE_EXPORTER_REGISTRATION_TOKEN"
@@ -110,6 +111,12 @@ class ShardConfig:
 
 
 @dataclass(frozen=True)
+class PricingConfig:
+    file: str | None = _opt(None)  # the price file; without it nothing is priced
+    currency: str = _opt("USD", pattern=r"[A-Za-z][A-Za-z0-9_]{0,15}")
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     poll: PollConfig = field(default_factory=PollConfig)
@@ -118,11 +125,13 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    pricing: PricingConfig = field(default_factory=PricingConfig)
     # Not keys of the file: what loading it found.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
     api_key: Secret | None = field(default=None, metadata={"internal": True})
     registration_token: Secret | None = field(default=None, metadata={"internal": True})
     warnings: tuple[str, ...] = field(default=(), metadata={"internal": True})
+    prices: PriceTable | None = field(default=None, metadata={"internal": True})  # pricing.file, parsed
 
     def resolve(self, path: str) -> Path:
         """A path written in the config, relative to the config file's folder."""

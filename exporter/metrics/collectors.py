@@ -36,6 +36,8 @@ class JobsCollector(FamilyCollector):
         distribute_results_total{group="renders",kind="images",model="SDXL"} 12.0
         distribute_chat_choices_total{finish_reason="tool_calls",group="nightly",model="..."} 7.0
         distribute_chat_tool_calls_total{group="nightly",model="Llama-3.1 8B"} 11.0
+        distribute_estimated_cost_total{currency="USD",group="nightly",kind="chat",model="Llama-3.1 8B"} 0.42
+        distribute_unpriced_jobs_total{group="nightly",kind="chat",model="Qwen2.5 7B"} 3.0
     """
 
     def __init__(self, agg: JobAggregates, is_current: Callable[[str, float], bool]) -> None:
@@ -65,6 +67,18 @@ class JobsCollector(FamilyCollector):
                      + _SOURCE + ".", ("group", "model", "finish_reason"), agg.choices)
         yield Family("distribute_chat_tool_calls", "counter", "Tool calls in the choices of finished chat jobs, "
                      + _SOURCE + ".", ("group", "model"), agg.tool_calls)
+        if agg.currency is not None:  # only with pricing.file: no cost series, and no silent zero, without
+            yield from _cost_families(agg)
+
+
+def _cost_families(agg: JobAggregates) -> Iterator[Family]:
+    yield Family("distribute_estimated_cost", "counter", "Estimated cost of finished jobs: the prices of "
+                 "pricing.file in effect at each job's finished time, times the tokens, result items and "
+                 "request it reported; in the currency label's units. Not a bill.",
+                 ("kind", "group", "model", "currency"), agg.cost)
+    yield Family("distribute_unpriced_jobs", "counter", "Finished jobs whose kind and model matched no entry "
+                 "of pricing.file in effect at their finished time (their cost is in no total).",
+                 ("kind", "group", "model"), agg.unpriced)
 
 
 class ApiCollector(FamilyCollector):

@@ -15,6 +15,8 @@ from typing import Iterable
 
 from prometheus_client.utils import floatToGoString
 
+from exporter.tracking.spend import SpendToday
+
 JobLabels = tuple[str, str, str, str]  # kind, group, model, status
 
 
@@ -69,6 +71,11 @@ class JobAggregates:
         self.version = 0  # bumped by every change: the renderer reuses its text while it stays
         # (kind, group) -> heap of (created, job id); stale entries are dropped when read.
         self._oldest: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
+        # Cost (with pricing.file only): (kind, group, model, currency) and (kind, group, model).
+        self.cost: dict[tuple[str, str, str, str], float] = defaultdict(float)
+        self.unpriced: dict[tuple[str, str, str], int] = defaultdict(int)
+        self.currency: str | None = None  # pricing.currency while a price file is loaded, else None
+        self.spend_today = SpendToday()
 
     def declare_group(self, kind: str, group: str) -> None:
         """Export zero series for a known (kind, group), so that rate() works from the first job."""
@@ -128,7 +135,27 @@ class JobAggregates:
         if kind == "chat" and (tool_calls or choices):
             self._bump("tool_calls", self.tool_calls, (group, model), tool_calls)
 
-    def _bump(self, family: str, table: dict, labels: tuple[str, ...], n: int) -> None:
+    # -- cost ------------------------------------------------------------------------------------
+    def pricing(self, currency: str | None, groups: Iterable[tuple[str, str]]) -> None:
+        """A price file is loaded (currency) or not (None); zero series for the config's groups."""
+        self.version += 1
+        self.currency = currency
+        if currency is not None:
+            for kind, group in groups:
+                self.cost[(kind, group, "", currency)] += 0
+                self.unpriced[(kind, group, "")] += 0
+
+    def record_cost(self, kind: str, group: str, model: str, currency: str, cost: float | None, ended: float,
+                    now: float) -> None:
+        """Count a finished job's estimated cost, or (None) that no price matched it; once per job."""
+        self.version += 1
+        if cost is None:
+            self._bump("unpriced", self.unpriced, (kind, group, model), 1)
+        else:
+            self._bump("cost", self.cost, (kind, group, model, currency), cost)
+        self.spend_today.add(group, currency, cost, ended, now)
+
+    def _bump(self, family: str, table: dict, labels: tuple[str, ...], n: float) -> None:
         table[labels] += n
         self.dirty.add((family, labels))
 

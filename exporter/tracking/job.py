@@ -35,6 +35,8 @@ class Job:
     interval: float = 0.0
     errors: int = 0
     polls: int = 0
+    estimated_cost: float | None = None  # set once, when the job becomes final (tracking/cost.py)
+    price_entry: str | None = None  # JSON text, stored as is: the price entry used, or that none matched
 
     @property
     def labels(self) -> JobLabels:
@@ -45,7 +47,8 @@ class Job:
         return (self.id, self.kind, self.group, self.source, self.status, self.model, self.created,
                 self.finished, self.final, self.ended, self.prompt_tokens, self.completion_tokens,
                 self.results, self.tool_calls, json.dumps(self.choices) if self.choices else None,
-                self.first_tracked, self.last_polled, self.next_due, self.interval, self.errors, self.polls)
+                self.first_tracked, self.last_polled, self.next_due, self.interval, self.errors, self.polls,
+                self.estimated_cost, self.price_entry)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Job":
@@ -59,4 +62,5 @@ class Job:
         record = {c: getattr(self, "group" if c == "grp" else c) for c in JOB_COLUMNS}
         record["group"] = record.pop("grp")
         record["final"] = bool(self.final)
+        record["price_entry"] = json.loads(self.price_entry) if self.price_entry else None
         return record

@@ -17,6 +17,8 @@ from typing import Callable, Iterable, Iterator
 from exporter import FINAL_STATUSES
 from exporter.tracking.aggregates import JobAggregates
 from exporter.api.results import JobResult
+from exporter.config.pricing import PriceTable
+from exporter.tracking.cost import charge
 from exporter.tracking.job import FINISHED, GONE, OPEN, Job  # noqa: F401 (Job is part of this module's interface)
 from exporter.tracking.store import JOB_COLUMNS, Batch, StateStore
 
@@ -59,6 +61,7 @@ class TrackedJobs:
         # look-up in the file (the first load of a million-line ids file makes no queries).
         self._file_has_more = True
         self.on_new: Callable[[list[Job]], None] = lambda jobs: None
+        self.prices: PriceTable | None = None  # pricing.file: jobs finishing from now on use it
 
     # -- start-up --------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -171,6 +174,8 @@ class TrackedJobs:
         duration = (result.finished - result.created) if result.finished and result.created else None
         self.agg.record_finished(job.labels, duration, result.prompt_tokens, result.completion_tokens,
                                  result.results, result.choices, result.tool_calls)
+        if self.prices is not None:
+            charge(job, self.prices, self.agg, now)
         self._close(job)
 
     def not_found(self, job: Job, now: float, grace: float) -> bool:

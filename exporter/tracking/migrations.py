@@ -25,13 +25,20 @@ def _to_3(db: sqlite3.Connection) -> None:
                "CAST(count(*) AS TEXT) FROM jobs WHERE final != 0 GROUP BY kind, grp, model, status")
 
 
+def _to_6(db: sqlite3.Connection) -> None:
+    # Cost: what a finished job was estimated to cost, and the price entry used (an id in the
+    # price_entries table, which comes with the schema).
+    add_column(db, "jobs", "estimated_cost", "REAL")
+    add_column(db, "jobs", "price_entry", "INTEGER")
+
+
 def add_column(db: sqlite3.Connection, table: str, column: str, definition: str) -> None:
     """ALTER TABLE ... ADD COLUMN unless the column is there already (a half-migrated copy)."""
     if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3, 6: _to_6}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

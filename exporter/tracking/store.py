@@ -8,6 +8,7 @@ SQLite never sees two threads. WAL mode with `synchronous=FULL`: a committed bat
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import sqlite3
@@ -16,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from exporter.tracking.migrations import SCHEMA_VERSION, migrate
+from exporter.tracking import price_entries
 
 APPLICATION_ID = 0x44495354  # "DIST": marks a file as ours, so a foreign database is refused
 
 JOB_COLUMNS = ("id", "kind", "grp", "source", "status", "model", "created", "finished", "final",
                "ended", "prompt_tokens", "completion_tokens", "results", "tool_calls", "choices",
-               "first_tracked", "last_polled", "next_due", "interval", "errors", "polls")
+               "first_tracked", "last_polled", "next_due", "interval", "errors", "polls",
+               "estimated_cost", "price_entry")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -33,7 +36,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     prompt_tokens INTEGER NOT NULL DEFAULT 0, completion_tokens INTEGER NOT NULL DEFAULT 0,
     results INTEGER NOT NULL DEFAULT 0, tool_calls INTEGER NOT NULL DEFAULT 0, choices TEXT,
     first_tracked REAL NOT NULL, last_polled REAL, next_due REAL NOT NULL,
-    interval REAL NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, polls INTEGER NOT NULL DEFAULT 0
+    interval REAL NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, polls INTEGER NOT NULL DEFAULT 0,
+    estimated_cost REAL,                  -- NULL unless priced (schema 6)
+    price_entry INTEGER                   -- id in price_entries: the entry used, or that none matched
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(final) WHERE final = 0;
 CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(ended) WHERE final != 0;
@@ -42,7 +47,7 @@ CREATE TABLE IF NOT EXISTS counters (
     family TEXT NOT NULL, labels TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (family, labels)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS retired (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
-"""
+""" + price_entries.SCHEMA
 
 T = TypeVar("T")
 
@@ -76,6 +81,7 @@ class StateStore:
         self.path = path
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="state")
         self._db: sqlite3.Connection | None = None
+        self.prices = price_entries.PriceEntries(JOB_COLUMNS.index("price_entry"))
 
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn, *args)
@@ -182,7 +188,11 @@ class StateStore:
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         row = self.db.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE id = ?", (job_id,)).fetchone()
-        return dict(zip(JOB_COLUMNS, row)) if row else None
+        if row is None:
+            return None
+        found = dict(zip(JOB_COLUMNS, row))
+        found["price_entry"] = self.prices.text(self.db, found["price_entry"])
+        return found
 
     def ids_from_source(self, source: str) -> set[str]:
         return {r[0] for r in self.db.execute("SELECT id FROM jobs WHERE source = ?", (source,))}
@@ -194,12 +204,19 @@ class StateStore:
     def write(self, batch: Batch) -> None:
         """Apply one batch in one transaction."""
         db = self.db
+        try:
+            self._write(db, batch)
+        except BaseException:
+            self.prices.forget()
+            raise
+
+    def _write(self, db: sqlite3.Connection, batch: Batch) -> None:
         with db:
             db.execute("BEGIN IMMEDIATE")
             if batch.upserts:
                 marks = ",".join("?" * len(JOB_COLUMNS))
                 db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
-                               batch.upserts)
+                               self.prices.interned(db, batch.upserts))
             if batch.deletes:
                 db.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i in batch.deletes))
             if batch.retire:
@@ -225,9 +242,29 @@ class StateStore:
                 db.execute("DELETE FROM jobs WHERE final != 0 AND ended < ?", (cutoff,))
         return counts
 
+    def spend_since(self, cutoff: float) -> list[tuple[str, str, float, int, int]]:
+        """(group, currency, estimated cost, priced jobs, unpriced jobs) of jobs final since `cutoff`
+        (an indexed range): what the status page's "spend today" starts from."""
+        return list(self.db.execute(
+            "SELECT grp, json_extract(p.entry, '$.currency'), total(estimated_cost), count(estimated_cost), "
+            "count(*) - count(estimated_cost) FROM jobs JOIN price_entries p ON p.id = jobs.price_entry "
+            "WHERE final != 0 AND ended >= ? GROUP BY 1, 2", (cutoff,)))
+
     def bulk_insert(self, rows: Iterable[tuple[Any, ...]]) -> None:
-        """Write many job rows in one transaction (benchmarks and imports)."""
-        marks = ",".join("?" * len(JOB_COLUMNS))
-        with self.db:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})", rows)
+        """Write many job rows in one transaction (benchmarks and imports). Rows may stop before the
+        last of JOB_COLUMNS (all as long as the first): the columns left out get their defaults, so
+        fixtures written for an older schema keep working."""
+        rows = iter(rows)
+        first = next(rows, None)
+        if first is None:
+            return
+        columns = JOB_COLUMNS[:len(first)]
+        marks = ",".join("?" * len(columns))
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(columns)}) VALUES ({marks})",
+                                    self.prices.interned(self.db, itertools.chain([first], rows)))
+        except BaseException:
+            self.prices.forget()
+            raise
