@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 from exporter import FINAL_STATUSES
 from exporter.tracking.aggregates import JobAggregates
+from exporter.tracking.exemplars import Exemplars
 from exporter.api.results import JobResult
 from exporter.tracking.job import FINISHED, GONE, OPEN, Job  # noqa: F401 (Job is part of this module's interface)
 from exporter.tracking.store import JOB_COLUMNS, Batch, StateStore
@@ -54,6 +55,10 @@ class TrackedJobs:
         self._pending: dict[str, Job] = {}
         self._deleted: set[str] = set()
         self._retire: dict[str, float] = {}
+        # The batch a flush is writing: the jobs list (tracking/queries.py) reads it too, so a job
+        # that just finished is in memory or in the file at every moment, never in neither.
+        self.writing: dict[str, Job] = {}
+        self.exemplars = Exemplars(aggregates.bounds)
         self._flush_lock = asyncio.Lock()
         # False while every row of the file is an open job held in `open`: then a new id needs no
         # look-up in the file (the first load of a million-line ids file makes no queries).
@@ -153,6 +158,8 @@ class TrackedJobs:
         """Record an answer; True when the status changed."""
         old_labels, old_created = job.labels, job.created
         changed = result.status != job.status
+        if changed:
+            job.note_status(result.status, now)
         job.status, job.model = result.status, result.model
         job.created, job.finished = result.created, result.finished
         job.last_polled, job.polls = now, job.polls + 1
@@ -169,8 +176,10 @@ class TrackedJobs:
         job.prompt_tokens, job.completion_tokens = result.prompt_tokens, result.completion_tokens
         job.results, job.tool_calls, job.choices = result.results, result.tool_calls, result.choices or None
         duration = (result.finished - result.created) if result.finished and result.created else None
+        job.duration = duration if duration is not None and duration >= 0 else None
         self.agg.record_finished(job.labels, duration, result.prompt_tokens, result.completion_tokens,
                                  result.results, result.choices, result.tool_calls)
+        self.exemplars.note(job.labels, job.id, job.duration, job.ended)
         self._close(job)
 
     def not_found(self, job: Job, now: float, grace: float) -> bool:
@@ -180,6 +189,7 @@ class TrackedJobs:
         if now - job.first_tracked < grace:
             return False
         old = job.labels
+        job.note_status("NOT_FOUND", now)
         job.status, job.final, job.ended = "NOT_FOUND", GONE, now
         self.agg.move(old, job.labels)
         self._close(job)
@@ -200,6 +210,7 @@ class TrackedJobs:
         async with self._flush_lock:
             pending, deleted, retire = self._pending, self._deleted, self._retire
             self._pending, self._deleted, self._retire = {}, set(), {}
+            self.writing = pending
             # Rows of finished jobs go with the counters they changed, in one transaction. Rows of
             # jobs still polled carry no counts, so past the first FLUSH_CHUNK they may follow in
             # transactions of their own: a million new ids from a file then neither make one huge
@@ -216,6 +227,8 @@ class TrackedJobs:
                     # next attempt (writing a row or a counter twice is harmless; losing it is not).
                     self._requeue(batch, polled[FLUSH_CHUNK:])
                     raise
+                finally:
+                    self.writing = {}
             written = len(batch.upserts)
             for start in range(FLUSH_CHUNK, len(polled), FLUSH_CHUNK):
                 # A job that finished meanwhile is in the next batch, with its counts.
