@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import benchmarks as b
+from bench.jobs_query import jobs_query
 
 HERE = Path(__file__).resolve().parent
 
@@ -57,6 +58,14 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("failed_scrapes", "0", lambda v: v == 0), ("scrape_p99_ms", "reported", None),
         ("scrapes_per_second", "reported", None), ("poll_rate_quiet", "reported", None),
         ("poll_rate_ratio", ">= 0.9 (unaffected)", lambda v: v >= 0.9)]),
+    "jobs_query": (jobs_query, {"jobs": 1_000_000}, {"jobs": 100_000, "requests": 50, "scrapes": 60}, [
+        ("oldest_unfinished_p99_ms", "<= 50 ms", lambda v: v <= 50),
+        ("slowest_last_hour_p99_ms", "<= 50 ms", lambda v: v <= 50),
+        ("group_status_p99_ms", "<= 50 ms", lambda v: v <= 50),
+        ("metrics_p99_ms", "reported (text format)", None),
+        ("metrics_p99_ratio", "<= 1.10 (to the baseline commit, same run)", lambda v: v <= 1.10),
+        ("status_page_rss_growth_mb", "reported (100 status page loads)", None),
+        ("ring_kb", "reported (a full ring: bounded)", None)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
 }
@@ -87,7 +96,7 @@ def main() -> int:
     for name in args.only or list(PLAN):
         fn, full, quick, figures = PLAN[name]
         kwargs = dict(quick if args.quick else full)
-        if fn is b.scrape_latency:
+        if fn in (b.scrape_latency, jobs_query):
             kwargs["cache"] = cache
         runs = []
         for attempt in range(repeats):

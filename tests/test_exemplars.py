@@ -84,3 +84,27 @@ def test_prometheus_stores_exemplars_that_name_tracked_jobs_in_their_bucket(simu
         assert all(e["labels"]["job_id"] in records for s in finished for e in s["exemplars"])
     finally:
         prom.stop()
+
+
+def test_the_latency_panel_shows_exemplars_linked_to_job_pages():
+    """Checked statically (no Grafana server here): exemplars asked for on the latency panel, the
+    datasource links job_id to /jobs/<id>, and the compose Prometheus stores exemplars."""
+    import yaml
+
+    from helpers import REPO
+
+    board = json.loads((REPO / "grafana" / "dashboards" / "distribute-jobs.json").read_text())
+    latency = next(p for p in board["panels"] if p["title"].startswith("Latency p50"))
+    assert latency["targets"] and all(t["exemplar"] is True for t in latency["targets"])
+    assert all("distribute_job_duration_seconds_bucket" in t["expr"] for t in latency["targets"])
+    link = latency["fieldConfig"]["defaults"]["links"][0]["url"]
+    assert link.startswith("${exporter_url}/api/v1/jobs?") and "sort=-duration" in link
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["exporter_url"]["type"] == "textbox"
+    source = yaml.safe_load((REPO / "grafana/provisioning/datasources/prometheus.yaml").read_text())
+    destinations = source["datasources"][0]["jsonData"]["exemplarTraceIdDestinations"]
+    # $$ is Grafana's escape for a literal $ in provisioning files
+    assert destinations == [{"name": "job_id", "url": "http://localhost:9877/jobs/$${__value.raw}",
+                             "urlDisplayLabel": "Open the job on the exporter"}]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    assert "--enable-feature=exemplar-storage" in compose["services"]["prometheus"]["command"]
