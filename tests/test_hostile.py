@@ -21,6 +21,7 @@ from exporter.polling.poller import Poller
 from exporter.polling.ratelimit import RateLimiter
 from exporter.api.results import InvalidBody, parse_result
 from exporter.tracking.jobs import TrackedJobs
+from exporter.tracking.migrations import SCHEMA_VERSION
 from exporter.tracking.store import StateStore
 from helpers import REPO, SCHEMA_PATH
 
@@ -222,6 +223,11 @@ def test_a_state_file_from_an_older_version_is_migrated(tmp_path):
     assert store.get("3b241101-e2bb-4255-8caf-4136c566a962")["polls"] == 0
     assert sorted(store.load_counters()) == [("closed", ("speech", "g", "Chatterbox", "COMPLETED"), 1),
                                              ("finished", ("speech", "g", "Chatterbox", "COMPLETED"), 1)]
-    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     assert store.known(["3b241101-e2bb-4255-8caf-4136c566a962"])
+    # schema 5: the duration of a finished job is filled in, the history starts empty, indexes exist
+    row = store.get("3b241101-e2bb-4255-8caf-4136c566a962")
+    assert row["duration"] == 2.0 and row["history"] == "" and row["last_answer_code"] is None
+    indexes = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"jobs_fin_created", "jobs_fin_duration", "jobs_fin_group"} <= indexes
     store.close()

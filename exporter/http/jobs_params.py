@@ -63,6 +63,10 @@ def parse_query(params: MultiMapping[str], now: Callable[[], float] = time.time)
     if sort not in SORTS:
         raise BadParameter("sort", f"must be one of {', '.join(SORTS)}")
     values["sort"] = sort
+    if sort.endswith("last_polled"):  # finished jobs are polled no more: no index for them
+        if values.get("unfinished") is False:
+            raise BadParameter("sort", "last_polled sorts unfinished jobs only")
+        values["unfinished"] = True
     limit = one.get("limit", str(DEFAULT_LIMIT))
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
         raise BadParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}")

@@ -10,7 +10,8 @@ Order: by the sort column, ascending or descending, then by id ascending; jobs w
 the sort column (no `created` yet, no duration while unfinished) come after all the others.
 Paging returns every job exactly once as long as a job's sort value does not change between pages:
 `created` never changes once known; a job's duration appears when it finishes and `last_polled`
-changes at every poll, so with those sorts a job may move across the cursor.
+changes at every poll, so with those sorts a job may move across the cursor. The `last_polled` sorts
+are for unfinished jobs only (the query parser sees to it): the file has no index for them.
 """
 
 from __future__ import annotations

@@ -40,12 +40,11 @@ CREATE TABLE IF NOT EXISTS jobs (
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(final) WHERE final = 0;
 CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(ended) WHERE final != 0;
 CREATE INDEX IF NOT EXISTS jobs_source ON jobs(source);
--- GET /api/v1/jobs over finished jobs (tracking/queries.py): one index per sort key, and one for a
--- group and status; partial, so unfinished rows (rewritten at every poll) pay nothing for them.
+-- GET /api/v1/jobs over finished jobs (tracking/queries.py): one index per sort key, one for a group
+-- and status (finished_after uses jobs_ended); partial, so unfinished rows (rewritten at every poll)
+-- pay nothing for them.
 CREATE INDEX IF NOT EXISTS jobs_fin_created ON jobs(created) WHERE final != 0;
 CREATE INDEX IF NOT EXISTS jobs_fin_duration ON jobs(duration) WHERE final != 0;
-CREATE INDEX IF NOT EXISTS jobs_fin_polled ON jobs(last_polled) WHERE final != 0;
-CREATE INDEX IF NOT EXISTS jobs_fin_ended ON jobs(ended, duration) WHERE final != 0;
 CREATE INDEX IF NOT EXISTS jobs_fin_group ON jobs(grp, status, created) WHERE final != 0;
 CREATE TABLE IF NOT EXISTS counters (
     family TEXT NOT NULL, labels TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (family, labels)
