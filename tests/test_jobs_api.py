@@ -60,7 +60,7 @@ def test_filters_sorts_and_pages_match_the_simulators_truth(simulator, exporter,
     images_done = sim.create("images", 8, age_seconds=OLD, model="SDXL")
     speech_done = sim.create("speech", 6, age_seconds=OLD)
     waiting = [sim.create("chat", 1, age_seconds=age)[0] for age in (50, 40, 30, 20, 10, 5)]
-    waiting_images = sim.create("images", 2, age_seconds=15)
+    waiting_images = sim.create("images", 3, age_seconds=15)  # three created at the same moment
     (tmp_path / "ids.txt").write_text("\n".join(images_done + waiting_images) + "\n")
     groups = (f"  - {{kind: chat, group: nightly, ids: {json.dumps(chat_done + waiting)}}}\n"
               f"  - {{kind: images, group: renders, ids_file: ids.txt}}\n")
@@ -137,6 +137,10 @@ def test_filters_sorts_and_pages_match_the_simulators_truth(simulator, exporter,
         paged = every_page(proc.url, sort=sort, limit=4)
         assert paged == ids(proc.url, sort=sort, limit=1000), sort
     assert every_page(proc.url, unfinished="true", sort="created", limit=3) == [i for _, i in unfinished_truth]
+    # newest first, ties (the three images) by id, one job a page: every tie split across pages
+    newest_first = [i for _, i in sorted((-created, i) for created, i in unfinished_truth)]
+    assert every_page(proc.url, unfinished="true", sort="-created", limit=1) == newest_first
+    assert every_page(proc.url, sort="-created", limit=2) == ids(proc.url, sort="-created", limit=1000)
     assert jobs(proc.url, limit=1000)["next_cursor"] is None
 
     # one record, without the registration token (reads need none), and writes still need it

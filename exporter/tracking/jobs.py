@@ -16,6 +16,7 @@ from typing import Callable, Iterable, Iterator
 
 from exporter import FINAL_STATUSES
 from exporter.tracking.aggregates import JobAggregates
+from exporter.tracking.created_index import CreatedIndex
 from exporter.tracking.exemplars import Exemplars
 from exporter.api.results import JobResult
 from exporter.tracking.job import FINISHED, GONE, OPEN, Job  # noqa: F401 (Job is part of this module's interface)
@@ -59,6 +60,7 @@ class TrackedJobs:
         # that just finished is in memory or in the file at every moment, never in neither.
         self.writing: dict[str, Job] = {}
         self.exemplars = Exemplars(aggregates.bounds)
+        self.by_created = CreatedIndex()  # unfinished jobs by `created` (tracking/queries.py)
         self._flush_lock = asyncio.Lock()
         # False while every row of the file is an open job held in `open`: then a new id needs no
         # look-up in the file (the first load of a million-line ids file makes no queries).
@@ -72,6 +74,7 @@ class TrackedJobs:
         self._file_has_more = await self.store.call(self.store.has_closed)
         with _collector_paused():
             jobs = [Job.from_row(row) for row in rows]
+        self.by_created.build((job.created, job.id) for job in jobs)
         for job in jobs:
             self.open[job.id] = job
             self.agg.move(None, job.labels)
@@ -125,6 +128,7 @@ class TrackedJobs:
                 return False
             job = Job.from_row(row)
         self._pending.pop(job_id, None)
+        self.by_created.moved(job_id, job.created, None)
         self.agg.move(job.labels, None)
         if job.final == OPEN:
             self._deleted.add(job_id)
@@ -163,8 +167,10 @@ class TrackedJobs:
         job.status, job.model = result.status, result.model
         job.created, job.finished = result.created, result.finished
         job.last_polled, job.polls = now, job.polls + 1
-        if job.created is not None and job.created != old_created:
-            self.agg.note_unfinished(job.kind, job.group, job.created, job.id)
+        if job.created != old_created:
+            self.by_created.moved(job.id, old_created, job.created)
+            if job.created is not None:
+                self.agg.note_unfinished(job.kind, job.group, job.created, job.id)
         if result.status in FINAL_STATUSES:
             self._finish(job, result, now)
         self.agg.move(old_labels, job.labels)
@@ -202,6 +208,7 @@ class TrackedJobs:
     def _close(self, job: Job) -> None:
         self._file_has_more = True
         self.open.pop(job.id, None)
+        self.by_created.moved(job.id, job.created, None)
         self.agg.close(job.labels)
 
     # -- persistence -----------------------------------------------------------------------------
