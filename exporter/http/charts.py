@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from exporter.tracking.timeline import Sample
 
-WIDTH, HEIGHT = 560, 180
+WIDTH, HEIGHT = 540, 180
 LEFT, BOTTOM, TOP = 44, 20, 8  # room for the y labels, the x labels, the top line
 PALETTE = ("#3274d9", "#e0752d", "#56a64b", "#c4162a", "#8f3bb8", "#b8a41c", "#1f9e9e", "#6e6e6e", "#d44a9a")
 HOUR, MINUTE = 3600.0, 60.0
