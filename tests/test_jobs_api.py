@@ -221,3 +221,18 @@ def test_history_in_order_and_paging_while_jobs_finish(simulator, exporter, tmp_
         page = http("GET", f"{proc.url}/jobs/{job_id}")
         assert page[0] == 200 and all(s in page[1].decode() for s in statuses)
     assert sum(len(get_json(f"{proc.url}/api/v1/jobs/{i}")["history"]) > 1 for i in fresh) >= 8
+
+
+def test_history_is_bounded_keeps_the_first_and_reads_back_in_order():
+    from exporter.tracking.job import HISTORY_MAX, Job
+    from exporter.tracking.store import JOB_COLUMNS
+
+    job = Job("3b241101-e2bb-4255-8caf-4136c566a962", "chat", "g", "config")
+    for i in range(40):
+        job.note_status(("QUEUED", "POSTPONED")[i % 2], 1000.0 + i)
+    history = job.as_dict()["history"]
+    assert len(history) == HISTORY_MAX and len(job.history) < 40 * 24
+    assert history[0] == {"status": "QUEUED", "at": 1000.0}  # when it was first seen stays
+    assert [h["at"] for h in history[1:]] == [1000.0 + i for i in range(40 - HISTORY_MAX + 1, 40)]
+    again = Job.from_row(dict(zip(JOB_COLUMNS, job.row())))
+    assert again.as_dict()["history"] == history

@@ -101,3 +101,25 @@ def test_status_page_and_job_page_in_a_browser(simulator, exporter, tmp_path):
     history = page.split("Status history")[1]
     assert [h["status"] for h in record["history"]] == re.findall(r'<td class="id">([A-Z_]+)</td>', history)
     assert http("GET", f"{proc.url}/jobs/3b241101-e2bb-4255-8caf-4136c566a962")[0] == 404
+
+
+def test_the_ring_has_a_fixed_size_and_the_per_minute_counts_add_up():
+    from exporter.http.charts import charts, per_minute
+    from exporter.tracking.aggregates import ApiAggregates, JobAggregates
+    from exporter.tracking.timeline import Timeline
+
+    jobs, api = JobAggregates((1.0, 10.0)), ApiAggregates((0.1,))
+    ring = Timeline(jobs, api, size=30)
+    start = 1_000_000.0
+    for i in range(100):  # 100 samples 10 s apart, a job finishing before each
+        jobs.record_finished(("chat", "g", "m", "COMPLETED"), 5.0, 1, 1, 0, {}, 0)
+        api.record("chat", "200", 0.05, None, start + i * 10)
+        ring.sample(start + i * 10)
+    assert len(ring.ring) == 30
+    now = start + 99 * 10
+    samples = ring.samples(now)
+    minutes = per_minute(samples, now, lambda s: s.finished)
+    assert sum(m.get("chat", 0) for m in minutes) == 29  # the growth over the 30 samples kept
+    drawn = charts(samples, jobs.bounds, now)
+    assert len(drawn) == 4 and not drawn[1]["empty"] and drawn[1]["bars"]
+    assert sum(1 for bar in drawn[2]["bars"]) == 1 and "≤10s" in drawn[2]["bars"][0]["title"]
