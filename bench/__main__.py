@@ -63,7 +63,10 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("slowest_last_hour_p99_ms", "<= 50 ms", lambda v: v <= 50),
         ("group_status_p99_ms", "<= 50 ms", lambda v: v <= 50),
         ("metrics_p99_ms", "reported (text format)", None),
+        ("metrics_p99_baseline_ms", "reported (baseline commit 85216f8, same state, same run)", None),
         ("metrics_p99_ratio", "<= 1.10 (to the baseline commit, same run)", lambda v: v <= 1.10),
+        ("metrics_median_ratio", "reported (the same, medians)", None),
+        ("rss_mb", "reported (1M jobs, 100k unfinished)", None),
         ("status_page_rss_growth_mb", "reported (100 status page loads)", None),
         ("ring_kb", "reported (a full ring: bounded)", None)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [

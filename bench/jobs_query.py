@@ -84,7 +84,7 @@ def ring_bytes(samples: int = 1000) -> float:
     return max(full, later)
 
 
-def jobs_query(workdir: Path, jobs: int, requests: int = 200, scrapes: int = 200, pages: int = 100,
+def jobs_query(workdir: Path, jobs: int, requests: int = 200, scrapes: int = 400, pages: int = 100,
                baseline: str | None = BASELINE, cache: Path | None = None) -> Figures:
     here = (cache or workdir) / f"state-v5-{jobs}.db"
     _state(here, jobs, REPO)
@@ -125,6 +125,7 @@ def jobs_query(workdir: Path, jobs: int, requests: int = 200, scrapes: int = 200
             figures["metrics_p99_baseline_ms"] = _p99(scraped["base"])
             figures["metrics_median_baseline_ms"] = statistics.median(scraped["base"])
             figures["metrics_p99_ratio"] = figures["metrics_p99_ms"] / figures["metrics_p99_baseline_ms"]
+            figures["metrics_median_ratio"] = figures["metrics_median_ms"] / figures["metrics_median_baseline_ms"]
         before = procs["ours"].rss()
         _timed(ours, "/", pages)
         figures["status_page_p99_ms"] = _p99(_timed(ours, "/", 20))
