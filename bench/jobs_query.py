@@ -34,11 +34,12 @@ CONFIG = "api: {base_url: 'http://127.0.0.1:9'}\nstate: {path: state.db}\n"
 Figures = dict[str, float]
 
 
-def _timed(conn: http.client.HTTPConnection, path: str, count: int) -> list[float]:
+def _timed(conn: http.client.HTTPConnection, path: str, count: int,
+           headers: dict[str, str] | None = None) -> list[float]:
     took = []
     for _ in range(count):
         begin = time.perf_counter()
-        conn.request("GET", path)
+        conn.request("GET", path, headers=headers or {})
         response = conn.getresponse()
         body = response.read()
         assert response.status == 200, (path, response.status, body[:200])
@@ -59,6 +60,32 @@ def _state(path: Path, jobs: int, repo: Path) -> None:
     path.with_suffix(".at").write_text(f"{time.time()}\n")
     code = f"from pathlib import Path; from bench.fixtures import prepare_state; prepare_state(Path({str(path)!r}), {jobs})"
     subprocess.run([sys.executable, "-c", code], cwd=repo, check=True)
+
+
+def _scrapes(procs: dict[str, Exporter], scrapes: int) -> Figures:
+    """/metrics in the text format, gzipped as Prometheus asks and plain, of this build and the
+    baseline's in alternating rounds (both see the same noise); and CPU per scrape of each."""
+    figures: Figures = {}
+    conns = {name: http.client.HTTPConnection("127.0.0.1", p.port, timeout=60) for name, p in procs.items()}
+    for encoding in ("gzip", "identity"):
+        headers = {"Accept-Encoding": encoding}
+        took: dict[str, list[float]] = {name: [] for name in procs}
+        cpu: dict[str, float] = {name: 0.0 for name in procs}
+        for round_ in range(max(1, scrapes // 20)):
+            for name in sorted(conns, reverse=round_ % 2 == 1):
+                before = procs[name].cpu_seconds()
+                took[name] += _timed(conns[name], "/metrics", 20, headers)
+                cpu[name] += procs[name].cpu_seconds() - before
+        for name, suffix in (("ours", ""), ("base", "_baseline")):
+            if name in took:
+                figures[f"metrics_{encoding}_p99{suffix}_ms"] = _p99(took[name])
+                figures[f"metrics_{encoding}_median{suffix}_ms"] = statistics.median(took[name])
+                figures[f"metrics_{encoding}_cpu{suffix}_ms"] = cpu[name] * 1000 / len(took[name])
+        if "base" in took:
+            for figure in ("p99", "median", "cpu"):
+                figures[f"metrics_{encoding}_{figure}_ratio"] = (
+                    figures[f"metrics_{encoding}_{figure}_ms"] / figures[f"metrics_{encoding}_{figure}_baseline_ms"])
+    return figures
 
 
 def ring_bytes(samples: int = 1000) -> float:
@@ -114,18 +141,7 @@ def jobs_query(workdir: Path, jobs: int, requests: int = 200, scrapes: int = 400
             ours.request("GET", path)
             figures[f"{name}_jobs"] = len(json.loads(ours.getresponse().read())["jobs"])  # not an empty page
             figures[f"{name}_p99_ms"], figures[f"{name}_median_ms"] = _p99(took), statistics.median(took)
-        scraped: dict[str, list[float]] = {name: [] for name in procs}
-        conns = {name: http.client.HTTPConnection("127.0.0.1", p.port, timeout=60) for name, p in procs.items()}
-        for _ in range(max(1, scrapes // 20)):  # alternating rounds: both see the same noise
-            for name, conn in conns.items():
-                scraped[name] += _timed(conn, "/metrics", 20)
-        figures["metrics_p99_ms"] = _p99(scraped["ours"])
-        figures["metrics_median_ms"] = statistics.median(scraped["ours"])
-        if "base" in scraped:
-            figures["metrics_p99_baseline_ms"] = _p99(scraped["base"])
-            figures["metrics_median_baseline_ms"] = statistics.median(scraped["base"])
-            figures["metrics_p99_ratio"] = figures["metrics_p99_ms"] / figures["metrics_p99_baseline_ms"]
-            figures["metrics_median_ratio"] = figures["metrics_median_ms"] / figures["metrics_median_baseline_ms"]
+        figures.update(_scrapes(procs, scrapes))
         before = procs["ours"].rss()
         _timed(ours, "/", pages)
         figures["status_page_p99_ms"] = _p99(_timed(ours, "/", 20))

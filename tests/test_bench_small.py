@@ -75,5 +75,6 @@ def test_jobs_query_small(tmp_path):
     figures = jobs_query(tmp_path, jobs=3000, requests=5, scrapes=20, pages=5, baseline=None)
     for name in ("oldest_unfinished", "slowest_last_hour", "group_status"):
         assert figures[f"{name}_p99_ms"] >= figures[f"{name}_median_ms"] > 0 and figures[f"{name}_jobs"] > 0
-    assert figures["metrics_p99_ms"] > 0 and "metrics_p99_ratio" not in figures
+    assert figures["metrics_gzip_p99_ms"] > 0 and figures["metrics_identity_p99_ms"] > 0
+    assert "metrics_gzip_p99_ratio" not in figures
     assert figures["ring_kb"] > 0 and figures["rss_mb"] > 0
