@@ -71,10 +71,10 @@ def _scrapes(procs: dict[str, Exporter], scrapes: int) -> Figures:
         headers = {"Accept-Encoding": encoding}
         took: dict[str, list[float]] = {name: [] for name in procs}
         cpu: dict[str, float] = {name: 0.0 for name in procs}
-        for round_ in range(max(1, scrapes // 20)):
+        for round_ in range(max(1, scrapes // 50)):
             for name in sorted(conns, reverse=round_ % 2 == 1):
                 before = procs[name].cpu_seconds()
-                took[name] += _timed(conns[name], "/metrics", 20, headers)
+                took[name] += _timed(conns[name], "/metrics", min(50, scrapes), headers)
                 cpu[name] += procs[name].cpu_seconds() - before
         for name, suffix in (("ours", ""), ("base", "_baseline")):
             if name in took:
@@ -111,7 +111,7 @@ def ring_bytes(samples: int = 1000) -> float:
     return max(full, later)
 
 
-def jobs_query(workdir: Path, jobs: int, requests: int = 200, scrapes: int = 400, pages: int = 100,
+def jobs_query(workdir: Path, jobs: int, requests: int = 200, scrapes: int = 2000, pages: int = 100,
                baseline: str | None = BASELINE, cache: Path | None = None) -> Figures:
     here = (cache or workdir) / f"state-v5-{jobs}.db"
     _state(here, jobs, REPO)
