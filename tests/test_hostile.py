@@ -167,8 +167,12 @@ def start_on_state(tmp_path: Path, state: Path) -> subprocess.CompletedProcess:
 def make_state(path: Path, jobs: int = 200) -> None:
     store = StateStore(str(path))
     store.open()
-    rows = [(f"3b241101-e2bb-4255-8caf-{i:012x}", "chat", "g", "config", "COMPLETED", "m", 1.0, 2.0, 1, 2.0,
-             1, 1, 0, 0, None, 0.0, 0.0, 0.0, 0.0, 0, 1) for i in range(jobs)]
+    from exporter.tracking.job import Job
+
+    # Rows from Job.row(), so that columns added later need no change here.
+    rows = [Job(f"3b241101-e2bb-4255-8caf-{i:012x}", "chat", "g", "config", status="COMPLETED", model="m",
+                created=1.0, finished=2.0, final=1, ended=2.0, prompt_tokens=1, completion_tokens=1,
+                polls=1).row() for i in range(jobs)]
     store.bulk_insert(rows)
     store.close()
 
