@@ -16,6 +16,7 @@ from typing import Callable
 
 from bench import benchmarks as b
 from bench import cost
+from bench.jobs_query import jobs_query
 
 HERE = Path(__file__).resolve().parent
 
@@ -64,6 +65,19 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("ratio_to_wrk_plain", "reported", None), ("ratio_to_wrk_priced", "reported", None),
         ("cpu_us_per_poll_plain", "reported", None), ("cpu_us_per_poll_priced", "reported", None),
         ("cpu_ratio", "reported", None)]),
+    "jobs_query": (jobs_query, {"jobs": 1_000_000}, {"jobs": 100_000, "requests": 50, "scrapes": 60}, [
+        ("oldest_unfinished_p99_ms", "<= 50 ms", lambda v: v <= 50),
+        ("slowest_last_hour_p99_ms", "<= 50 ms", lambda v: v <= 50),
+        ("group_status_p99_ms", "<= 50 ms", lambda v: v <= 50),
+        ("metrics_gzip_p99_ms", "reported (text format, gzip as Prometheus asks)", None),
+        ("metrics_gzip_p99_ratio", "<= 1.10 (to the baseline commit 85216f8, same run)", lambda v: v <= 1.10),
+        ("metrics_gzip_cpu_ratio", "reported (CPU per scrape, to the baseline)", None),
+        ("metrics_identity_p99_ms", "reported (text format, uncompressed)", None),
+        ("metrics_identity_p99_ratio", "reported (to the baseline)", None),
+        ("metrics_identity_cpu_ratio", "reported (CPU per scrape, to the baseline)", None),
+        ("rss_mb", "reported (1M jobs, 100k unfinished)", None),
+        ("status_page_rss_growth_mb", "reported (100 status page loads)", None),
+        ("ring_kb", "reported (a full ring: bounded)", None)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
 }
@@ -94,7 +108,7 @@ def main() -> int:
     for name in args.only or list(PLAN):
         fn, full, quick, figures = PLAN[name]
         kwargs = dict(quick if args.quick else full)
-        if fn is b.scrape_latency:
+        if fn in (b.scrape_latency, jobs_query):
             kwargs["cache"] = cache
         runs = []
         for attempt in range(repeats):

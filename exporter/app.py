@@ -32,6 +32,11 @@ from exporter.sources.sync import ConfigSources
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.store import StateStore
 from exporter.http.server import Site, build_web_app
+from exporter.http.jobs_api import JobsReader
+from exporter.http.jobs_api import routes as jobs_routes
+from exporter.tracking import queries
+from exporter.tracking.queries import JobQuery
+from exporter.tracking.timeline import SAMPLE_SECONDS, Timeline
 from exporter.http.guard import Guard, limit_connections, middleware
 
 log = logging.getLogger("distribute.exporter")
@@ -69,6 +74,7 @@ class Exporter:
         self.api_agg = ApiAggregates(API_LATENCY_BUCKETS)
         self.jobs = TrackedJobs(self.store, self.job_agg)
         self.jobs.prices = config.prices
+        self.timeline = Timeline(self.job_agg, self.api_agg)
         self.limiter = RateLimiter(config.api.max_requests_per_second)
         self.client = self._make_client(config)
         self.poller = Poller(self.jobs, self.client, self.limiter, self.api_agg, config.poll,
@@ -130,7 +136,8 @@ class Exporter:
         self.ready = True
         for name, coro in (("poller", self.poller.run()), ("flusher", self._flush_loop()),
                            ("web-config", self.guard.watch()),
-                           ("files", self._files_loop()), ("retention", self._retention_loop())):
+                           ("files", self._files_loop()), ("retention", self._retention_loop()),
+                           ("timeline", self._timeline_loop())):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: %d jobs polled, %d closed, listening on %s", len(self.jobs.open),
                  self.jobs.closed_total, self.url)
@@ -149,8 +156,9 @@ class Exporter:
                     self.overview, limits.max_request_body_bytes)
         registrar = Registrar(lambda: self.config.registration_token, self.jobs, self.owned,
                               lambda: self.shard_count > 1)
+        reader = JobsReader(lambda query: queries.find(self.jobs, query), self.jobs.lookup)
         app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
-                            [registration_routes(registrar)])
+                            [registration_routes(registrar), jobs_routes(reader)])
         # keepalive_timeout also closes a connection that has not sent a whole request by then:
         # a client that trickles its headers cannot hold a slot for longer.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
@@ -171,7 +179,8 @@ class Exporter:
         s.polls = lambda: self.poller.polls
         s.tracked = lambda: (len(self.jobs.open), self.jobs.closed_total)
         s.shard_index, s.shard_count = self.shard_index, self.shard_count
-        for collector in (JobsCollector(self.job_agg, self.jobs.is_current), ApiCollector(self.api_agg),
+        for collector in (JobsCollector(self.job_agg, self.jobs.is_current, self.jobs.exemplars),
+                          ApiCollector(self.api_agg),
                           ExporterCollector(s)):
             self.registry.register(collector)
         self.registry.register(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
@@ -228,6 +237,11 @@ class Exporter:
                 log.error("retention sweep failed: %s", exc)
             # Short retentions (tests, small disks) are swept more often than once a minute.
             await asyncio.sleep(min(RETENTION_SWEEP_SECONDS, max(0.5, self.config.state.retention_seconds / 4)))
+
+    async def _timeline_loop(self) -> None:
+        while True:  # a sample of the aggregates (not of the jobs): microseconds, bounded memory
+            self.timeline.sample(time.time())
+            await asyncio.sleep(SAMPLE_SECONDS)
 
     def _invalid_id_line(self) -> None:
         self.status.invalid_id_lines += 1
@@ -290,8 +304,19 @@ class Exporter:
                 "base_url": self.config.api.base_url, "shard": f"{self.shard_index}/{self.shard_count}"}
 
     async def overview(self) -> dict[str, Any]:
-        """The summary and tracked ids per source: what the landing page shows."""
-        spend = self.job_agg.spend_today.snapshot(time.time()) if self.config.prices else None
-        return {**self.summary(), "sources": await self.sources.counts(), "spend_today": spend}
+        """What the status page shows: the summary, tracked ids per source, the last hour's
+        samples, the jobs to look at first, and (with a price file) spend today by group."""
+        now = time.time()
+        hour_ago = now - 3600
+        tables = {
+            "oldest": JobQuery(unfinished=True, sort="created", limit=10),
+            "slowest": JobQuery(unfinished=False, finished_after=hour_ago, sort="-duration", limit=10),
+            "failed": JobQuery(statuses=("ERROR", "NOT_FOUND"), finished_after=hour_ago, limit=10),
+        }
+        found = {name: (await queries.find(self.jobs, q)).jobs for name, q in tables.items()}
+        spend = self.job_agg.spend_today.snapshot(now) if self.config.prices else None
+        return {**self.summary(), "sources": await self.sources.counts(), "tables": found,
+                "samples": self.timeline.samples(now), "duration_bounds": self.job_agg.bounds,
+                "sample_seconds": SAMPLE_SECONDS, "spend_today": spend}
 
 

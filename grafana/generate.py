@@ -15,6 +15,7 @@ SEL_GM = 'instance=~"$instance", group=~"$group", model=~"$model"'
 SEL_I = 'instance=~"$instance"'
 SEL_IK = 'instance=~"$instance", kind=~"$kind"'
 RI = "$__rate_interval"
+EXPORTER_URL = "http://localhost:9877"  # docker-compose.yml publishes the exporter there
 # process_* metrics carry no exporter-specific name: keep only this exporter's targets.
 OWN = "* on (instance, job) group_left () distribute_exporter_build_info"
 
@@ -55,7 +56,10 @@ def templating(with_jobs: bool) -> dict[str, Any]:
     if with_jobs:
         items += [variable("kind", "Kind", 'label_values(distribute_jobs{instance=~"$instance"}, kind)'),
                   variable("group", "Group", 'label_values(distribute_jobs{instance=~"$instance", kind=~"$kind"}, group)'),
-                  variable("model", "Model", 'label_values(distribute_jobs{instance=~"$instance", kind=~"$kind", group=~"$group"}, model)')]
+                  variable("model", "Model", 'label_values(distribute_jobs{instance=~"$instance", kind=~"$kind", group=~"$group"}, model)'),
+                  # where people's browsers reach the exporter: the latency panel's links open its jobs API
+                  {"name": "exporter_url", "label": "Exporter URL", "type": "textbox", "query": EXPORTER_URL,
+                   "current": {"text": EXPORTER_URL, "value": EXPORTER_URL}, "hide": 0}]
     else:
         items += [variable("kind", "Kind", 'label_values(distribute_api_requests_total{instance=~"$instance"}, kind)')]
     return {"list": items}
@@ -85,6 +89,24 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict[str, Any
             "annotations": {"list": []}, "links": [], "templating": templating(with_jobs), "panels": layout(panels)}
 
 
+def latency_panel(buckets: str) -> dict[str, Any]:
+    """Quantiles with the exemplars Prometheus stored (each a job id: the datasource's
+    exemplarTraceIdDestinations links it to /jobs/<id>), and a link to the slowest jobs' list."""
+    latency = panel("Latency p50 / p90 / p99 by kind and model", "Quantiles of finished - created, from the "
+                    "distribute_job_duration_seconds histogram (interpolated within buckets). The dots are "
+                    "exemplars: a recent job of each bucket; hover one and follow job_id to the job's page on the "
+                    "exporter (needs Prometheus with --enable-feature=exemplar-storage).", "s",
+                    [(f"histogram_quantile({q}, sum by (kind, model, le) (rate({buckets}[{RI}])))",
+                      f"p{int(q * 100)} {{{{kind}}}} {{{{model}}}}") for q in (0.5, 0.9, 0.99)], width=24)
+    for target in latency["targets"]:
+        target["exemplar"] = True
+    latency["fieldConfig"]["defaults"]["links"] = [{
+        "title": "Slowest ${__field.labels.kind} jobs of ${__field.labels.model} on the exporter",
+        "url": "${exporter_url}/api/v1/jobs?kind=${__field.labels.kind}&model=${__field.labels.model:percentencode}"
+               "&sort=-duration&finished_after=${__from:date:seconds}", "targetBlank": True}]
+    return latency
+
+
 def jobs_dashboard() -> dict[str, Any]:
     finished = f"distribute_jobs_finished_total{{{SEL}}}"
     buckets = f"distribute_job_duration_seconds_bucket{{{SEL}}}"
@@ -104,10 +126,7 @@ def jobs_dashboard() -> dict[str, Any]:
               [(f"time() - min by (kind, group) (distribute_oldest_unfinished_job_created_timestamp_seconds{{{SEL_KG}}})",
                 "{{kind}} {{group}}")]),
         row("Latency (created to finished)"),
-        panel("Latency p50 / p90 / p99 by kind and model", "Quantiles of finished - created, from the "
-              "distribute_job_duration_seconds histogram (interpolated within buckets).", "s",
-              [(f"histogram_quantile({q}, sum by (kind, model, le) (rate({buckets}[{RI}])))", f"p{int(q * 100)} {{{{kind}}}} {{{{model}}}}")
-               for q in (0.5, 0.9, 0.99)], width=24),
+        latency_panel(buckets),
         panel("Latency heatmap", "How many jobs finished in each duration bucket per interval.", "s",
               [(f"sum by (le) (increase({buckets}[{RI}]))", "{{le}}")], kind="heatmap", width=24,
               options={"calculate": False, "yAxis": {"unit": "s"}, "cellGap": 1,

@@ -27,7 +27,7 @@ def local_prometheus_config(targets: list[str], rules: list[Path], interval: str
 
 
 class Prometheus(Proc):
-    def __init__(self, workdir: Path, config: dict[str, Any]) -> None:
+    def __init__(self, workdir: Path, config: dict[str, Any], *extra: str) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         cfg = workdir / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(config))
@@ -35,7 +35,7 @@ class Prometheus(Proc):
         self.url = f"http://127.0.0.1:{self.port}"
         super().__init__([tool("prometheus"), f"--config.file={cfg}", f"--storage.tsdb.path={workdir / 'tsdb'}",
                           f"--web.listen-address=127.0.0.1:{self.port}", "--storage.tsdb.retention.time=1h",
-                          "--log.level=warn"], cwd=workdir)
+                          "--log.level=warn", *extra], cwd=workdir)
         wait_for(lambda: http("GET", f"{self.url}/-/ready", timeout=2)[0] == 200, 30, what="prometheus ready")
 
     def query(self, expr: str) -> list[dict[str, Any]]:

@@ -15,6 +15,8 @@ command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
 # nginx and wrk: the small versions of the benchmarks (tests/test_bench_small.py).
 command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+# chromium: the status page drawn in a real browser (tests/test_status_page.py).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"

@@ -84,3 +84,13 @@ def test_poll_priced_small(tmp_path):
         assert store.db.execute("SELECT count(estimated_cost), total(estimated_cost) FROM jobs").fetchone() == \
             (priced, pytest.approx(priced * 0.001))
         store.close()
+def test_jobs_query_small(tmp_path):
+    from bench.jobs_query import jobs_query
+
+    # No baseline build here (it needs the baseline commit in the clone): the full bench has it.
+    figures = jobs_query(tmp_path, jobs=3000, requests=5, scrapes=20, pages=5, baseline=None)
+    for name in ("oldest_unfinished", "slowest_last_hour", "group_status"):
+        assert figures[f"{name}_p99_ms"] >= figures[f"{name}_median_ms"] > 0 and figures[f"{name}_jobs"] > 0
+    assert figures["metrics_gzip_p99_ms"] > 0 and figures["metrics_identity_p99_ms"] > 0
+    assert "metrics_gzip_p99_ratio" not in figures
+    assert figures["ring_kb"] > 0 and figures["rss_mb"] > 0

@@ -167,8 +167,12 @@ def start_on_state(tmp_path: Path, state: Path) -> subprocess.CompletedProcess:
 def make_state(path: Path, jobs: int = 200) -> None:
     store = StateStore(str(path))
     store.open()
-    rows = [(f"3b241101-e2bb-4255-8caf-{i:012x}", "chat", "g", "config", "COMPLETED", "m", 1.0, 2.0, 1, 2.0,
-             1, 1, 0, 0, None, 0.0, 0.0, 0.0, 0.0, 0, 1) for i in range(jobs)]
+    from exporter.tracking.job import Job
+
+    # Rows from Job.row(), so that columns added later need no change here.
+    rows = [Job(f"3b241101-e2bb-4255-8caf-{i:012x}", "chat", "g", "config", status="COMPLETED", model="m",
+                created=1.0, finished=2.0, final=1, ended=2.0, prompt_tokens=1, completion_tokens=1,
+                polls=1).row() for i in range(jobs)]
     store.bulk_insert(rows)
     store.close()
 
@@ -225,4 +229,9 @@ def test_a_state_file_from_an_older_version_is_migrated(tmp_path):
                                              ("finished", ("speech", "g", "Chatterbox", "COMPLETED"), 1)]
     assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     assert store.known(["3b241101-e2bb-4255-8caf-4136c566a962"])
+    # schema 5: the duration of a finished job is filled in, the history starts empty, indexes exist
+    row = store.get("3b241101-e2bb-4255-8caf-4136c566a962")
+    assert row["duration"] == 2.0 and row["history"] == "" and row["last_answer_code"] is None
+    indexes = {r[0] for r in store.db.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    assert {"jobs_fin_created", "jobs_fin_duration", "jobs_fin_group"} <= indexes
     store.close()

@@ -13,8 +13,6 @@ import socket
 import ssl
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import bcrypt

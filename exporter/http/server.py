@@ -7,7 +7,6 @@ whole exporter.
 from __future__ import annotations
 
 import gzip
-import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Iterable
 
@@ -15,8 +14,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
-from exporter import __version__
-from exporter.http.pages import page
+from exporter.http import status
 from exporter.metrics.exposition import GzipParts, TextRenderer, render_parts
 
 RouteAdder = Callable[[web.Application], None]
@@ -31,7 +29,8 @@ class Site:
     gzip_parts: GzipParts
     is_ready: Callable[[], bool]
     reload: Callable[[], Awaitable[tuple[bool, str]]]
-    # jobs by kind and status, API up and last success, base URL, shard, tracked ids per source
+    # jobs by kind and status, API up and last success, base URL, shard, tracked ids per source,
+    # the last hour's samples and the jobs to look at (http/status.py)
     overview: Callable[[], Awaitable[dict[str, Any]]]
     max_body_bytes: int
 
@@ -85,10 +84,4 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def landing(request: web.Request) -> web.Response:
-    summary = await request.app[SITE].overview()
-    statuses = sorted({s for by_status in summary["jobs"].values() for s in by_status})
-    last = summary["last_success"]
-    return page("landing.html", version=__version__, base_url=summary["base_url"], up=summary["up"],
-                last_success=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last)) if last else "never",
-                shard=summary["shard"], statuses=statuses, jobs=sorted(summary["jobs"].items()),
-                sources=sorted(summary["sources"].items()), spend_today=summary.get("spend_today"))
+    return await status.landing(request, await request.app[SITE].overview())

@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 
 from exporter import __version__
 from exporter.tracking.aggregates import ApiAggregates, JobAggregates
+from exporter.tracking.exemplars import Exemplars
 from exporter.metrics.families import Family, FamilyCollector
 
 _SOURCE = "from the answers of POST /async/<kind>/result"
@@ -40,9 +41,11 @@ class JobsCollector(FamilyCollector):
         distribute_unpriced_jobs_total{group="nightly",kind="chat",model="Qwen2.5 7B"} 3.0
     """
 
-    def __init__(self, agg: JobAggregates, is_current: Callable[[str, float], bool]) -> None:
+    def __init__(self, agg: JobAggregates, is_current: Callable[[str, float], bool],
+                 exemplars: Exemplars | None = None) -> None:
         self.agg = agg
         self.is_current = is_current
+        self.exemplars = exemplars  # shown in the OpenMetrics exposition only
 
     def version(self) -> int:
         return self.agg.version
@@ -53,9 +56,11 @@ class JobsCollector(FamilyCollector):
                      "answer yet, NOT_FOUND: 404 past poll.not_found_grace_seconds; model is empty while unknown.",
                      JOB_LABELS, agg.jobs)
         yield Family("distribute_jobs_finished", "counter", "Jobs seen reaching COMPLETED or ERROR, each counted "
-                     "once, " + _SOURCE + ".", JOB_LABELS, agg.finished)
+                     "once, " + _SOURCE + ".", JOB_LABELS, agg.finished,
+                     self.exemplars.finished if self.exemplars else None)
         yield Family("distribute_job_duration_seconds", "histogram", "finished - created of finished jobs, in "
-                     "seconds, " + _SOURCE + ".", JOB_LABELS, agg.durations)
+                     "seconds, " + _SOURCE + ".", JOB_LABELS, agg.durations,
+                     self.exemplars.buckets if self.exemplars else None)
         yield Family("distribute_oldest_unfinished_job_created_timestamp_seconds", "gauge", "created (Unix time) "
                      "of the oldest tracked job not yet COMPLETED or ERROR, " + _SOURCE + ".", ("kind", "group"),
                      agg.oldest_unfinished(self.is_current))

@@ -8,12 +8,14 @@ renders it straight to the text format.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from exporter.tracking.aggregates import Histogram
+from exporter.tracking.exemplars import Sighting
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,9 @@ class Family:
     doc: str
     labelnames: tuple[str, ...]
     series: Mapping[tuple[str, ...], float | Histogram]
+    # Only the OpenMetrics exposition shows exemplars (to_metric); the text renderer ignores them.
+    # A histogram's: one per bucket (None: none yet); a counter's: one per series.
+    exemplars: Mapping[tuple[str, ...], Sequence[Sighting | None] | Sighting] | None = None
 
     @property
     def sample_name(self) -> str:
@@ -33,13 +38,30 @@ class Family:
         if self.kind == "histogram":
             family = HistogramMetricFamily(self.name, self.doc, labels=names)
             for labels, h in self.series.items():
-                family.add_metric(list(labels), buckets=h.cumulative(), sum_value=h.total)  # type: ignore[union-attr]
+                family.add_metric(list(labels), buckets=self._buckets(labels, h), sum_value=h.total)  # type: ignore[arg-type]
             return family
-        cls = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
-        family = cls(self.name, self.doc, labels=names)
+        if self.kind == "counter":
+            counter = CounterMetricFamily(self.name, self.doc, labels=names)
+            for labels, value in self.series.items():
+                seen = self.exemplars.get(labels) if self.exemplars else None
+                counter.add_metric(list(labels), value, exemplar=_exemplar(seen))  # type: ignore[arg-type]
+            return counter
+        gauge = GaugeMetricFamily(self.name, self.doc, labels=names)
         for labels, value in self.series.items():
-            family.add_metric(list(labels), value)  # type: ignore[arg-type]
-        return family
+            gauge.add_metric(list(labels), value)  # type: ignore[arg-type]
+        return gauge
+
+    def _buckets(self, labels: tuple[str, ...], h: Histogram) -> list[tuple]:
+        buckets = h.cumulative()
+        seen = self.exemplars.get(labels) if self.exemplars else None
+        if not seen:
+            return buckets  # type: ignore[return-value]
+        return [(le, n, _exemplar(s)) if s is not None else (le, n)  # type: ignore[arg-type]
+                for (le, n), s in zip(buckets, seen)]  # type: ignore[arg-type]
+
+
+def _exemplar(seen: Sighting | None) -> Exemplar | None:
+    return Exemplar({"job_id": seen.job_id}, seen.value, seen.at) if seen is not None else None
 
 
 class FamilyCollector(Collector):

@@ -182,6 +182,8 @@ class Poller:
 
     def _record(self, job: Job, answer: object, reason: str | None) -> None:
         self.polls += 1
+        code = answer.code  # type: ignore[attr-defined]
+        job.last_answer_code = int(code) if code.isdigit() else None  # None: no answer came
         self.api.record(job.kind, answer.code, answer.seconds, reason, self.clock())  # type: ignore[attr-defined]
 
     def _on_not_found(self, job: Job) -> None:

@@ -99,7 +99,8 @@ class Simulator:
     def truth(self, now: float | None = None) -> dict[str, dict[str, Any]]:
         """What each job is at `now`, for tests that compare the exporter with the ground truth."""
         moment = time.time() if now is None else now
-        return {job.id: result_body(job, moment, self.speed, "epoch-s") | {"kind": job.kind}
+        return {job.id: result_body(job, moment, self.speed, "epoch-s") | {"kind": job.kind, "phases": [
+                    [job.created + offset / self.speed, status] for offset, status in job.phases]}
                 for job in self.jobs.values()}
 
     # -- faults ----------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """The registration API: applications hand the exporter the ids they get from `/async/<kind>/create`.
 
-Enabled only when a token is configured; otherwise every route answers 404, as if absent.
+Enabled only when a token is configured; otherwise its routes answer 404, as if absent. Reading
+jobs (`GET /api/v1/jobs...`) is not here: it needs no token (http/jobs_api.py).
 """
 
 from __future__ import annotations
@@ -20,16 +21,11 @@ from exporter.config import Secret
 MAX_BODY = 1024 * 1024
 
 
-class Record(Protocol):
-    def as_dict(self) -> dict[str, Any]: ...
-
-
 class RegisteredJobs(Protocol):
     """What the registration API may do with the tracked jobs."""
 
     async def track(self, ids: list[str], kind: str, group: str, source: str,
                     now: float) -> tuple[list[str], int]: ...
-    async def lookup(self, job_id: str) -> Record | None: ...
     async def untrack(self, job_id: str, now: float) -> bool: ...
     async def flush(self) -> int: ...
 
@@ -51,7 +47,6 @@ def routes(registrar: Registrar) -> Callable[[web.Application], None]:
     def add(app: web.Application) -> None:
         app[REGISTRAR] = registrar
         app.router.add_post("/api/v1/jobs", register)
-        app.router.add_get("/api/v1/jobs/{job_id}", show)
         app.router.add_delete("/api/v1/jobs/{job_id}", forget)
     return add
 
@@ -124,16 +119,6 @@ def _check_body(body: Any) -> web.Response | None:
     if invalid:
         return _error(400, "not UUID v4 ids; nothing was stored", invalid=[str(i)[:80] for i in invalid[:100]])
     return None
-
-
-async def show(request: web.Request) -> web.Response:
-    refused = _authorised(request)
-    if refused is not None:
-        return refused
-    job = await request.app[REGISTRAR].jobs.lookup(normalise(request.match_info["job_id"]))
-    if job is None:
-        return _error(404, "not tracked")
-    return web.json_response(job.as_dict())
 
 
 async def forget(request: web.Request) -> web.Response:

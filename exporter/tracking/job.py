@@ -10,6 +10,28 @@ from exporter.tracking.aggregates import JobLabels
 from exporter.tracking.store import JOB_COLUMNS
 
 OPEN, FINISHED, GONE = 0, 1, 2  # `final` column: polled / COMPLETED or ERROR / NOT_FOUND
+HISTORY_MAX = 16  # status transitions kept per job: the first and the latest 15
+
+
+def add_transition(history: str, status: str, at: float) -> str:
+    """`history` with one more transition, as "STATUS@unix;STATUS@unix" (bounded; one column)."""
+    entry = f"{status}@{at:.3f}"
+    if not history:
+        return entry
+    entries = history.split(";")
+    if len(entries) >= HISTORY_MAX:  # keep when it was first seen; drop the oldest of the rest
+        entries = entries[:1] + entries[len(entries) - HISTORY_MAX + 2:]
+    entries.append(entry)
+    return ";".join(entries)
+
+
+def transitions(history: str) -> list[dict[str, Any]]:
+    """The decoded history, oldest first."""
+    out = []
+    for entry in history.split(";") if history else ():
+        status, _, at = entry.rpartition("@")
+        out.append({"status": status, "at": float(at)})
+    return out
 
 
 @dataclass(slots=True, eq=False)
@@ -35,6 +57,9 @@ class Job:
     interval: float = 0.0
     errors: int = 0
     polls: int = 0
+    last_answer_code: int | None = None  # HTTP status of the last answer; None: none came (or none yet)
+    history: str = ""  # status transitions, see add_transition
+    duration: float | None = None  # finished - created, once COMPLETED or ERROR
     estimated_cost: float | None = None  # set once, when the job becomes final (tracking/cost.py)
     price_entry: str | None = None  # JSON text, stored as is: the price entry used, or that none matched
 
@@ -48,7 +73,7 @@ class Job:
                 self.finished, self.final, self.ended, self.prompt_tokens, self.completion_tokens,
                 self.results, self.tool_calls, json.dumps(self.choices) if self.choices else None,
                 self.first_tracked, self.last_polled, self.next_due, self.interval, self.errors, self.polls,
-                self.estimated_cost, self.price_entry)
+                self.last_answer_code, self.history, self.duration, self.estimated_cost, self.price_entry)
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "Job":
@@ -63,4 +88,9 @@ class Job:
         record["group"] = record.pop("grp")
         record["final"] = bool(self.final)
         record["price_entry"] = json.loads(self.price_entry) if self.price_entry else None
+        record["history"] = transitions(self.history)
         return record
+
+    def note_status(self, status: str, at: float) -> None:
+        """Record a change of status seen at `at` (the first answer's status too)."""
+        self.history = add_transition(self.history, status, at)

@@ -16,6 +16,8 @@ from typing import Callable, Iterable, Iterator
 
 from exporter import FINAL_STATUSES
 from exporter.tracking.aggregates import JobAggregates
+from exporter.tracking.created_index import CreatedIndex
+from exporter.tracking.exemplars import Exemplars
 from exporter.api.results import JobResult
 from exporter.config.pricing import PriceTable
 from exporter.tracking.cost import charge
@@ -56,6 +58,11 @@ class TrackedJobs:
         self._pending: dict[str, Job] = {}
         self._deleted: set[str] = set()
         self._retire: dict[str, float] = {}
+        # The batch a flush is writing: the jobs list (tracking/queries.py) reads it too, so a job
+        # that just finished is in memory or in the file at every moment, never in neither.
+        self.writing: dict[str, Job] = {}
+        self.exemplars = Exemplars(aggregates.bounds)
+        self.by_created = CreatedIndex()  # unfinished jobs by `created` (tracking/queries.py)
         self._flush_lock = asyncio.Lock()
         # False while every row of the file is an open job held in `open`: then a new id needs no
         # look-up in the file (the first load of a million-line ids file makes no queries).
@@ -70,6 +77,7 @@ class TrackedJobs:
         self._file_has_more = await self.store.call(self.store.has_closed)
         with _collector_paused():
             jobs = [Job.from_row(row) for row in rows]
+        self.by_created.build((job.created, job.id) for job in jobs)
         for job in jobs:
             self.open[job.id] = job
             self.agg.move(None, job.labels)
@@ -123,6 +131,7 @@ class TrackedJobs:
                 return False
             job = Job.from_row(row)
         self._pending.pop(job_id, None)
+        self.by_created.moved(job_id, job.created, None)
         self.agg.move(job.labels, None)
         if job.final == OPEN:
             self._deleted.add(job_id)
@@ -156,11 +165,15 @@ class TrackedJobs:
         """Record an answer; True when the status changed."""
         old_labels, old_created = job.labels, job.created
         changed = result.status != job.status
+        if changed:
+            job.note_status(result.status, now)
         job.status, job.model = result.status, result.model
         job.created, job.finished = result.created, result.finished
         job.last_polled, job.polls = now, job.polls + 1
-        if job.created is not None and job.created != old_created:
-            self.agg.note_unfinished(job.kind, job.group, job.created, job.id)
+        if job.created != old_created:
+            self.by_created.moved(job.id, old_created, job.created)
+            if job.created is not None:
+                self.agg.note_unfinished(job.kind, job.group, job.created, job.id)
         if result.status in FINAL_STATUSES:
             self._finish(job, result, now)
         self.agg.move(old_labels, job.labels)
@@ -172,10 +185,12 @@ class TrackedJobs:
         job.prompt_tokens, job.completion_tokens = result.prompt_tokens, result.completion_tokens
         job.results, job.tool_calls, job.choices = result.results, result.tool_calls, result.choices or None
         duration = (result.finished - result.created) if result.finished and result.created else None
+        job.duration = duration if duration is not None and duration >= 0 else None
         self.agg.record_finished(job.labels, duration, result.prompt_tokens, result.completion_tokens,
                                  result.results, result.choices, result.tool_calls)
         if self.prices is not None:
             charge(job, self.prices, self.agg, now)
+        self.exemplars.note(job.labels, job.id, job.duration, job.ended)
         self._close(job)
 
     def not_found(self, job: Job, now: float, grace: float) -> bool:
@@ -185,6 +200,7 @@ class TrackedJobs:
         if now - job.first_tracked < grace:
             return False
         old = job.labels
+        job.note_status("NOT_FOUND", now)
         job.status, job.final, job.ended = "NOT_FOUND", GONE, now
         self.agg.move(old, job.labels)
         self._close(job)
@@ -197,6 +213,7 @@ class TrackedJobs:
     def _close(self, job: Job) -> None:
         self._file_has_more = True
         self.open.pop(job.id, None)
+        self.by_created.moved(job.id, job.created, None)
         self.agg.close(job.labels)
 
     # -- persistence -----------------------------------------------------------------------------
@@ -205,6 +222,7 @@ class TrackedJobs:
         async with self._flush_lock:
             pending, deleted, retire = self._pending, self._deleted, self._retire
             self._pending, self._deleted, self._retire = {}, set(), {}
+            self.writing = pending
             # Rows of finished jobs go with the counters they changed, in one transaction. Rows of
             # jobs still polled carry no counts, so past the first FLUSH_CHUNK they may follow in
             # transactions of their own: a million new ids from a file then neither make one huge
@@ -221,6 +239,8 @@ class TrackedJobs:
                     # next attempt (writing a row or a counter twice is harmless; losing it is not).
                     self._requeue(batch, polled[FLUSH_CHUNK:])
                     raise
+                finally:
+                    self.writing = {}
             written = len(batch.upserts)
             for start in range(FLUSH_CHUNK, len(polled), FLUSH_CHUNK):
                 # A job that finished meanwhile is in the next batch, with its counts.

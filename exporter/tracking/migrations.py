@@ -25,6 +25,16 @@ def _to_3(db: sqlite3.Connection) -> None:
                "CAST(count(*) AS TEXT) FROM jobs WHERE final != 0 GROUP BY kind, grp, model, status")
 
 
+def _to_5(db: sqlite3.Connection) -> None:
+    # Version 5 keeps each job's status history, the HTTP code of its last answer and its duration
+    # (a column, so that the jobs list can sort and filter by it through an index); the indexes
+    # come with the schema.
+    add_column(db, "jobs", "last_answer_code", "INTEGER")
+    add_column(db, "jobs", "history", "TEXT NOT NULL DEFAULT ''")
+    add_column(db, "jobs", "duration", "REAL")
+    db.execute("UPDATE jobs SET duration = finished - created WHERE final = 1 AND finished >= created")
+
+
 def _to_6(db: sqlite3.Connection) -> None:
     # Cost: what a finished job was estimated to cost, and the price entry used (an id in the
     # price_entries table, which comes with the schema).
@@ -38,7 +48,7 @@ def add_column(db: sqlite3.Connection, table: str, column: str, definition: str)
         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3, 6: _to_6}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3, 5: _to_5, 6: _to_6}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

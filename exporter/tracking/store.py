@@ -24,7 +24,7 @@ APPLICATION_ID = 0x44495354  # "DIST": marks a file as ours, so a foreign databa
 JOB_COLUMNS = ("id", "kind", "grp", "source", "status", "model", "created", "finished", "final",
                "ended", "prompt_tokens", "completion_tokens", "results", "tool_calls", "choices",
                "first_tracked", "last_polled", "next_due", "interval", "errors", "polls",
-               "estimated_cost", "price_entry")
+               "last_answer_code", "history", "duration", "estimated_cost", "price_entry")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
@@ -37,12 +37,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     results INTEGER NOT NULL DEFAULT 0, tool_calls INTEGER NOT NULL DEFAULT 0, choices TEXT,
     first_tracked REAL NOT NULL, last_polled REAL, next_due REAL NOT NULL,
     interval REAL NOT NULL DEFAULT 0, errors INTEGER NOT NULL DEFAULT 0, polls INTEGER NOT NULL DEFAULT 0,
+    last_answer_code INTEGER, history TEXT NOT NULL DEFAULT '', duration REAL,
     estimated_cost REAL,                  -- NULL unless priced (schema 6)
     price_entry INTEGER                   -- id in price_entries: the entry used, or that none matched
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS jobs_open ON jobs(final) WHERE final = 0;
 CREATE INDEX IF NOT EXISTS jobs_ended ON jobs(ended) WHERE final != 0;
 CREATE INDEX IF NOT EXISTS jobs_source ON jobs(source);
+-- GET /api/v1/jobs over finished jobs (tracking/queries.py): one index per sort key, one for a group
+-- and status (finished_after uses jobs_ended); partial, so unfinished rows (rewritten at every poll)
+-- pay nothing for them.
+CREATE INDEX IF NOT EXISTS jobs_fin_created ON jobs(created) WHERE final != 0;
+CREATE INDEX IF NOT EXISTS jobs_fin_duration ON jobs(duration) WHERE final != 0;
+CREATE INDEX IF NOT EXISTS jobs_fin_group ON jobs(grp, status, created) WHERE final != 0;
 CREATE TABLE IF NOT EXISTS counters (
     family TEXT NOT NULL, labels TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (family, labels)
 ) WITHOUT ROWID;
