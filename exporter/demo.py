@@ -27,7 +27,7 @@ def demo_config(api_url: str, ids_dir: Path, listen: str) -> Config:
                   state=StateConfig(path=":memory:"))
 
 
-def run_demo(listen: str | None) -> int:
+def run_demo(listen: str | None, proxy_listen: str | None = None) -> int:
     from exporter.app import Exporter
 
     async def serve() -> int:

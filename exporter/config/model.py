@@ -110,6 +110,17 @@ class ShardConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """The pass-through proxy for the async API (README, Proxy): off while listen_address is unset."""
+
+    listen_address: str | None = _opt(None)
+    default_group: str = _opt("default", nonempty=True)
+    track_results: bool = _opt(True)
+    timeout_seconds: float = _opt(60.0, positive=True)
+    max_body_bytes: int = _opt(64 * 1024 * 1024, min=1024)
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     poll: PollConfig = field(default_factory=PollConfig)
@@ -118,6 +129,7 @@ class Config:
     state: StateConfig = field(default_factory=StateConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     # Not keys of the file: what loading it found.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
     api_key: Secret | None = field(default=None, metadata={"internal": True})

@@ -91,4 +91,4 @@ async def landing(request: web.Request) -> web.Response:
     return page("landing.html", version=__version__, base_url=summary["base_url"], up=summary["up"],
                 last_success=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(last)) if last else "never",
                 shard=summary["shard"], statuses=statuses, jobs=sorted(summary["jobs"].items()),
-                sources=sorted(summary["sources"].items()))
+                sources=sorted(summary["sources"].items()), proxy=summary.get("proxy"))

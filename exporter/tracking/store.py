@@ -209,6 +209,14 @@ class StateStore:
                 db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                                ((f, labels_key(l), json.dumps(v)) for f, l, v in batch.counters))
 
+    def insert_new(self, rows: list[tuple[Any, ...]]) -> None:
+        """Write rows of jobs the file does not hold yet, in one transaction; a row already there
+        (written meanwhile by a batch, maybe newer) is kept as it is."""
+        marks = ",".join("?" * len(JOB_COLUMNS))
+        with self.db:
+            self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany(f"INSERT OR IGNORE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})", rows)
+
     def retire_ended_before(self, cutoff: float, now: float) -> list[tuple[tuple[str, str, str, str], int]]:
         """Drop jobs final since before `cutoff`, keeping their ids as tombstones; counts dropped."""
         db = self.db
