@@ -36,7 +36,7 @@ HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-e
                         "proxy-connection", "proxy-authenticate", "proxy-authorization", "expect"})
 _OBSERVED_PATH = re.compile(r"^/async/(chat|images|speech)/(create|result)$")
 _GROUP = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,127}$")  # printable ASCII: a label value
-CHUNK = 64 * 1024
+SMALL_BODY = 64 * 1024  # bodies up to this size (announced by Content-Length) are read whole and sent in one piece
 SHUTDOWN_SECONDS = 2.0  # in-flight requests get this long to finish at shutdown
 
 
@@ -159,9 +159,16 @@ class Proxy:
         cfg = self.settings()
         match = _OBSERVED_PATH.match(request.path) if request.method == "POST" else None
         kind, endpoint = (match[1], match[2]) if match else ("", "other")
-        if request.content_length is not None and request.content_length > cfg.max_body_bytes:
+        length = request.content_length
+        if length is not None and length > cfg.max_body_bytes:
             return self._fail(endpoint, 413, "too_large", f"request body over {cfg.max_body_bytes} bytes")
         tee = _Tee(request.content, cfg.max_body_bytes, self.observe_max if match else 0)
+        data: bytes | AsyncIterator[bytes] | None = None
+        if length is not None and length <= SMALL_BODY:
+            data = await request.read()  # small and whole: sent in one piece, no stream to drive
+            tee.parts = [data] if match else None
+        elif request.body_exists:
+            data = tee.chunks()
         headers = forwardable(request.headers, ("host", GROUP_HEADER.lower()))
         headers.add("Via", f"{request.version.major}.{request.version.minor} distribute-exporter")
         url = URL(self.base_url().rstrip("/") + request.raw_path, encoded=True)
@@ -169,8 +176,7 @@ class Proxy:
         try:
             async with asyncio.timeout(cfg.timeout_seconds):
                 upstream = await self._session.request(
-                    request.method, url, headers=headers, allow_redirects=False, compress=None,
-                    data=tee.chunks() if request.body_exists else None,
+                    request.method, url, headers=headers, allow_redirects=False, compress=None, data=data,
                     timeout=aiohttp.ClientTimeout(total=None, sock_read=cfg.timeout_seconds))
         except BodyTooLarge:
             return self._fail(endpoint, 413, "too_large", f"request body over {cfg.max_body_bytes} bytes")
@@ -182,15 +188,11 @@ class Proxy:
             return self._fail(endpoint, 502, "connect", f"the API could not be reached ({type(exc).__name__})")
         seconds = time.monotonic() - started
         async with upstream:
-            group = self._group(request)
-            if endpoint == "create" and upstream.status == 200:
-                return await self._create(request, upstream, kind, group, tee, seconds)
-            response = await self._relay(request, upstream, endpoint, seconds,
-                                         self.observe_max if endpoint == "result" and upstream.status == 200 else 0)
-            if response.kept is not None:
-                job_id = _json_field(tee.kept(), "id")
-                if isinstance(job_id, str) and is_uuid4(job_id):
-                    self.hooks.observed(normalise(job_id), kind, group, None, response.kept)
+            answer_length = upstream.content_length
+            if endpoint == "create" and upstream.status == 200 or (
+                    answer_length is not None and answer_length <= SMALL_BODY and request.method != "HEAD"):
+                return await self._whole(request, upstream, endpoint, kind, tee, seconds)
+            response, _ = await self._relay(request, upstream, endpoint, seconds)
             return response
 
     def _group(self, request: web.Request) -> str:
@@ -202,9 +204,10 @@ class Proxy:
         self.stats.answered(endpoint, str(status), None)
         return _failure(status, f"distribute-exporter proxy: {message}")
 
-    async def _create(self, request: web.Request, upstream: aiohttp.ClientResponse, kind: str, group: str,
-                      tee: _Tee, seconds: float) -> web.StreamResponse:
-        """Read the (small) answer, store the new id, then send the same bytes back."""
+    async def _whole(self, request: web.Request, upstream: aiohttp.ClientResponse, endpoint: str, kind: str,
+                     tee: _Tee, seconds: float) -> web.StreamResponse:
+        """A small answer (and every 200 of a create): read it whole, let the hooks see it (a create's
+        id is stored first), send the same bytes back in one piece."""
         parts: list[bytes] = []
         size = 0
         try:
@@ -215,46 +218,51 @@ class Proxy:
                 parts.append(chunk)
                 size += len(chunk)
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return self._fail("create", 502, "upstream_body", "the API broke off its answer")
+            return self._fail(endpoint, 502, "upstream_body", "the API broke off its answer")
         body = b"".join(parts)
-        job_id = _json_field(body, "id") if size <= self.observe_max else None
+        if size > self.observe_max:  # longer than announced or than a create's answer can be: stream on
+            response, _ = await self._relay(request, upstream, endpoint, seconds, first=body)
+            return response
+        if upstream.status == 200 and endpoint != "other":
+            await self._tell_hooks(request, endpoint, kind, tee, body)
+        self.stats.answered(endpoint, str(upstream.status), seconds)
+        return web.Response(status=upstream.status, reason=upstream.reason, headers=forwardable(upstream.headers),
+                            body=body)
+
+    async def _tell_hooks(self, request: web.Request, endpoint: str, kind: str, tee: _Tee, body: bytes) -> None:
+        group = self._group(request)
+        if endpoint == "create":
+            job_id, model = _json_field(body, "id"), _json_field(tee.kept(), "model")
+            if isinstance(job_id, str) and is_uuid4(job_id):
+                await self.hooks.created(normalise(job_id), kind, group,
+                                         model[:128] if isinstance(model, str) and model else None)
+            return
+        job_id = _json_field(tee.kept(), "id")
         if isinstance(job_id, str) and is_uuid4(job_id):
-            model = _json_field(tee.kept(), "model")
-            await self.hooks.created(normalise(job_id), kind, group,
-                                     model[:128] if isinstance(model, str) and model else None)
-        return await self._relay(request, upstream, "create", seconds, 0, first=body)
+            self.hooks.observed(normalise(job_id), kind, group, None, body)
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, endpoint: str,
-                     seconds: float, keep: int, first: bytes = b"") -> "_Relayed":
-        """Send the upstream's answer back as it is, streaming; keep a copy of up to `keep` bytes."""
-        response = _Relayed(status=upstream.status, reason=upstream.reason,
-                            headers=forwardable(upstream.headers))
+                     seconds: float, first: bytes = b"") -> tuple[web.StreamResponse, bool]:
+        """Stream the upstream's answer back as it is; answer (response, whether it all went out)."""
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                      headers=forwardable(upstream.headers))
         self.stats.answered(endpoint, str(upstream.status), seconds)
-        parts: list[bytes] | None = [first] if keep else None
-        size, chunk = len(first), first
+        chunk = first
         if not await self._send(response.prepare(request)):
-            return response
+            return response, False
         while True:
             if chunk and not await self._send(response.write(chunk)):
-                return response
+                return response, False
             try:
                 chunk = await upstream.content.readany()
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 self.stats.error("upstream_body")  # headers are out: a cut connection is the only signal left
                 if request.transport is not None:
                     request.transport.close()
-                return response
+                return response, False
             if not chunk:
                 break
-            size += len(chunk)
-            if parts is not None:
-                if size <= keep:
-                    parts.append(chunk)
-                else:
-                    parts = None
-        if await self._send(response.write_eof()):
-            response.kept = b"".join(parts) if parts is not None else None
-        return response
+        return response, await self._send(response.write_eof())
 
     async def _send(self, step: Awaitable[Any]) -> bool:
         """Write to the application; False when it has hung up."""
@@ -264,9 +272,3 @@ class Proxy:
             self.stats.error("client")
             return False
         return True
-
-
-class _Relayed(web.StreamResponse):
-    """A relayed answer, with the copy of its body kept for reading (None when not kept)."""
-
-    kept: bytes | None = None

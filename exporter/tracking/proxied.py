@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import OrderedDict
 
 from exporter.api.results import InvalidBody, parse_result
 from exporter.tracking.jobs import Job, TrackedJobs
@@ -17,6 +18,7 @@ from exporter.tracking.jobs import Job, TrackedJobs
 log = logging.getLogger("distribute.proxy")
 
 SOURCE = "proxy"
+SETTLED_IDS = 100_000  # ids known final or not to be tracked, remembered so that answers need no look-up
 
 
 class CommitInbox:
@@ -67,6 +69,9 @@ class ProxiedJobs:
     def __init__(self, jobs: TrackedJobs) -> None:
         self.jobs = jobs
         self.inbox = CommitInbox(jobs)
+        # An application may read a final answer again and again: remember recent ids whose answers
+        # change nothing, rather than ask the state file about each one.
+        self._settled: OrderedDict[str, None] = OrderedDict()
 
     async def track_proxied(self, job_id: str, kind: str, group: str, model: str | None, now: float,
                             first_poll_in: float) -> None:
@@ -92,18 +97,26 @@ class ProxiedJobs:
         jobs = self.jobs
         job = jobs.open.get(job_id)
         if job is None:
-            if not track_untracked or jobs.in_memory(job_id) is not None:
+            if not track_untracked or job_id in self._settled or jobs.in_memory(job_id) is not None:
                 return None  # untracked by choice, or final already: counted once, by whoever saw it first
             accepted, _ = await jobs.track([job_id], kind, group, SOURCE, now)
             job = jobs.open.get(job_id) if accepted else None
             if job is None:
+                self._settle(job_id)
                 return None  # in the file already: finished, retired or deleted
             if model and not job.model:
                 jobs.agg.move(job.labels, None)
                 job.model = model
                 jobs.agg.move(None, job.labels)
         jobs.apply(job, result, now)
+        if job.final:
+            self._settle(job_id)
         return job
+
+    def _settle(self, job_id: str) -> None:
+        self._settled[job_id] = None
+        if len(self._settled) > SETTLED_IDS:
+            self._settled.popitem(last=False)
 
 
 __all__ = ["CommitInbox", "InvalidBody", "ProxiedJobs", "SOURCE"]
