@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
-import time
+import re
+import subprocess
+import tempfile
 from pathlib import Path
-
-import aiohttp
 
 from bench.procs import Exporter, Nginx, Simulator, free_port, metric, wait_for, wrk
 
@@ -26,45 +27,33 @@ UUID_MAP = r"""
 map $request_id $uuid {
   "~^(?<a>.{8})(?<b>.{4}).(?<c>.{3}).(?<d>.{3})(?<e>.{12})$" "$a-$b-4$c-8$d-$e";
 }"""
-WARM_UP = 200  # requests per phase not counted: connections being opened
 
 
-def _percentile(values: list[float], share: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
-
-
-async def _paced(url: str, body: str, rate: float, seconds: float) -> tuple[list[float], int]:
-    """Send `rate` requests per second for `seconds`, each at its planned time (not after the last
-    answer: an open loop, as applications behave); answer the latencies in ms and the failures."""
-    latencies: list[float] = []
-    failures = 0
-    loop = asyncio.get_running_loop()
-    connector = aiohttp.TCPConnector(limit=256)
-    async with aiohttp.ClientSession(connector=connector, headers={"Content-Type": "application/json"}) as session:
-        start = loop.time() + 0.1
-
-        async def one(i: int) -> None:
-            nonlocal failures
-            await asyncio.sleep(max(0.0, start + i / rate - loop.time()))
-            sent = time.perf_counter()
-            try:
-                async with session.post(url, data=body) as response:
-                    await response.read()
-                    ok = response.status == 200
-            except aiohttp.ClientError:
-                ok = False
-            if not ok:
-                failures += 1
-            elif i >= WARM_UP:
-                latencies.append((time.perf_counter() - sent) * 1000)
-
-        await asyncio.gather(*(one(i) for i in range(int(rate * seconds) + WARM_UP)))
-    return latencies, failures
+def _paced(url: str, body: str, rate: float, seconds: float, connections: int = 10) -> dict[str, float]:
+    """wrk at about `rate` requests per second: each of `connections` connections waits
+    connections/rate seconds between its requests (wrk's delay()); answer p50/p99 in ms and errors."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                     'wrk.headers["Content-Type"] = "application/json"\n'
+                     f"function delay() return {connections * 1000 / rate:.3f} end\n")
+    try:
+        out = subprocess.run(["wrk", "--latency", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", script.name, url],
+                             capture_output=True, text=True, timeout=seconds + 60).stdout
+    finally:
+        os.unlink(script.name)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    figures = {}
+    for share in ("50", "99"):
+        found = re.search(rf"{share}%\s+([\d.]+)(us|ms|s)", out)
+        figures[f"p{share}"] = float(found.group(1)) * scale[found.group(2)] if found else float("nan")
+    figures["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    figures["errors"] = float(errors.group(1)) if errors else 0.0
+    return figures
 
 
 def proxy(workdir: Path, seconds: int = 10, rate: float = 500, wrk_seconds: int = 5) -> dict[str, float]:
-    """Rates with wrk (16 connections) and paced latency at `rate`/s, direct and through the proxy,
+    """Rates with wrk (16 connections) and latency at about `rate`/s, direct and through the proxy,
     for result requests (read and applied) and creates (stored before the answer goes back)."""
     nginx = Nginx(http_extra=UUID_MAP, locations=CREATE_LOCATION)
     proxy_port = free_port()
@@ -83,15 +72,16 @@ proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
         figures["proxy_rps"] = via["rps"]
         figures["rps_ratio"] = figures["proxy_rps"] / figures["direct_rps"]
         figures["wrk_errors"] = via["non_2xx"] + via["socket_errors"]
-        failed = 0
-        for path, body, name in (("result", RESULT_BODY, "result"), ("create", CREATE_BODY, "create")):
-            plain, f1 = asyncio.run(_paced(f"{direct}/async/speech/{path}", body, rate, seconds))
-            proxied, f2 = asyncio.run(_paced(f"{through}/async/speech/{path}", body, rate, seconds))
-            failed += f1 + f2
-            for share, label in ((0.5, "p50"), (0.99, "p99")):
-                d, p = _percentile(plain, share), _percentile(proxied, share)
-                figures[f"{name}_direct_{label}_ms"], figures[f"{name}_proxy_{label}_ms"] = d, p
-                figures[f"{name}_added_{label}_ms"] = p - d
+        failed = 0.0
+        for path, body in (("result", RESULT_BODY), ("create", CREATE_BODY)):
+            plain = _paced(f"{direct}/async/speech/{path}", body, rate, seconds)
+            proxied = _paced(f"{through}/async/speech/{path}", body, rate, seconds)
+            failed += plain["errors"] + proxied["errors"]
+            figures[f"{path}_paced_rps"] = proxied["rps"]
+            for label in ("p50", "p99"):
+                figures[f"{path}_direct_{label}_ms"] = plain[label]
+                figures[f"{path}_proxy_{label}_ms"] = proxied[label]
+                figures[f"{path}_added_{label}_ms"] = proxied[label] - plain[label]
         figures["paced_failures"] = failed
         text = exporter.metrics()
         figures["creates_tracked"] = metric(text, "distribute_exporter_tracked_jobs", 'state="polled"')
@@ -115,7 +105,7 @@ async def _follow_all(url: str, jobs: int, create_rate: float, poll_seconds: flo
         return dict(app.stats)
 
 
-def proxy_economy(workdir: Path, jobs: int = 2000, speed: float = 10, app_poll: float = 5,
+def proxy_economy(workdir: Path, jobs: int = 2000, speed: float = 4, app_poll: float = 5,
                   interval: float = 15, create_rate: float = 100) -> dict[str, float]:
     """`jobs` jobs an application creates and polls every `app_poll` s through the proxy to their end:
     the exporter's own result requests per job (it would poll every `interval` s without the proxy)."""
@@ -130,7 +120,7 @@ proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
     try:
         exporter.wait_ready()
         stats = asyncio.run(_follow_all(f"http://127.0.0.1:{proxy_port}", jobs, create_rate, app_poll))
-        wait_for(lambda: metric(exporter.metrics(), "distribute_jobs_finished_total") >= jobs, 60,
+        wait_for(lambda: metric(exporter.metrics(), "distribute_jobs_finished_total") >= jobs, 120,
                  "every job counted", 0.2)
         text = exporter.metrics()
     finally:

@@ -83,7 +83,7 @@ class Exporter:
         self.sources = ConfigSources(self.jobs, self.owned, self._invalid_id_line)
         self.proxy_listen = proxy_listen or config.proxy.listen_address
         self.proxy_stats = ProxyStats()
-        self.proxy_tracking = ProxyTracking(ProxiedJobs(self.jobs), self.poller.defer, self.proxy_stats,
+        self.proxy_tracking = ProxyTracking(ProxiedJobs(self.jobs, lambda: self.config.proxy.fsync_creates), self.poller.defer, self.proxy_stats,
                                             lambda: self.config)
         self.proxy: Proxy | None = None
         self._tasks: list[asyncio.Task[Any]] = []

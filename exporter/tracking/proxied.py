@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from typing import Callable
 
 from exporter.api.results import InvalidBody, parse_result
 from exporter.tracking.jobs import Job, TrackedJobs
@@ -24,8 +25,9 @@ SETTLED_IDS = 100_000  # ids known final or not to be tracked, remembered so tha
 class CommitInbox:
     """Group commit: ids queued while one transaction runs are written together by the next."""
 
-    def __init__(self, jobs: TrackedJobs) -> None:
+    def __init__(self, jobs: TrackedJobs, fsync: Callable[[], bool] = lambda: True) -> None:
         self.jobs = jobs
+        self.fsync = fsync
         self._queued: dict[str, Job] = {}
         self._batch_done: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
@@ -50,7 +52,8 @@ class CommitInbox:
             assert done is not None
             try:
                 # The row as it is now; a newer row a flush already wrote is left alone.
-                await self.jobs.store.call(self.jobs.store.insert_new, [j.row() for j in queued.values()])
+                await self.jobs.store.call(self.jobs.store.insert_new, [j.row() for j in queued.values()],
+                                           self.fsync())
             except BaseException as exc:  # noqa: B902 - the waiters get it; the flush retries the rows
                 if not done.done():
                     done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("commit cancelled"))
@@ -66,9 +69,9 @@ class CommitInbox:
 class ProxiedJobs:
     """What the proxy's creates and observed answers do to the tracked jobs."""
 
-    def __init__(self, jobs: TrackedJobs) -> None:
+    def __init__(self, jobs: TrackedJobs, fsync: Callable[[], bool] = lambda: True) -> None:
         self.jobs = jobs
-        self.inbox = CommitInbox(jobs)
+        self.inbox = CommitInbox(jobs, fsync)
         # An application may read a final answer again and again: remember recent ids whose answers
         # change nothing, rather than ask the state file about each one.
         self._settled: OrderedDict[str, None] = OrderedDict()
