@@ -105,7 +105,7 @@ async def _follow_all(url: str, jobs: int, create_rate: float, poll_seconds: flo
         return dict(app.stats)
 
 
-def proxy_economy(workdir: Path, jobs: int = 2000, speed: float = 4, app_poll: float = 5,
+def proxy_economy(workdir: Path, jobs: int = 2000, speed: float = 10, app_poll: float = 5,
                   interval: float = 15, create_rate: float = 100) -> dict[str, float]:
     """`jobs` jobs an application creates and polls every `app_poll` s through the proxy to their end:
     the exporter's own result requests per job (it would poll every `interval` s without the proxy)."""
