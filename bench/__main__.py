@@ -64,7 +64,7 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("result_added_p50_ms", "reported", None), ("result_added_p99_ms", "<= 2 ms at 500/s", lambda v: v <= 2),
         ("create_added_p50_ms", "reported", None), ("create_added_p99_ms", "<= 2 ms at 500/s", lambda v: v <= 2),
         ("result_direct_p99_ms", "reported", None), ("create_direct_p99_ms", "reported", None)]),
-    "proxy_economy": (p.proxy_economy, {"jobs": 2000}, {"jobs": 300}, [
+    "proxy_economy": (p.proxy_economy, {"jobs": 2000, "speed": 4}, {"jobs": 300, "speed": 10}, [
         ("own_requests_per_job", "<= 0.05", lambda v: v <= 0.05), ("app_requests_per_job", "reported", None),
         ("jobs_counted", "= jobs", None)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [

@@ -135,6 +135,27 @@ def test_an_application_polling_through_the_proxy_costs_the_exporter_no_request(
     assert all(record(exp, i)["final"] for _, i in ids)
 
 
+def test_each_answer_through_the_proxy_pushes_the_own_poll_back(proxied):
+    # Real-time jobs of a few seconds and a 1 s poll interval: without the push-back the exporter
+    # would ask about each job a second after its create.
+    sim, exp, proxy = proxied(poll=1)
+    with httpx.Client(headers={"authorization": APP_KEY}) as client:
+        ids = [client.post(f"{proxy}/async/speech/create", json=FAST_BODY).json()["id"] for _ in range(2)]
+        finals = {}
+        while len(finals) < len(ids):
+            for job_id in ids:
+                if job_id not in finals:
+                    answer = client.post(f"{proxy}/async/speech/result", json={"id": job_id}).json()
+                    if answer["status"] in ("COMPLETED", "ERROR"):
+                        finals[job_id] = answer
+            time.sleep(0.3)
+    expected = truth_totals(sim.truth(), ids)
+    wait_for(lambda: exporter_totals(exp.metrics()) == expected, 10, what="metrics equal the simulator's truth")
+    polled = {i: record(exp, i)["polls"] for i in ids}
+    assert all(exporter_requests(sim, i) == 0 for i in ids), [agents(sim, i) for i in ids]
+    assert all(n >= 2 for n in polled.values()), polled  # every answer the application got was applied
+
+
 def test_a_job_the_application_stops_polling_is_finished_by_the_exporter(proxied):
     sim, exp, proxy = proxied("--speed", "40", poll=0.5)
     with httpx.Client(headers={"authorization": APP_KEY}) as client:
