@@ -30,13 +30,17 @@ map $request_id $uuid {
 
 
 def _paced(url: str, body: str, rate: float, seconds: float, connections: int = 25) -> dict[str, float]:
-    """wrk at about `rate` requests per second: each of `connections` connections waits
-    connections/rate seconds between its requests (wrk's delay(); the answer's own time comes on top,
-    so the rate reached is a little lower: reported); answer p50/p99 in ms, the rate and errors."""
+    """wrk at about `rate` requests per second: each of `connections` connections waits a random
+    (exponential) time of mean connections/rate seconds between its requests (wrk's delay(); the
+    answer's own time comes on top, so the rate reached is a little lower: reported); answer p50/p99
+    in ms, the rate and errors."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
                      'wrk.headers["Content-Type"] = "application/json"\n'
-                     f"function delay() return {connections * 1000 / rate:.3f} end\n")
+                     "math.randomseed(7)\n"
+                     # Exponential waits: the connections drift apart and requests arrive as
+                     # independent events (a fixed wait would send all of them in one burst).
+                     f"function delay() return -math.log(1 - math.random()) * {connections * 1000 / rate:.3f} end\n")
     try:
         out = subprocess.run(["wrk", "--latency", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", script.name, url],
                              capture_output=True, text=True, timeout=seconds + 60).stdout
