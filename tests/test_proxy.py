@@ -283,6 +283,7 @@ def test_headers_hop_by_hop_host_and_group_are_handled_and_connections_kept_aliv
     assert seen["host"] == upstream.removeprefix("http://")
     for name in ("x-distribute-group", "x-private", "proxy-authorization", "te", "connection"):
         assert name not in seen, name
+    assert len({a.json()["peer_port"] for a in answers}) == 1  # one pooled connection to the upstream
     back = {k.lower() for k in answers[0].headers}
     assert "x-upstream" in back and "x-hop" not in back and "keep-alive" not in back
     # Keep-alive towards the application: curl reuses its one connection for two requests.

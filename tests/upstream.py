@@ -37,7 +37,8 @@ async def headers(request: web.Request) -> web.Response:
     body = await request.read()
     return web.json_response({"method": request.method, "path_qs": request.raw_path,
                               "headers": [[k, v] for k, v in request.headers.items()],
-                              "body_sha256": hashlib.sha256(body).hexdigest(), "body_length": len(body)},
+                              "body_sha256": hashlib.sha256(body).hexdigest(), "body_length": len(body),
+                              "peer_port": request.transport.get_extra_info("peername")[1]},  # type: ignore[union-attr]
                              headers={"X-Upstream": "yes", "Connection": "keep-alive, X-Hop",
                                       "X-Hop": "must not pass", "Keep-Alive": "timeout=5"})
 
