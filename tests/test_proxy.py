@@ -391,3 +391,36 @@ def test_with_shards_a_replica_tracks_only_its_own_ids_and_forwards_all(tmp_path
         assert total(exp.samples("distribute_proxy_errors_total"), reason="not_owned") == len(ids) - len(owned)
     finally:
         exp.stop()
+
+
+def test_a_failing_hook_never_changes_the_answer(simulator):
+    """The hooks promise not to raise; if one does anyway (a bug, a wrapper), the application still
+    gets the API's answer unchanged and the failure is counted."""
+    from exporter.config import ProxyConfig
+    from exporter.metrics.proxy import ProxyStats
+    from exporter.sources.proxy import Proxy, ProxyHooks
+
+    sim = simulator()
+
+    async def created(*args: object) -> None:
+        raise RuntimeError("state write failed")
+
+    def observed(*args: object) -> None:
+        raise RuntimeError("queue broken")
+
+    async def run() -> tuple[list[httpx.Response], ProxyStats]:
+        stats = ProxyStats()
+        proxy = Proxy(ProxyHooks(created, observed), stats, ProxyConfig, lambda: sim.url, 1 << 20)
+        await proxy.start("127.0.0.1", 0, None)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{proxy.port}") as client:
+                made = await client.post("/async/speech/create", json=FAST_BODY)
+                read = await client.post("/async/speech/result", json={"id": made.json()["id"]})
+        finally:
+            await proxy.stop()
+        return [made, read], stats
+
+    (made, read), stats = asyncio.run(run())
+    assert made.status_code == 200 and made.json()["id"] in sim.truth()
+    assert read.status_code == 200 and read.json()["id"] == made.json()["id"]
+    assert stats.errors[("commit",)] == 1 and stats.errors[("observe",)] == 1

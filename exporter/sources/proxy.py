@@ -224,7 +224,11 @@ class Proxy:
             response, _ = await self._relay(request, upstream, endpoint, seconds, first=body)
             return response
         if upstream.status == 200 and endpoint != "other":
-            await self._tell_hooks(request, endpoint, kind, tee, body)
+            try:
+                await self._tell_hooks(request, endpoint, kind, tee, body)
+            except Exception:  # the hooks promise not to raise; the answer goes back whatever they do
+                self.stats.error("commit" if endpoint == "create" else "observe")
+                log.exception("proxy hook failed on %s /async/%s/%s", request.method, kind, endpoint)
         self.stats.answered(endpoint, str(upstream.status), seconds)
         return web.Response(status=upstream.status, reason=upstream.reason, headers=forwardable(upstream.headers),
                             body=body)
