@@ -13,7 +13,7 @@ import logging
 from collections import OrderedDict
 from typing import Callable
 
-from exporter.api.results import InvalidBody, parse_result
+from exporter.api.results import parse_result
 from exporter.tracking.jobs import Job, TrackedJobs
 
 log = logging.getLogger("distribute.proxy")
@@ -122,4 +122,4 @@ class ProxiedJobs:
             self._settled.popitem(last=False)
 
 
-__all__ = ["CommitInbox", "InvalidBody", "ProxiedJobs", "SOURCE"]
+__all__ = ["CommitInbox", "ProxiedJobs", "SOURCE"]
