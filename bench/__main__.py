@@ -17,6 +17,7 @@ from typing import Callable
 from bench import benchmarks as b
 from bench import cost
 from bench.jobs_query import jobs_query
+from bench import proxy as p
 
 HERE = Path(__file__).resolve().parent
 
@@ -78,6 +79,15 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("rss_mb", "reported (1M jobs, 100k unfinished)", None),
         ("status_page_rss_growth_mb", "reported (100 status page loads)", None),
         ("ring_kb", "reported (a full ring: bounded)", None)]),
+    "proxy": (p.proxy, {"seconds": 10}, {"seconds": 4, "wrk_seconds": 3}, [
+        ("proxy_rps", "reported", None), ("direct_rps", "reported (wrk, same upstream, same run)", None),
+        ("rps_ratio", ">= 0.5", lambda v: v >= 0.5), ("paced_failures", "0", lambda v: v == 0),
+        ("result_added_p50_ms", "reported", None), ("result_added_p99_ms", "<= 2 ms at 500/s", lambda v: v <= 2),
+        ("create_added_p50_ms", "reported", None), ("create_added_p99_ms", "<= 2 ms at 500/s", lambda v: v <= 2),
+        ("result_direct_p99_ms", "reported", None), ("create_direct_p99_ms", "reported", None)]),
+    "proxy_economy": (p.proxy_economy, {"jobs": 2000, "speed": 4}, {"jobs": 300, "speed": 10}, [
+        ("own_requests_per_job", "<= 0.05", lambda v: v <= 0.05), ("app_requests_per_job", "reported", None),
+        ("jobs_counted", "= jobs", None)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
 }

@@ -141,7 +141,7 @@ class Nginx:
             '"created": 1763900000.0, "finished": 1763900012.5, "model": "Chatterbox", '
             '"results": [{"url": "https://cdn.invalid/a.wav"}]}')
 
-    def __init__(self) -> None:
+    def __init__(self, http_extra: str = "", locations: str = "") -> None:
         binary = shutil.which("nginx") or "/usr/sbin/nginx"
         self.dir = Path(tempfile.mkdtemp(prefix="bench-nginx-"))
         self.port = free_port()
@@ -154,10 +154,10 @@ error_log {self.dir}/logs/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
   access_log off;
-  keepalive_requests 1000000;
+  keepalive_requests 1000000;{http_extra}
   server {{
     listen 127.0.0.1:{self.port};
-    location / {{ default_type application/json; return 200 '{self.BODY}'; }}
+    location / {{ default_type application/json; return 200 '{self.BODY}'; }}{locations}
   }}
 }}
 """)

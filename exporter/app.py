@@ -20,6 +20,7 @@ from exporter.tracking.aggregates import ApiAggregates, JobAggregates
 from exporter.polling.client import ApiClient, Transport, make_transport
 from exporter.metrics.collectors import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector, Sampled
 from exporter.metrics.exposition import GzipParts, TextRenderer
+from exporter.metrics.proxy import ProxyCollector, ProxyStats
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import MASK
 from exporter.config.addresses import parse_listen_address
@@ -28,7 +29,10 @@ from exporter.polling.ratelimit import RateLimiter
 from exporter.tracking.shard import owner
 from exporter.sources.registration import Registrar
 from exporter.sources.registration import routes as registration_routes
+from exporter.sources.proxy import Proxy, ProxyHooks
+from exporter.sources.proxy_observe import ProxyTracking
 from exporter.sources.sync import ConfigSources
+from exporter.tracking.proxied import ProxiedJobs
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.store import StateStore
 from exporter.http.server import Site, build_web_app
@@ -56,7 +60,8 @@ def default_transport(config: Config) -> Transport:
 class Exporter:
     def __init__(self, config: Config, config_path: str | None = None, listen: str | None = None,
                  transport_factory: TransportFactory = default_transport,
-                 shard: tuple[int, int] | None = None, web_config: str | None = None) -> None:
+                 shard: tuple[int, int] | None = None, web_config: str | None = None,
+                 proxy_listen: str | None = None) -> None:
         self.config = config
         web_file = web_config or (str(config.resolve(config.web.config_file)) if config.web.config_file else None)
         self.guard = Guard(Path(web_file) if web_file else None)  # WebConfigError: refuse to start
@@ -83,6 +88,11 @@ class Exporter:
         self.renderer = TextRenderer()
         self.gzip_parts = GzipParts()
         self.sources = ConfigSources(self.jobs, self.owned, self._invalid_id_line)
+        self.proxy_listen = proxy_listen or config.proxy.listen_address
+        self.proxy_stats = ProxyStats()
+        self.proxy_tracking = ProxyTracking(ProxiedJobs(self.jobs, lambda: self.config.proxy.fsync_creates), self.poller.defer, self.proxy_stats,
+                                            lambda: self.config)
+        self.proxy: Proxy | None = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
@@ -128,6 +138,7 @@ class Exporter:
         self._declare_series(self.config)
         self.poller.schedule_all()
         await self.sources.sync(self.config, initial=True)
+        await self._start_proxy()
         # What start-up loaded lives long: keep full collections from scanning it over and over (a
         # million jobs take a quarter of a second per scan). Refcounting still frees finished jobs.
         gc.freeze()
@@ -137,7 +148,8 @@ class Exporter:
         for name, coro in (("poller", self.poller.run()), ("flusher", self._flush_loop()),
                            ("web-config", self.guard.watch()),
                            ("files", self._files_loop()), ("retention", self._retention_loop()),
-                           ("timeline", self._timeline_loop())):
+                           ("timeline", self._timeline_loop()),
+                           ("proxy-observer", self.proxy_tracking.run())):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: %d jobs polled, %d closed, listening on %s", len(self.jobs.open),
                  self.jobs.closed_total, self.url)
@@ -173,6 +185,41 @@ class Exporter:
         server = site._server
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
 
+    async def _start_proxy(self) -> None:
+        """The pass-through proxy, when proxy.listen_address (or its flag) is set: after the state is
+        loaded, so that the first create can be stored; TLS as the web config says, nothing else of it."""
+        if not self.proxy_listen:
+            return
+        host, port = parse_listen_address(self.proxy_listen)
+        self.registry.register(ProxyCollector(self.proxy_stats))
+        self.proxy = Proxy(ProxyHooks(self._proxy_created, self._proxy_observed), self.proxy_stats,
+                           lambda: self.config.proxy, lambda: self.config.api.base_url,
+                           self.config.api.max_response_bytes)
+        await self.proxy.start(host, port, self.guard.ssl_context)
+        log.info("proxy listening on %s, forwarding to %s", self.proxy_url, self.config.api.base_url)
+
+    # Until ids of other shards are handed over (the replicas issue wraps these two), a replica tracks
+    # through its proxy only the ids of its own shard, so that no job is counted by two replicas.
+    async def _proxy_created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
+        if self.owned([job_id]):
+            await self.proxy_tracking.created(job_id, kind, group, model)
+        else:
+            self.proxy_stats.error("not_owned")
+
+    def _proxy_observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
+        if self.owned([job_id]):
+            self.proxy_tracking.observed(job_id, kind, group, model, body)
+        else:
+            self.proxy_stats.error("not_owned")
+
+    @property
+    def proxy_url(self) -> str | None:
+        if self.proxy is None or not self.proxy_listen:
+            return None
+        host, _ = parse_listen_address(self.proxy_listen)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"{'https' if self.guard.ssl_context else 'http'}://{shown}:{self.proxy.port}"
+
     def _register_collectors(self) -> None:
         s = self.status
         s.poll_restarts = lambda: self.poller.restarts
@@ -199,6 +246,9 @@ class Exporter:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         try:
+            if self.proxy is not None:
+                await self.proxy.stop()  # in-flight requests finish first, then their answers are applied
+            await self.proxy_tracking.drain()
             await self.jobs.flush()
         finally:
             for client in [self.client, *self._retired_clients]:
@@ -271,7 +321,8 @@ class Exporter:
 
     def _apply(self, new: Config) -> None:
         old = self.config
-        for key, what in ((("state", "path"), "state.path"), (("web", "listen_address"), "web.listen_address")):
+        for key, what in ((("state", "path"), "state.path"), (("web", "listen_address"), "web.listen_address"),
+                          (("proxy", "listen_address"), "proxy.listen_address")):
             if getattr(getattr(old, key[0]), key[1]) != getattr(getattr(new, key[0]), key[1]):
                 log.warning("%s changed; that takes a restart", what)
         MASK.set(self._secrets(old) + self._secrets(new))
@@ -305,7 +356,8 @@ class Exporter:
 
     async def overview(self) -> dict[str, Any]:
         """What the status page shows: the summary, tracked ids per source, the last hour's
-        samples, the jobs to look at first, and (with a price file) spend today by group."""
+        samples, the jobs to look at first, spend today by group (with a price file) and the proxy's
+        traffic (with the proxy on)."""
         now = time.time()
         hour_ago = now - 3600
         tables = {
@@ -317,6 +369,19 @@ class Exporter:
         spend = self.job_agg.spend_today.snapshot(now) if self.config.prices else None
         return {**self.summary(), "sources": await self.sources.counts(), "tables": found,
                 "samples": self.timeline.samples(now), "duration_bounds": self.job_agg.bounds,
-                "sample_seconds": SAMPLE_SECONDS, "spend_today": spend}
+                "sample_seconds": SAMPLE_SECONDS, "spend_today": spend, "proxy": self.proxy_overview()}
+
+    def proxy_overview(self) -> dict[str, Any] | None:
+        """What the landing page's proxy section shows; None when the proxy is off."""
+        if self.proxy is None:
+            return None
+        stats = self.proxy_stats
+        observed = sum(stats.observed.values())
+        own = sum(n for (_kind, code), n in self.api_agg.requests.items() if code == "200")
+        failed = sum(n for (_e, code), n in stats.requests.items() if code in ("502", "504"))
+        return {"url": self.proxy_url, "requests": {e: stats.total(e) for e in ("create", "result", "other")},
+                "failed": failed, "observed": observed, "own_answers": own,
+                "share_from_proxy": observed / (observed + own) if observed + own else None,
+                "errors": {r: n for (r,), n in stats.errors.items() if n}}
 
 

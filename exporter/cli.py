@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 from exporter import __version__
-from exporter.config import ConfigError, load_config
+from exporter.config import AddressError, ConfigError, load_config
+from exporter.config.addresses import parse_listen_address
 from exporter.logs import setup_logging
 from exporter.tracking.store import StateError
 
@@ -28,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the config file (default config.yaml)")
     parser.add_argument("--web.listen-address", dest="listen", default=None, metavar="HOST:PORT",
                         help="where to serve /metrics; overrides web.listen_address (default 0.0.0.0:9877)")
+    parser.add_argument("--proxy.listen-address", dest="proxy_listen", default=None, metavar="HOST:PORT",
+                        help="serve the pass-through proxy for the async API here; overrides "
+                             "proxy.listen_address (default: off; conventional port 9878)")
     parser.add_argument("--web.config.file", dest="web_config", default=None, metavar="PATH",
                         help="TLS and basic auth in the Prometheus exporter-toolkit format; overrides web.config_file")
     parser.add_argument("--shard.index", dest="shard_index", default=None, metavar="I",
@@ -53,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(level, args.log_format)
     if args.demo:
         from exporter.demo import run_demo
-        return run_demo(args.listen)
+        return run_demo(args.listen, args.proxy_listen)
     try:
         config = load_config(args.config_file)
     except ConfigError as exc:
@@ -82,7 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         log.error("%s", exc)
         return 1
-    return run_exporter(config, args.config_file, args.listen, args.web_config, shard)
+    if args.proxy_listen is not None:
+        try:
+            parse_listen_address(args.proxy_listen)
+        except AddressError as exc:
+            log.error("--proxy.listen-address: %s", exc)
+            return 1
+    return run_exporter(config, args.config_file, args.listen, args.web_config, shard, args.proxy_listen)
 
 
 def parse_shard(index: str | None, count: int | None, config) -> tuple[int, int] | None:
@@ -100,13 +110,14 @@ def parse_shard(index: str | None, count: int | None, config) -> tuple[int, int]
 
 
 def run_exporter(config, config_path: str | None, listen: str | None, web_config: str | None = None,
-                 shard: tuple[int, int] | None = None) -> int:
+                 shard: tuple[int, int] | None = None, proxy_listen: str | None = None) -> int:
     from exporter.app import Exporter
     from exporter.http.webconfig import WebConfigError
 
     async def serve() -> int:
         try:
-            exporter = Exporter(config, config_path, listen, web_config=web_config, shard=shard)
+            exporter = Exporter(config, config_path, listen, web_config=web_config, shard=shard,
+                                proxy_listen=proxy_listen)
         except WebConfigError as exc:
             log.error("cannot load the web config: %s", exc)
             return 1

@@ -16,6 +16,8 @@ log = logging.getLogger("distribute.demo")
 
 DEMO_RATE = 2.0  # jobs created per second
 DEMO_SPEED = 10.0  # the simulated lifecycle runs ten times faster than real time
+DEMO_PROXIED_RATE = 1.0  # jobs per second an application creates and follows through the proxy
+DEMO_APP_POLL_SECONDS = 1.0
 
 
 def demo_config(api_url: str, ids_dir: Path, listen: str) -> Config:
@@ -27,7 +29,7 @@ def demo_config(api_url: str, ids_dir: Path, listen: str) -> Config:
                   state=StateConfig(path=":memory:"))
 
 
-def run_demo(listen: str | None) -> int:
+def run_demo(listen: str | None, proxy_listen: str | None = None) -> int:
     from exporter.app import Exporter
 
     async def serve() -> int:
@@ -36,7 +38,8 @@ def run_demo(listen: str | None) -> int:
             sim_server = SimulatorServer(Simulator(speed=DEMO_SPEED), "127.0.0.1", 0)
             await sim_server.start()
             sim_server.start_generator(DEMO_RATE, ids_dir)
-            exporter = Exporter(demo_config(sim_server.url, ids_dir, listen or "127.0.0.1:0"))
+            exporter = Exporter(demo_config(sim_server.url, ids_dir, listen or "127.0.0.1:0"),
+                                proxy_listen=proxy_listen or "127.0.0.1:0")
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -47,7 +50,12 @@ def run_demo(listen: str | None) -> int:
                 log.error("cannot start the demo: %s", exc.strerror or exc)
                 await sim_server.stop()
                 return 1
+            assert exporter.proxy_url is not None
+            sim_server.start_application(exporter.proxy_url, DEMO_PROXIED_RATE, DEMO_APP_POLL_SECONDS,
+                                         group="demo-app")
             print(f"distribute-exporter demo: simulator at {sim_server.url} creating {DEMO_RATE:g} jobs/s\n"
+                  f"  proxy:        {exporter.proxy_url} (an application creates {DEMO_PROXIED_RATE:g} job/s "
+                  "through it and follows each)\n"
                   f"  landing page: {exporter.url}/\n"
                   f"  metrics:      {exporter.url}/metrics\n"
                   "Press Ctrl-C to stop.", flush=True)

@@ -192,6 +192,27 @@ def exporter_dashboard() -> dict[str, Any]:
         panel("API latency p50 / p99", "Time to answer a result request, by kind.", "s",
               [(f"histogram_quantile({q}, sum by (kind, le) (rate(distribute_api_request_duration_seconds_bucket{{{SEL_IK}}}[{RI}])))",
                 f"p{int(q * 100)} {{{{kind}}}}") for q in (0.5, 0.99)], width=24),
+        row("Proxy"),
+        panel("Proxied requests per second", "Requests applications sent through the proxy, by endpoint "
+              "(create, result, other) and the code they got (502/504: the API unreachable or too slow).", "reqps",
+              [(f"sum by (endpoint, code) (rate(distribute_proxy_requests_total{{{SEL_I}}}[{RI}]))",
+                "{{endpoint}} {{code}}")]),
+        panel("Job answers: through the proxy vs own polls", "Share of the result answers (200) the exporter "
+              "learned from applications' own requests through the proxy, and from its own polls.", "percentunit",
+              [(f"sum(rate(distribute_proxy_observed_answers_total{{{SEL_IK}}}[{RI}])) / "
+                f"(sum(rate(distribute_proxy_observed_answers_total{{{SEL_IK}}}[{RI}])) + "
+                f'sum(rate(distribute_api_requests_total{{{SEL_IK}, code="200"}}[{RI}])))', "through the proxy"),
+               (f'sum(rate(distribute_api_requests_total{{{SEL_IK}, code="200"}}[{RI}])) / '
+                f"(sum(rate(distribute_proxy_observed_answers_total{{{SEL_IK}}}[{RI}])) + "
+                f'sum(rate(distribute_api_requests_total{{{SEL_IK}, code="200"}}[{RI}])))', "own polls")],
+              defaults={"min": 0, "max": 1, "custom": {"stacking": {"mode": "normal"}, "fillOpacity": 20}}),
+        panel("Proxy upstream latency p50 / p99", "Time from a proxied request to the API's answer headers, "
+              "by endpoint.", "s",
+              [(f"histogram_quantile({q}, sum by (endpoint, le) (rate(distribute_proxy_upstream_duration_seconds_bucket"
+                f"{{{SEL_I}}}[{RI}])))", f"p{int(q * 100)} {{{{endpoint}}}}") for q in (0.5, 0.99)]),
+        panel("Proxy errors per second by reason", "connect and timeout: the application got 502/504; observe, "
+              "commit, dropped: the exporter could not use what it saw (the application's answer was unchanged).",
+              "reqps", [(f"sum by (reason) (rate(distribute_proxy_errors_total{{{SEL_I}}}[{RI}]))", "{{reason}}")]),
         row("Process"),
         panel("CPU", "CPU seconds per second used by each exporter process.", "percentunit",
               [(f"rate(process_cpu_seconds_total{{{SEL_I}}}[{RI}]) {OWN}", "{{instance}}")]),

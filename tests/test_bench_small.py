@@ -11,6 +11,7 @@ from helpers import REPO
 
 sys.path.insert(0, str(REPO))
 from bench import benchmarks as b  # noqa: E402
+from bench import proxy as p  # noqa: E402
 from bench.fixtures import prepare_state  # noqa: E402
 from exporter.tracking.store import StateStore  # noqa: E402
 
@@ -60,6 +61,20 @@ def test_scrape_load_small(tmp_path):
 
 def test_simulator_throughput_small(tmp_path):
     assert b.simulator_throughput(tmp_path, jobs=1000, seconds=1)["answers_per_second"] > 0
+
+
+def test_proxy_small(tmp_path):
+    figures = p.proxy(tmp_path, seconds=2, rate=100, wrk_seconds=1)
+    assert figures["proxy_rps"] > 0 and figures["direct_rps"] > 0 and figures["rps_ratio"] > 0
+    assert figures["paced_failures"] == 0 and figures["wrk_errors"] == 0
+    assert figures["creates_tracked"] > 0 and figures["create_proxy_p99_ms"] > 0
+
+
+def test_proxy_economy_small(tmp_path):
+    figures = p.proxy_economy(tmp_path, jobs=40, speed=20, app_poll=1, interval=5, create_rate=40)
+    assert figures["jobs_counted"] == 40 and figures["followed_to_the_end"] == 40
+    assert figures["app_failures"] == 0 and figures["app_requests_per_job"] >= 1
+    assert 0 <= figures["own_requests_per_job"] < 1
 
 
 def test_the_readme_quotes_the_results_table_as_measured():

@@ -202,8 +202,12 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(simulator, export
         "prices:\n  - {kind: chat, model_regex: '.*', effective_from: 2020-01-01, per_million_prompt_tokens: 1,"
         " per_million_completion_tokens: 2}\n  - {kind: images, model_regex: '.*', effective_from: 2020-01-01,"
         " per_image: 0.01}\n")
+    proxy_port = free_port()
     proc = exporter(write_config(tmp_path, "pricing: {file: prices.yaml}\n" + config_text(
-        sim.url, groups, poll="interval_seconds: 0.5, max_interval_seconds: 1")))
+        sim.url, groups, poll="interval_seconds: 0.5, max_interval_seconds: 1")),
+                    "--proxy.listen-address", f"127.0.0.1:{proxy_port}")
+    proxied = lambda: _proxy_traffic(f"http://127.0.0.1:{proxy_port}", done["chat"][:3])  # noqa: E731
+    proxied()
     # jobs keep finishing while Prometheus watches, so rate() over the window sees them
     rules = [REPO / "prometheus" / "alerts.yaml"]
     prom = Prometheus(tmp_path / "prom", local_prometheus_config([f"127.0.0.1:{proc.port}"], rules))
@@ -211,6 +215,7 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(simulator, export
         wait_for(prom.targets_up, 30, what="the exporter scraped")
         wait_for(lambda: (prom.value("count(distribute_jobs_finished_total)") or 0) > 0, 30, what="series")
         extra = sim.create("chat", 20, age_seconds=OLD) + sim.create("images", 5, age_seconds=OLD)
+        proxied()
         status, body, _ = http("POST", f"{proc.url}/-/reload")  # no-op reload keeps the status 1
         wait_for(lambda: prom.value("sum(distribute_jobs_finished_total)") == 60, 30, what="all finished")
         _register_more(proc, tmp_path, sim, extra)
@@ -221,11 +226,18 @@ def test_every_panel_query_returns_data_from_a_real_prometheus(simulator, export
                 empty.append((board, title, expr))
         assert not empty, empty
         rules_state = json.loads(http("GET", f"{prom.url}/api/v1/rules")[1])["data"]["groups"][0]["rules"]
-        rules = yaml.safe_load((REPO / "prometheus/alerts.yaml").read_text())["groups"][0]["rules"]
-        assert len(rules_state) == len(rules) and all(r["health"] == "ok" for r in rules_state)
+        rules_in_file = yaml.safe_load((REPO / "prometheus/alerts.yaml").read_text())["groups"][0]["rules"]
+        assert len(rules_state) == len(rules_in_file) and all(r["health"] == "ok" for r in rules_state)
         _check_variable_queries(prom)
     finally:
         prom.stop()
+
+
+def _proxy_traffic(proxy: str, ids: list[str]) -> None:
+    """An application reading answers through the proxy (of jobs already final: nothing changes)."""
+    for job_id in ids:
+        assert http("POST", f"{proxy}/async/chat/result", {"id": job_id})[0] == 200
+    assert http("GET", f"{proxy}/")[0] == 200  # any other path is forwarded too
 
 
 def _register_more(proc, tmp_path, sim, extra):

@@ -3,10 +3,11 @@
 from exporter.config.addresses import AddressError
 from exporter.config.load import expand_ids_file, load_config, parse_config
 from exporter.config.model import (API_KEY_ENV, DEFAULT_DURATION_BUCKETS, REGISTRATION_TOKEN_ENV, ApiConfig, Config,
-                                   ConfigError, JobGroup, MetricsConfig, PollConfig, PricingConfig, Secret, ShardConfig,
-                                   StateConfig, WebConfig)
+                                   ConfigError, JobGroup, MetricsConfig, PollConfig, PricingConfig, ProxyConfig, Secret,
+                                   ShardConfig, StateConfig, WebConfig)
 from exporter.config.pricing import Price, PriceTable
 
 __all__ = ["API_KEY_ENV", "DEFAULT_DURATION_BUCKETS", "REGISTRATION_TOKEN_ENV", "AddressError", "ApiConfig", "Config",
-           "ConfigError", "JobGroup", "MetricsConfig", "PollConfig", "Price", "PriceTable", "PricingConfig", "Secret",
-           "ShardConfig", "StateConfig", "WebConfig", "expand_ids_file", "load_config", "parse_config"]
+           "ConfigError", "JobGroup", "MetricsConfig", "PollConfig", "Price", "PriceTable", "PricingConfig",
+           "ProxyConfig", "Secret", "ShardConfig", "StateConfig", "WebConfig", "expand_ids_file", "load_config",
+           "parse_config"]

@@ -152,6 +152,11 @@ def _check_cross_fields(config: Config) -> None:
         parse_listen_address(config.web.listen_address)
     except AddressError as exc:
         raise ConfigError(f"web.listen_address: {exc}") from None
+    if config.proxy.listen_address is not None:
+        try:
+            parse_listen_address(config.proxy.listen_address)
+        except AddressError as exc:
+            raise ConfigError(f"proxy.listen_address: {exc}") from None
     if not config.api.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"api.base_url: must start with http:// or https://, not {config.api.base_url!r}")
 

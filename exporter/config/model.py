@@ -117,6 +117,20 @@ class PricingConfig:
 
 
 @dataclass(frozen=True)
+class ProxyConfig:
+    """The pass-through proxy for the async API (README, Proxy): off while listen_address is unset."""
+
+    listen_address: str | None = _opt(None)
+    default_group: str = _opt("default", nonempty=True)
+    track_results: bool = _opt(True)
+    timeout_seconds: float = _opt(60.0, positive=True)
+    max_body_bytes: int = _opt(64 * 1024 * 1024, min=1024)
+    # false: a create is committed (kill -9 safe) but forced to the disk by the next batch, within
+    # state.flush_interval_seconds; true: an fsync before each create's answer (slower on most disks).
+    fsync_creates: bool = _opt(False)
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     poll: PollConfig = field(default_factory=PollConfig)
@@ -126,6 +140,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
+    proxy: ProxyConfig = field(default_factory=ProxyConfig)
     # Not keys of the file: what loading it found.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
     api_key: Secret | None = field(default=None, metadata={"internal": True})

@@ -41,4 +41,4 @@ async def landing(request: web.Request, overview: dict[str, Any]) -> web.Respons
                 jobs=sorted(overview["jobs"].items()), sources=sorted(overview["sources"].items()),
                 charts=charts.charts(overview["samples"], overview["duration_bounds"], now), tables=tables,
                 sample_seconds=f"{overview['sample_seconds']:g}", refresh_seconds=REFRESH_SECONDS,
-                generated=_when(now), spend_today=overview.get("spend_today"))
+                generated=_when(now), spend_today=overview.get("spend_today"), proxy=overview.get("proxy"))

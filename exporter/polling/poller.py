@@ -68,6 +68,14 @@ class Poller:
     def schedule_all(self) -> None:
         self.schedule_many(self.jobs.open.values())
 
+    def defer(self, job: Job, until: float) -> None:
+        """Push the job's next own poll back to `until` (never earlier than it was): the application
+        has just fetched its answer through the proxy. The old heap entry is skipped as stale."""
+        if job.next_due < until and self.jobs.open.get(job.id) is job:
+            job.next_due = until
+            self.jobs.touched(job)
+            self.schedule(job)
+
     def credentials_changed(self) -> None:
         """A new API key: lift the pause after refused keys and ask the refused jobs again now."""
         if not self._auth_failures:

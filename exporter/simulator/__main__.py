@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="create jobs continuously at RATE per second across the three kinds")
     parser.add_argument("--ids-out", dest="ids_out", type=Path, default=None, metavar="DIR",
                         help="with --generate: append each new id to DIR/chat.txt, DIR/images.txt, DIR/speech.txt")
+    parser.add_argument("--generate-via", dest="generate_via", default=None, metavar="URL",
+                        help="with --generate: create the jobs as an application would, through the API at URL "
+                             "(the exporter's proxy, say), and poll each one's result there until it is final")
+    parser.add_argument("--generate-poll-seconds", dest="generate_poll", type=float, default=2.0, metavar="S",
+                        help="with --generate-via: the application polls each job every S seconds (default 2)")
     parser.add_argument("--print-port", action="store_true",
                         help="print the listening port on stdout once ready (useful with port 0)")
     parser.add_argument("--version", action="version", version=f"distribute-simulator {__version__}")
@@ -65,6 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     except (AddressError, FaultError) as exc:
         print(f"distribute-simulator: {exc}", file=sys.stderr)
         return 2
+    if args.generate_via is not None and (args.generate <= 0 or args.ids_out is not None):
+        print("distribute-simulator: --generate-via needs --generate RATE and replaces --ids-out", file=sys.stderr)
+        return 2
     if args.ids_out is not None and args.generate <= 0:
         print("distribute-simulator: --ids-out needs --generate RATE", file=sys.stderr)
         return 2
@@ -81,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
 async def _serve(sim: Simulator, host: str, port: int, args: argparse.Namespace) -> None:
     server = SimulatorServer(sim, host, port)
     await server.start()
-    if args.generate > 0:
+    if args.generate_via:
+        server.start_application(args.generate_via, args.generate, args.generate_poll, args.seed)
+    elif args.generate > 0:
         server.start_generator(args.generate, args.ids_out, args.seed)
     if args.print_port:
         print(server.port, flush=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from exporter.simulator.application import Application
 from exporter.simulator.server import Simulator, build_app, generate
 
 
@@ -67,6 +68,19 @@ class SimulatorServer:
     def start_generator(self, rate: float, ids_out: Path | None, seed: int | None = None) -> None:
         rng = random.Random(None if seed is None else seed + 2)
         self._tasks.append(asyncio.create_task(generate(self.sim, rate, ids_out, rng)))
+
+    def start_application(self, via: str, rate: float, poll_seconds: float, seed: int | None = None,
+                          group: str | None = None) -> Application:
+        """Play an application that creates jobs at `rate` through `via` and follows each to its end."""
+        rng = random.Random(None if seed is None else seed + 3)
+        app = Application(via, self.sim.api_key, group, poll_seconds)
+
+        async def run() -> None:
+            async with app:
+                await app.generate(rate, rng)
+
+        self._tasks.append(asyncio.create_task(run()))
+        return app
 
     async def stop(self) -> None:
         if self._lift is not None:

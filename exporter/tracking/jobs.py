@@ -116,11 +116,25 @@ class TrackedJobs:
                 self._pending[job_id] = job
                 accepted.append(job)
             if accepted:
-                if self._deleted:
-                    self._deleted.difference_update(j.id for j in accepted)
-                self.agg.add_counts([(accepted[0].labels, len(accepted))])
-                self.on_new(accepted)
+                self.add_new(accepted)
         return [j.id for j in accepted], len(ids) - len(accepted)
+
+    def in_memory(self, job_id: str) -> Job | None:
+        """The job if it is polled or has changes not yet written (a final one until the flush)."""
+        return self.open.get(job_id) or self._pending.get(job_id)
+
+    def adopt(self, job: Job) -> None:
+        """Start tracking a new job built by the caller (an id no file can hold yet)."""
+        self.open[job.id] = job
+        self._pending[job.id] = job
+        self.add_new([job])
+
+    def add_new(self, jobs: list[Job]) -> None:
+        """Count and schedule new jobs of one (kind, group, model) that are already in `open`."""
+        if self._deleted:
+            self._deleted.difference_update(j.id for j in jobs)
+        self.agg.add_counts([(jobs[0].labels, len(jobs))])
+        self.on_new(jobs)
 
     async def untrack(self, job_id: str, now: float) -> bool:
         """Stop tracking one id. A finished job stays a tombstone so it is never counted twice."""
@@ -167,7 +181,8 @@ class TrackedJobs:
         changed = result.status != job.status
         if changed:
             job.note_status(result.status, now)
-        job.status, job.model = result.status, result.model
+        # An answer that names no model keeps the one a proxied create's request named.
+        job.status, job.model = result.status, result.model or job.model
         job.created, job.finished = result.created, result.finished
         job.last_polled, job.polls = now, job.polls + 1
         if job.created != old_created:

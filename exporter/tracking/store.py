@@ -233,6 +233,25 @@ class StateStore:
                 db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                                ((f, labels_key(l), json.dumps(v)) for f, l, v in batch.counters))
 
+    def insert_new(self, rows: list[tuple[Any, ...]], fsync: bool = True) -> None:
+        """Write rows of jobs the file does not hold yet, in one transaction; a row already there
+        (written meanwhile by a batch, maybe newer) is kept as it is.
+
+        Without `fsync` the commit is in the WAL file (the OS has it: safe against a crash of this
+        process) but not forced to the disk; the next commit with fsync (the next batch) covers it.
+        """
+        marks = ",".join("?" * len(JOB_COLUMNS))
+        if not fsync:
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                self.db.executemany(f"INSERT OR IGNORE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
+                                    rows)
+        finally:
+            if not fsync:
+                self.db.execute("PRAGMA synchronous=FULL")
+
     def retire_ended_before(self, cutoff: float, now: float) -> list[tuple[tuple[str, str, str, str], int]]:
         """Drop jobs final since before `cutoff`, keeping their ids as tombstones; counts dropped."""
         db = self.db

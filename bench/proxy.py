@@ -1,0 +1,140 @@
+"""The proxy's benchmarks: what it costs an application (rate and added latency, through the proxy
+against straight to the same fast upstream, in the same run) and what it saves the exporter (own
+result requests per job an application follows through the proxy)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+from bench.procs import Exporter, Nginx, Simulator, free_port, metric, wait_for, wrk
+
+RESULT_BODY = json.dumps({"id": "3b241101-e2bb-4255-8caf-4136c566a962"})
+CREATE_BODY = json.dumps({"model": "Kokoro", "input": "hello", "voice": "nora"})
+# nginx answers a create with a fresh UUID v4 made of its request id, as the API would.
+CREATE_LOCATION = r"""
+  location ~ ^/async/[a-z]+/create$ {
+    default_type application/json;
+    return 200 '{"id": "$uuid"}';
+  }"""
+UUID_MAP = r"""
+map $request_id $uuid {
+  "~^(?<a>.{8})(?<b>.{4}).(?<c>.{3}).(?<d>.{3})(?<e>.{12})$" "$a-$b-4$c-8$d-$e";
+}"""
+
+
+def _paced(url: str, body: str, rate: float, seconds: float, connections: int = 25) -> dict[str, float]:
+    """wrk at about `rate` requests per second: each of `connections` connections waits a random
+    (exponential) time of mean connections/rate seconds between its requests (wrk's delay(); the
+    answer's own time comes on top, so the rate reached is a little lower: reported); answer p50/p99
+    in ms, the rate and errors."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
+        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\n'
+                     'wrk.headers["Content-Type"] = "application/json"\n'
+                     "math.randomseed(7)\n"
+                     # Exponential waits: the connections drift apart and requests arrive as
+                     # independent events (a fixed wait would send all of them in one burst).
+                     f"function delay() return -math.log(1 - math.random()) * {connections * 1000 / rate:.3f} end\n")
+    try:
+        out = subprocess.run(["wrk", "--latency", "-t1", f"-c{connections}", f"-d{seconds:g}s", "-s", script.name, url],
+                             capture_output=True, text=True, timeout=seconds + 60).stdout
+    finally:
+        os.unlink(script.name)
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    figures = {}
+    for share in ("50", "99"):
+        found = re.search(rf"{share}%\s+([\d.]+)(us|ms|s)", out)
+        figures[f"p{share}"] = float(found.group(1)) * scale[found.group(2)] if found else float("nan")
+    figures["rps"] = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    figures["errors"] = float(errors.group(1)) if errors else 0.0
+    return figures
+
+
+def proxy(workdir: Path, seconds: int = 10, rate: float = 500, wrk_seconds: int = 5) -> dict[str, float]:
+    """Rates with wrk (16 connections) and latency at about `rate`/s, direct and through the proxy,
+    for result requests (read and applied) and creates (stored before the answer goes back)."""
+    nginx = Nginx(http_extra=UUID_MAP, locations=CREATE_LOCATION)
+    proxy_port = free_port()
+    exporter = Exporter(workdir, f"""
+api: {{base_url: 'http://127.0.0.1:{nginx.port}', max_requests_per_second: 0}}
+poll: {{interval_seconds: 3600, max_interval_seconds: 3600}}
+state: {{path: state.db}}
+proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
+""")
+    figures: dict[str, float] = {}
+    try:
+        exporter.wait_ready()
+        direct, through = f"http://127.0.0.1:{nginx.port}", f"http://127.0.0.1:{proxy_port}"
+        figures["direct_rps"] = wrk(f"{direct}/async/speech/result", RESULT_BODY, wrk_seconds)["rps"]
+        via = wrk(f"{through}/async/speech/result", RESULT_BODY, wrk_seconds)
+        figures["proxy_rps"] = via["rps"]
+        figures["rps_ratio"] = figures["proxy_rps"] / figures["direct_rps"]
+        figures["wrk_errors"] = via["non_2xx"] + via["socket_errors"]
+        failed = 0.0
+        for path, body in (("result", RESULT_BODY), ("create", CREATE_BODY)):
+            plain = _paced(f"{direct}/async/speech/{path}", body, rate, seconds)
+            proxied = _paced(f"{through}/async/speech/{path}", body, rate, seconds)
+            failed += plain["errors"] + proxied["errors"]
+            figures[f"{path}_paced_rps"] = proxied["rps"]
+            for label in ("p50", "p99"):
+                figures[f"{path}_direct_{label}_ms"] = plain[label]
+                figures[f"{path}_proxy_{label}_ms"] = proxied[label]
+                figures[f"{path}_added_{label}_ms"] = proxied[label] - plain[label]
+        figures["paced_failures"] = failed
+        text = exporter.metrics()
+        figures["creates_tracked"] = metric(text, "distribute_exporter_tracked_jobs", 'state="polled"')
+    finally:
+        exporter.stop()
+        nginx.stop()
+    return figures
+
+
+async def _follow_all(url: str, jobs: int, create_rate: float, poll_seconds: float) -> dict[str, int]:
+    from exporter.simulator.application import Application
+
+    rng = random.Random(11)
+    async with Application(url, poll_seconds=poll_seconds) as app:
+        tasks = []
+        for _ in range(jobs):
+            await asyncio.sleep(1 / create_rate)
+            kind = rng.choices(("chat", "images", "speech"), weights=(5, 2, 3))[0]
+            tasks.append(asyncio.create_task(app.create_and_follow(kind)))
+        await asyncio.gather(*tasks)
+        return dict(app.stats)
+
+
+def proxy_economy(workdir: Path, jobs: int = 2000, speed: float = 4, app_poll: float = 5,
+                  interval: float = 15, create_rate: float = 100) -> dict[str, float]:
+    """`jobs` jobs an application creates and polls every `app_poll` s through the proxy to their end:
+    the exporter's own result requests per job (it would poll every `interval` s without the proxy)."""
+    sim = Simulator("--speed", str(speed))
+    proxy_port = free_port()
+    exporter = Exporter(workdir, f"""
+api: {{base_url: '{sim.url}', max_requests_per_second: 0}}
+poll: {{interval_seconds: {interval}, max_interval_seconds: 300}}
+state: {{path: state.db}}
+proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
+""")
+    try:
+        exporter.wait_ready()
+        stats = asyncio.run(_follow_all(f"http://127.0.0.1:{proxy_port}", jobs, create_rate, app_poll))
+        wait_for(lambda: metric(exporter.metrics(), "distribute_jobs_finished_total") >= jobs, 300,
+                 "every job counted", 0.2)
+        text = exporter.metrics()
+    finally:
+        exporter.stop()
+        sim.stop()
+    own = metric(text, "distribute_exporter_polls_total")
+    app_results = sum(n for key, n in stats.items() if key.startswith("result "))
+    return {"own_requests_per_job": own / jobs, "app_requests_per_job": app_results / jobs,
+            "jobs_counted": metric(text, "distribute_jobs_finished_total"),
+            "followed_to_the_end": stats.get("followed to the end", 0), "app_failures": stats.get("failed", 0),
+            "observed_answers": metric(text, "distribute_proxy_observed_answers_total")}
+

@@ -1,0 +1,278 @@
+"""The pass-through proxy: a second listener that forwards every request to `api.base_url` and
+hands what it sees of creates and results to two small callables (ProxyHooks).
+
+The application is never held back by the exporter: its requests go out on their own connection
+pool, never through the poller's rate limiter, back-off or pause, with no retries on its behalf.
+Bodies stream through in chunks; only the small JSON bodies of creates and results are kept (up to
+a bound) to be read, and the bytes forwarded are always the ones received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from exporter.api.ids import is_uuid4, normalise
+from exporter.config import ProxyConfig
+from exporter.metrics.proxy import ProxyStats
+
+log = logging.getLogger("distribute.proxy")
+
+GROUP_HEADER = "X-Distribute-Group"
+# RFC 9110 7.6.1: hop-by-hop fields, never forwarded (plus those the Connection field names, and
+# Expect: the listener has answered any 100-continue itself). Host is set from the upstream's URL.
+HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
+                        "proxy-connection", "proxy-authenticate", "proxy-authorization", "expect"})
+_OBSERVED_PATH = re.compile(r"^/async/(chat|images|speech)/(create|result)$")
+_GROUP = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,127}$")  # printable ASCII: a label value
+SMALL_BODY = 64 * 1024  # bodies up to this size (announced by Content-Length) are read whole and sent in one piece
+SHUTDOWN_SECONDS = 2.0  # in-flight requests get this long to finish at shutdown
+
+
+@dataclass(frozen=True)
+class ProxyHooks:
+    """What the proxy tells the rest of the exporter. Neither may hold up or change an answer.
+
+    created(job_id, kind, group, model): awaited before a create's answer goes back; when it returns
+        the id is durably stored. Never raises.
+    observed(job_id, kind, group, model, body): a 200 answer of /async/{kind}/result went back to
+        the application; queued, applied off the application's path. Never raises, never blocks.
+    """
+
+    created: Callable[[str, str, str, str | None], Awaitable[None]]
+    observed: Callable[[str, str, str, str | None, bytes], None]
+
+
+class BodyTooLarge(Exception):
+    """The application's request body went over proxy.max_body_bytes."""
+
+
+class _Tee:
+    """Streams a body through, keeping a copy of it while it stays within `keep` bytes."""
+
+    def __init__(self, content: aiohttp.StreamReader, limit: int, keep: int) -> None:
+        self.content, self.limit, self.keep = content, limit, keep
+        self.size = 0
+        self.parts: list[bytes] | None = [] if keep else None
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        while True:
+            chunk = await self.content.readany()
+            if not chunk:
+                return
+            self.size += len(chunk)
+            if self.size > self.limit:
+                raise BodyTooLarge()
+            if self.parts is not None:
+                if self.size <= self.keep:
+                    self.parts.append(chunk)
+                else:
+                    self.parts = None
+            yield chunk
+
+    def kept(self) -> bytes | None:
+        return b"".join(self.parts) if self.parts is not None else None
+
+
+def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
+    return {token.strip().lower() for value in headers.getall("Connection", []) for token in value.split(",")}
+
+
+def forwardable(headers: CIMultiDictProxy[str], drop: tuple[str, ...] = ()) -> CIMultiDict[str]:
+    """The fields of `headers` an intermediary passes on: no hop-by-hop field, none in `drop`."""
+    skip = HOP_BY_HOP | _connection_named(headers) | set(drop)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lower = name.lower()
+        if lower not in skip and not lower.startswith("proxy-"):
+            out.add(name, value)
+    return out
+
+
+def _json_field(body: bytes | None, name: str) -> Any:
+    if not body:
+        return None
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return data.get(name) if isinstance(data, dict) else None
+
+
+def _failure(status: int, message: str) -> web.Response:
+    return web.Response(status=status, body=json.dumps({"message": message}).encode(),
+                        content_type="application/json")
+
+
+class Proxy:
+    """The listener and the forwarding of one request."""
+
+    def __init__(self, hooks: ProxyHooks, stats: ProxyStats, settings: Callable[[], ProxyConfig],
+                 base_url: Callable[[], str], observe_max: int) -> None:
+        self.hooks = hooks
+        self.stats = stats
+        self.settings = settings
+        self.base_url = base_url
+        self.observe_max = observe_max
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
+        # No decompression and no headers of its own (User-Agent, Accept...): what the application
+        # sends and gets passes as it is. Keep-alive connections are shared by all applications.
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, ttl_dns_cache=60),
+            auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
+        app = web.Application(client_max_size=0)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False,
+                                     shutdown_timeout=SHUTDOWN_SECONDS, max_line_size=65536,
+                                     max_field_size=65536)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_context)
+        await site.start()
+        server = site._server
+        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    # -- one request ---------------------------------------------------------------------------------
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.monotonic()
+        cfg = self.settings()
+        match = _OBSERVED_PATH.match(request.path) if request.method == "POST" else None
+        kind, endpoint = (match[1], match[2]) if match else ("", "other")
+        length = request.content_length
+        if length is not None and length > cfg.max_body_bytes:
+            return self._fail(endpoint, 413, "too_large", f"request body over {cfg.max_body_bytes} bytes")
+        tee = _Tee(request.content, cfg.max_body_bytes, self.observe_max if match else 0)
+        data: bytes | AsyncIterator[bytes] | None = None
+        if length is not None and length <= SMALL_BODY:
+            data = await request.read()  # small and whole: sent in one piece, no stream to drive
+            tee.parts = [data] if match else None
+        elif request.body_exists:
+            data = tee.chunks()
+        headers = forwardable(request.headers, ("host", GROUP_HEADER.lower()))
+        headers.add("Via", f"{request.version.major}.{request.version.minor} distribute-exporter")
+        url = URL(self.base_url().rstrip("/") + request.raw_path, encoded=True)
+        assert self._session is not None
+        try:
+            async with asyncio.timeout(cfg.timeout_seconds):
+                upstream = await self._session.request(
+                    request.method, url, headers=headers, allow_redirects=False, compress=None, data=data,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_read=cfg.timeout_seconds))
+        except BodyTooLarge:
+            return self._fail(endpoint, 413, "too_large", f"request body over {cfg.max_body_bytes} bytes")
+        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
+            return self._fail(endpoint, 504, "timeout", f"no answer from the API within {cfg.timeout_seconds:g}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            if tee.size > cfg.max_body_bytes:
+                return self._fail(endpoint, 413, "too_large", f"request body over {cfg.max_body_bytes} bytes")
+            return self._fail(endpoint, 502, "connect", f"the API could not be reached ({type(exc).__name__})")
+        seconds = time.monotonic() - started
+        async with upstream:
+            answer_length = upstream.content_length
+            if endpoint == "create" and upstream.status == 200 or (
+                    answer_length is not None and answer_length <= SMALL_BODY and request.method != "HEAD"):
+                return await self._whole(request, upstream, endpoint, kind, tee, seconds)
+            response, _ = await self._relay(request, upstream, endpoint, seconds)
+            return response
+
+    def _group(self, request: web.Request) -> str:
+        value = request.headers.get(GROUP_HEADER, "").strip()
+        return value if _GROUP.match(value) else self.settings().default_group
+
+    def _fail(self, endpoint: str, status: int, reason: str, message: str) -> web.Response:
+        self.stats.error(reason)
+        self.stats.answered(endpoint, str(status), None)
+        return _failure(status, f"distribute-exporter proxy: {message}")
+
+    async def _whole(self, request: web.Request, upstream: aiohttp.ClientResponse, endpoint: str, kind: str,
+                     tee: _Tee, seconds: float) -> web.StreamResponse:
+        """A small answer (and every 200 of a create): read it whole, let the hooks see it (a create's
+        id is stored first), send the same bytes back in one piece."""
+        parts: list[bytes] = []
+        size = 0
+        try:
+            while size <= self.observe_max:
+                chunk = await upstream.content.readany()
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return self._fail(endpoint, 502, "upstream_body", "the API broke off its answer")
+        body = b"".join(parts)
+        if size > self.observe_max:  # longer than announced or than a create's answer can be: stream on
+            response, _ = await self._relay(request, upstream, endpoint, seconds, first=body)
+            return response
+        if upstream.status == 200 and endpoint != "other":
+            try:
+                await self._tell_hooks(request, endpoint, kind, tee, body)
+            except Exception:  # the hooks promise not to raise; the answer goes back whatever they do
+                self.stats.error("commit" if endpoint == "create" else "observe")
+                log.exception("proxy hook failed on %s /async/%s/%s", request.method, kind, endpoint)
+        self.stats.answered(endpoint, str(upstream.status), seconds)
+        return web.Response(status=upstream.status, reason=upstream.reason, headers=forwardable(upstream.headers),
+                            body=body)
+
+    async def _tell_hooks(self, request: web.Request, endpoint: str, kind: str, tee: _Tee, body: bytes) -> None:
+        group = self._group(request)
+        if endpoint == "create":
+            job_id, model = _json_field(body, "id"), _json_field(tee.kept(), "model")
+            if isinstance(job_id, str) and is_uuid4(job_id):
+                await self.hooks.created(normalise(job_id), kind, group,
+                                         model[:128] if isinstance(model, str) and model else None)
+            return
+        job_id = _json_field(tee.kept(), "id")
+        if isinstance(job_id, str) and is_uuid4(job_id):
+            self.hooks.observed(normalise(job_id), kind, group, None, body)
+
+    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, endpoint: str,
+                     seconds: float, first: bytes = b"") -> tuple[web.StreamResponse, bool]:
+        """Stream the upstream's answer back as it is; answer (response, whether it all went out)."""
+        response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                                      headers=forwardable(upstream.headers))
+        self.stats.answered(endpoint, str(upstream.status), seconds)
+        chunk = first
+        if not await self._send(response.prepare(request)):
+            return response, False
+        while True:
+            if chunk and not await self._send(response.write(chunk)):
+                return response, False
+            try:
+                chunk = await upstream.content.readany()
+            except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+                self.stats.error("upstream_body")  # headers are out: a cut connection is the only signal left
+                if request.transport is not None:
+                    request.transport.close()
+                return response, False
+            if not chunk:
+                break
+        return response, await self._send(response.write_eof())
+
+    async def _send(self, step: Awaitable[Any]) -> bool:
+        """Write to the application; False when it has hung up."""
+        try:
+            await step
+        except (ConnectionError, aiohttp.ClientError, OSError):
+            self.stats.error("client")
+            return False
+        return True

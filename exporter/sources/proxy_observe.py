@@ -1,0 +1,85 @@
+"""The proxy's two hooks as the exporter implements them: a create is tracked and committed before
+its answer goes back; a result answer is queued and applied by a task of its own, off the
+application's path, and pushes the exporter's own next poll of that job back.
+
+Neither hook lets a failure reach the forwarding path: it is logged (ids, never headers) and counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Callable
+
+from exporter.api.results import InvalidBody
+from exporter.config import Config
+from exporter.metrics.proxy import ProxyStats
+from exporter.tracking.jobs import Job
+from exporter.tracking.proxied import ProxiedJobs
+
+log = logging.getLogger("distribute.proxy")
+
+OBSERVE_QUEUE = 50_000  # answers waiting to be applied; past this they are dropped and counted
+
+
+class ProxyTracking:
+    def __init__(self, proxied: ProxiedJobs, defer: Callable[[Job, float], None], stats: ProxyStats,
+                 config: Callable[[], Config], clock: Callable[[], float] = time.time) -> None:
+        self.proxied = proxied
+        self.defer = defer
+        self.stats = stats
+        self.config = config
+        self.clock = clock
+        self._queue: asyncio.Queue[tuple[str, str, str, str | None, bytes]] = asyncio.Queue(OBSERVE_QUEUE)
+
+    async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
+        """Track and durably store a job created through the proxy; never raises."""
+        try:
+            await self.proxied.track_proxied(job_id, kind, group, model, self.clock(),
+                                             self.config().poll.interval_seconds)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the disk is full or gone: the flush keeps trying; the answer goes back
+            self.stats.error("commit")
+            log.error("proxied create not stored before its answer job_id=%s kind=%s: %s", job_id, kind, exc)
+
+    def observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
+        """Queue a result answer the application got; never blocks, never raises."""
+        try:
+            self._queue.put_nowait((job_id, kind, group, model, body))
+        except asyncio.QueueFull:
+            self.stats.error("dropped")
+
+    async def run(self) -> None:
+        """Apply queued answers until cancelled."""
+        while True:
+            job_id, kind, group, model, body = await self._queue.get()
+            try:
+                await self._apply(job_id, kind, group, model, body)
+            except asyncio.CancelledError:
+                raise
+            except InvalidBody as exc:
+                self.stats.error("observe")
+                log.debug("proxied answer not used job_id=%s kind=%s: %s", job_id, kind, exc)
+            except Exception:  # a bug must not stop the loop: the poller still covers the job
+                self.stats.error("observe")
+                log.exception("applying a proxied answer failed job_id=%s kind=%s", job_id, kind)
+
+    async def _apply(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
+        config = self.config()
+        now = self.clock()
+        job = await self.proxied.apply_observed(job_id, kind, group, model, body, now, config.proxy.track_results)
+        if job is None:
+            return
+        self.stats.observed_answer(job.kind)
+        self.defer(job, now + config.poll.interval_seconds)
+
+    async def drain(self) -> None:
+        """Apply what is queued (at shutdown, before the last flush)."""
+        while not self._queue.empty():
+            job_id, kind, group, model, body = self._queue.get_nowait()
+            try:
+                await self._apply(job_id, kind, group, model, body)
+            except Exception:
+                self.stats.error("observe")

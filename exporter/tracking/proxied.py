@@ -1,0 +1,125 @@
+"""Jobs the proxy saw: creates committed to the state file before their answer goes back (group
+commit), and result answers applied exactly as one of the exporter's own polls would apply them.
+
+A create's row is written by a small inbox of its own rather than by the periodic flush: every
+create waiting at the same moment shares one transaction (one fsync), so a burst of creates costs
+about one disk write, and none of them waits for the flush interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import Callable
+
+from exporter.api.results import parse_result
+from exporter.tracking.jobs import Job, TrackedJobs
+
+log = logging.getLogger("distribute.proxy")
+
+SOURCE = "proxy"
+SETTLED_IDS = 100_000  # ids known final or not to be tracked, remembered so that answers need no look-up
+
+
+class CommitInbox:
+    """Group commit: ids queued while one transaction runs are written together by the next."""
+
+    def __init__(self, jobs: TrackedJobs, fsync: Callable[[], bool] = lambda: True) -> None:
+        self.jobs = jobs
+        self.fsync = fsync
+        self._queued: dict[str, Job] = {}
+        self._batch_done: asyncio.Future[None] | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0
+
+    async def commit(self, job: Job) -> None:
+        """Return once `job` has a row in the state file; raise what the write raised."""
+        loop = asyncio.get_running_loop()
+        self._queued[job.id] = job
+        if self._batch_done is None:
+            self._batch_done = loop.create_future()
+        done = self._batch_done
+        if self._writer is None or self._writer.done():
+            self._writer = loop.create_task(self._write_batches(), name="proxy-commit")
+        # Shielded: an application that hangs up must not cancel the write other creates wait on.
+        await asyncio.shield(done)
+
+    async def _write_batches(self) -> None:
+        while self._queued:
+            queued, done = self._queued, self._batch_done
+            self._queued, self._batch_done = {}, None
+            assert done is not None
+            try:
+                # The row as it is now; a newer row a flush already wrote is left alone.
+                await self.jobs.store.call(self.jobs.store.insert_new, [j.row() for j in queued.values()],
+                                           self.fsync())
+            except BaseException as exc:  # noqa: B902 - the waiters get it; the flush retries the rows
+                if not done.done():
+                    done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("commit cancelled"))
+                    done.exception()  # retrieved: no "never retrieved" warning when nobody waits
+                if not isinstance(exc, Exception):
+                    raise
+                continue
+            self.batches += 1
+            if not done.done():
+                done.set_result(None)
+
+
+class ProxiedJobs:
+    """What the proxy's creates and observed answers do to the tracked jobs."""
+
+    def __init__(self, jobs: TrackedJobs, fsync: Callable[[], bool] = lambda: True) -> None:
+        self.jobs = jobs
+        self.inbox = CommitInbox(jobs, fsync)
+        # An application may read a final answer again and again: remember recent ids whose answers
+        # change nothing, rather than ask the state file about each one.
+        self._settled: OrderedDict[str, None] = OrderedDict()
+
+    async def track_proxied(self, job_id: str, kind: str, group: str, model: str | None, now: float,
+                            first_poll_in: float) -> None:
+        """Track a job created through the proxy and commit it; its first own poll is
+        `first_poll_in` seconds away, by when the application has usually asked for itself."""
+        jobs = self.jobs
+        job = jobs.in_memory(job_id)
+        if job is None:
+            # A fresh id the API has just minted: nothing in the file can hold it, so no look-up.
+            job = Job(job_id, kind, group, SOURCE, model=model or "", first_tracked=now,
+                      next_due=now + first_poll_in)
+            jobs.adopt(job)
+        await self.inbox.commit(job)
+
+    async def apply_observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes,
+                             now: float, track_untracked: bool) -> Job | None:
+        """Apply a 200 answer of /result the application got; answer the job it was applied to, None
+        when it was not used (untracked, or final already: counted once, by whoever saw it first).
+
+        Raises InvalidBody for an answer the exporter's own poll would not have used either.
+        """
+        result = parse_result(body)
+        jobs = self.jobs
+        job = jobs.open.get(job_id)
+        if job is None:
+            if not track_untracked or job_id in self._settled or jobs.in_memory(job_id) is not None:
+                return None  # untracked by choice, or final already: counted once, by whoever saw it first
+            accepted, _ = await jobs.track([job_id], kind, group, SOURCE, now)
+            job = jobs.open.get(job_id) if accepted else None
+            if job is None:
+                self._settle(job_id)
+                return None  # in the file already: finished, retired or deleted
+            if model and not job.model:
+                jobs.agg.move(job.labels, None)
+                job.model = model
+                jobs.agg.move(None, job.labels)
+        jobs.apply(job, result, now)
+        if job.final:
+            self._settle(job_id)
+        return job
+
+    def _settle(self, job_id: str) -> None:
+        self._settled[job_id] = None
+        if len(self._settled) > SETTLED_IDS:
+            self._settled.popitem(last=False)
+
+
+__all__ = ["CommitInbox", "ProxiedJobs", "SOURCE"]

@@ -1,0 +1,131 @@
+"""The proxy's forwarding with real processes: what passes through unchanged, what is dropped, and
+what the application gets when the API is down, hangs or a hook fails."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sys
+import time
+
+import httpx
+import pytest
+
+from helpers import REPO, Proc, free_port, total
+from test_proxy import APP_KEY, FAST_BODY, curl, proxy_config
+
+
+@pytest.fixture
+def upstream():
+    """tests/upstream.py: echoes bodies and headers, sends big answers, hangs on /hang."""
+    proc = Proc([sys.executable, str(REPO / "tests" / "upstream.py")])
+    assert proc.popen.stdout is not None
+    port = int(proc.popen.stdout.readline().decode().strip())
+    yield f"http://127.0.0.1:{port}"
+    proc.stop()
+
+
+# -- failures ---------------------------------------------------------------------------------------
+
+def test_upstream_down_is_502_at_once_and_a_hang_is_504_after_the_timeout(tmp_path, exporter, upstream):
+    port = free_port()
+    exp = exporter(proxy_config(tmp_path, f"http://127.0.0.1:{free_port()}", port, timeout_seconds=30))
+    # curl gives up after 10 s: a 502 that waited for the 30 s timeout would fail here.
+    down = curl("-m", "10", "-w", "\n%{http_code}", "-d", "{}", f"http://127.0.0.1:{port}/async/chat/create")
+    body, code = down.stdout.decode().rsplit("\n", 1)
+    assert code == "502" and "message" in json.loads(body)
+    hang_port = free_port()
+    (tmp_path / "slow").mkdir()
+    slow = exporter(proxy_config(tmp_path / "slow", upstream, hang_port, timeout_seconds=1))
+    started = time.monotonic()
+    hung = curl("-m", "20", "-w", "\n%{http_code}", f"http://127.0.0.1:{hang_port}/hang")
+    body, code = hung.stdout.decode().rsplit("\n", 1)
+    assert code == "504" and "within 1s" in json.loads(body)["message"]
+    assert time.monotonic() - started >= 1
+    assert total(exp.samples("distribute_proxy_requests_total"), endpoint="create", code="502") == 1
+    assert total(slow.samples("distribute_proxy_requests_total"), endpoint="other", code="504") == 1
+    assert total(slow.samples("distribute_proxy_errors_total"), reason="timeout") == 1
+
+
+# -- transparency ---------------------------------------------------------------------------------------
+
+def test_ten_mib_bodies_pass_byte_identical_both_ways_chunked_and_not(tmp_path, exporter, upstream):
+    port = free_port()
+    exporter(proxy_config(tmp_path, upstream, port))
+    proxy = f"http://127.0.0.1:{port}"
+    data = hashlib.sha256(b"seed").digest() * (10 * 1024 * 1024 // 32)
+    (tmp_path / "big.bin").write_bytes(data)
+    for extra in ((), ("-H", "Transfer-Encoding: chunked")):
+        out = curl(*extra, "-H", "Content-Type: application/octet-stream", "--data-binary",
+                   f"@{tmp_path / 'big.bin'}", f"{proxy}/echo")
+        assert out.returncode == 0 and out.stdout == data
+    sys.path.insert(0, str(REPO / "tests"))
+    from upstream import pattern
+    for query in ("n=10485760", "n=10485760&chunked=1"):
+        answer = httpx.get(f"{proxy}/big?{query}")
+        assert answer.status_code == 200 and answer.content == pattern(10485760)
+
+    def chunks():
+        for start in range(0, len(data), 1 << 20):
+            yield data[start:start + (1 << 20)]
+
+    answer = httpx.post(f"{proxy}/headers", content=chunks())  # a generator: sent chunked by httpx
+    seen = answer.json()
+    assert seen["body_sha256"] == hashlib.sha256(data).hexdigest() and seen["body_length"] == len(data)
+
+
+def test_headers_hop_by_hop_host_and_group_are_handled_and_connections_kept_alive(tmp_path, exporter, upstream):
+    port = free_port()
+    exporter(proxy_config(tmp_path, upstream, port))
+    proxy = f"http://127.0.0.1:{port}"
+    with httpx.Client() as client:
+        answers = [client.post(f"{proxy}/headers/x?a=%2F&b=1", content=b"body", headers={
+            "authorization": APP_KEY, "X-Distribute-Group": "g", "Connection": "keep-alive, X-Private",
+            "X-Private": "hop", "X-Custom": "kept", "Proxy-Authorization": "Basic eA==", "TE": "trailers"})
+            for _ in range(3)]
+    seen = {k.lower(): v for k, v in answers[0].json()["headers"]}
+    assert answers[0].json()["path_qs"] == "/headers/x?a=%2F&b=1"
+    assert seen["authorization"] == APP_KEY and seen["x-custom"] == "kept"
+    assert seen["host"] == upstream.removeprefix("http://")
+    for name in ("x-distribute-group", "x-private", "proxy-authorization", "te", "connection"):
+        assert name not in seen, name
+    assert len({a.json()["peer_port"] for a in answers}) == 1  # one pooled connection to the upstream
+    back = {k.lower() for k in answers[0].headers}
+    assert "x-upstream" in back and "x-hop" not in back and "keep-alive" not in back
+    # Keep-alive towards the application: curl reuses its one connection for two requests.
+    both = curl("-v", f"{proxy}/headers/a", f"{proxy}/headers/b")
+    assert b"Re-using existing connection" in both.stderr or b"Reusing existing connection" in both.stderr
+
+
+def test_a_failing_hook_never_changes_the_answer(simulator):
+    """The hooks promise not to raise; if one does anyway (a bug, a wrapper), the application still
+    gets the API's answer unchanged and the failure is counted."""
+    from exporter.config import ProxyConfig
+    from exporter.metrics.proxy import ProxyStats
+    from exporter.sources.proxy import Proxy, ProxyHooks
+
+    sim = simulator()
+
+    async def created(*args: object) -> None:
+        raise RuntimeError("state write failed")
+
+    def observed(*args: object) -> None:
+        raise RuntimeError("queue broken")
+
+    async def run() -> tuple[list[httpx.Response], ProxyStats]:
+        stats = ProxyStats()
+        proxy = Proxy(ProxyHooks(created, observed), stats, ProxyConfig, lambda: sim.url, 1 << 20)
+        await proxy.start("127.0.0.1", 0, None)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{proxy.port}") as client:
+                made = await client.post("/async/speech/create", json=FAST_BODY)
+                read = await client.post("/async/speech/result", json={"id": made.json()["id"]})
+        finally:
+            await proxy.stop()
+        return [made, read], stats
+
+    (made, read), stats = asyncio.run(run())
+    assert made.status_code == 200 and made.json()["id"] in sim.truth()
+    assert read.status_code == 200 and read.json()["id"] == made.json()["id"]
+    assert stats.errors[("commit",)] == 1 and stats.errors[("observe",)] == 1

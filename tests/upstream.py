@@ -1,0 +1,83 @@
+"""A tiny HTTP server that the proxy tests put upstream where the simulator cannot serve: it echoes
+bodies and headers, sends large or chunked answers, and hangs on request.
+
+    python tests/upstream.py    -> prints its port, serves until SIGTERM
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import signal
+import sys
+
+from aiohttp import web
+
+
+def pattern(n: int) -> bytes:
+    """n bytes that are not all alike, so that a shifted or dropped chunk shows."""
+    block = bytes(range(256)) * 256
+    return (block * (n // len(block) + 1))[:n]
+
+
+async def echo(request: web.Request) -> web.StreamResponse:
+    digest, size = hashlib.sha256(), 0
+    response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+    await response.prepare(request)
+    async for chunk in request.content.iter_any():
+        digest.update(chunk)
+        size += len(chunk)
+        await response.write(chunk)
+    await response.write_eof()
+    return response
+
+
+async def headers(request: web.Request) -> web.Response:
+    body = await request.read()
+    return web.json_response({"method": request.method, "path_qs": request.raw_path,
+                              "headers": [[k, v] for k, v in request.headers.items()],
+                              "body_sha256": hashlib.sha256(body).hexdigest(), "body_length": len(body),
+                              "peer_port": request.transport.get_extra_info("peername")[1]},  # type: ignore[union-attr]
+                             headers={"X-Upstream": "yes", "Connection": "keep-alive, X-Hop",
+                                      "X-Hop": "must not pass", "Keep-Alive": "timeout=5"})
+
+
+async def big(request: web.Request) -> web.StreamResponse:
+    n = int(request.query.get("n", "0"))
+    data = pattern(n)
+    if request.query.get("chunked"):
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for start in range(0, n, 100_000):
+            await response.write(data[start:start + 100_000])
+        await response.write_eof()
+        return response
+    return web.Response(body=data, content_type="application/octet-stream")
+
+
+async def hang(request: web.Request) -> web.Response:
+    await asyncio.sleep(3600)
+    return web.Response(text="late")
+
+
+async def main() -> None:
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_route("*", "/headers{tail:.*}", headers)
+    app.router.add_get("/big", big)
+    app.router.add_route("*", "/hang", hang)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    print(site._server.sockets[0].getsockname()[1], flush=True)  # type: ignore[union-attr]
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
+    sys.exit(0)
