@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import benchmarks as b
-from bench import poll_realistic
+from bench import config_load, poll_realistic
 
 HERE = Path(__file__).resolve().parent
 
@@ -65,6 +65,10 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("failed_scrapes", "0", lambda v: v == 0), ("scrape_p99_ms", "reported", None),
         ("scrapes_per_second", "reported", None), ("poll_rate_quiet", "reported", None),
         ("poll_rate_ratio", ">= 0.9 (unaffected)", lambda v: v >= 0.9)]),
+    "config_50k_inline": (config_load.config_load, {"ids": 50_000}, {"ids": 50_000}, [
+        ("healthy_seconds", "<= 1 s (process start to /-/healthy)", lambda v: v <= 1),
+        ("ready_seconds", "reported (process start to /-/ready)", None),
+        ("check_seconds", "<= 1 s (--config.check, whole process)", lambda v: v <= 1)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
 }
