@@ -157,7 +157,8 @@ def serve(table_path: Path, port_file: Path) -> None:
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(loop.create_server(lambda: _Upstream(table, polls), "127.0.0.1", 0, backlog=512))
     port = server.sockets[0].getsockname()[1]
-    port_file.write_text(str(port))
+    port_file.with_suffix(".tmp").write_text(str(port))
+    port_file.with_suffix(".tmp").rename(port_file)  # whole, or not there
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.run_forever()
 
