@@ -160,3 +160,31 @@ def test_a_header_value_with_a_line_break_is_never_sent():
             await transport.post("http://127.0.0.1:9/x", b"{}", {"authorization": "k\r\nx-injected: 1"})
 
     asyncio.run(go())
+
+
+def test_https_verifies_the_server_certificate(tmp_path, monkeypatch):
+    import ssl
+
+    from test_security import make_pki
+
+    pki = make_pki(tmp_path)
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(str(pki["server.crt"]), str(pki["server.key"]))
+
+    async def go(trusted: bool):
+        script = Script([ok(b'{"tls": true}')])
+        script.server = await asyncio.start_server(script._serve, "127.0.0.1", 0, ssl=server_context)
+        port = script.server.sockets[0].getsockname()[1]
+        if trusted:  # OpenSSL's default verify paths honour SSL_CERT_FILE
+            monkeypatch.setenv("SSL_CERT_FILE", str(pki["ca.crt"]))
+        transport = Http11Transport(5, 1, 1024)
+        try:
+            return await transport.post(f"https://127.0.0.1:{port}/async/chat/result", b"{}", HEADERS)
+        except ApiConnectError as exc:
+            return exc
+        finally:
+            await transport.close()
+            await script.stop()
+
+    assert isinstance(asyncio.run(go(trusted=False)), ApiConnectError)
+    assert asyncio.run(go(trusted=True)).body == b'{"tls": true}'
