@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Callable
 
 from bench import benchmarks as b
-from bench import cost
-from bench.jobs_query import jobs_query
+from bench import config_load, cost, poll_realistic
 from bench import proxy as p
+from bench.jobs_query import jobs_query
 
 HERE = Path(__file__).resolve().parent
 
@@ -32,7 +32,14 @@ def economy_figures(interval: float) -> list:
 
 
 PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float], bool] | None]]]] = {
-    "poll_throughput": (b.poll_throughput, {"ids": 100_000}, {"ids": 5_000}, [
+    "poll_throughput": (poll_realistic.poll_throughput, {"ids": 100_000}, {"ids": 10_000}, [
+        ("polls_per_second", ">= 3,000 /s", lambda v: v >= 3000),
+        ("cpu_us_per_poll", "<= 300 µs", lambda v: v <= 300),
+        ("wrk_rps", "(wrk, same POST, same upstream)", None),
+        ("ratio_to_wrk", "reported", None),
+        ("upstream_cpu_share", "reported (cores busy in the upstream)", None),
+        ("polls_per_job", "3 (QUEUED, PROCESSING, final)", None)]),
+    "poll_throughput_simple": (b.poll_throughput, {"ids": 100_000}, {"ids": 5_000}, [
         ("polls_per_second", ">= 3,000 /s", lambda v: v >= 3000),
         ("cpu_us_per_poll", "<= 300 µs", lambda v: v <= 300),
         ("wrk_rps", "(wrk, same POST, same nginx)", None),
@@ -88,6 +95,10 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
     "proxy_economy": (p.proxy_economy, {"jobs": 2000, "speed": 4}, {"jobs": 300, "speed": 10}, [
         ("own_requests_per_job", "<= 0.05", lambda v: v <= 0.05), ("app_requests_per_job", "reported", None),
         ("jobs_counted", "= jobs", None)]),
+    "config_50k_inline": (config_load.config_load, {"ids": 50_000}, {"ids": 50_000}, [
+        ("healthy_seconds", "<= 1 s (process start to /-/healthy)", lambda v: v <= 1),
+        ("ready_seconds", "reported (process start to /-/ready)", None),
+        ("check_seconds", "<= 1 s (--config.check, whole process)", lambda v: v <= 1)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
 }

@@ -11,6 +11,7 @@ from helpers import REPO
 
 sys.path.insert(0, str(REPO))
 from bench import benchmarks as b  # noqa: E402
+from bench import config_load, poll_realistic  # noqa: E402
 from bench import proxy as p  # noqa: E402
 from bench.fixtures import prepare_state  # noqa: E402
 from exporter.tracking.store import StateStore  # noqa: E402
@@ -27,6 +28,47 @@ def test_prepared_state_is_consistent(tmp_path):
     assert closed == counts["final"] and len(store.load_open_jobs()) == counts["unfinished"]
     assert 0 < finished <= closed  # NOT_FOUND jobs are closed but never finished
     store.close()
+
+
+def test_poll_throughput_realistic_small(tmp_path):
+    """Every job passes QUEUED and PROCESSING before its final status, each answer is one poll, and
+    the state file holds every job final with the model the upstream named."""
+    figures = poll_realistic.poll_throughput(tmp_path, ids=1500, wrk_seconds=1, check=True)
+    assert figures["polls_per_job"] == 3
+    assert figures["peak_queued"] > 0 and figures["peak_processing"] > 0
+    assert figures["state_rows"] == figures["state_finals"] == figures["state_three_polls"] == 1500
+    assert figures["state_models_right"] == 1500
+    assert figures["polls_per_second"] > 0 and 0 < figures["ratio_to_wrk"] < 1
+    assert figures["cpu_us_per_poll"] > 0 and figures["upstream_cpu_share"] > 0
+
+
+def test_realistic_answers_have_the_shapes_of_the_schema():
+    import json
+    import random
+
+    from exporter.api.results import parse_result
+
+    rng = random.Random(1)
+    kinds = {"chat": 0, "images": 0, "speech": 0}
+    for n in range(300):
+        kind = ("chat", "images", "speech")[n % 3]
+        queued, processing, final = (json.loads(b) for b in poll_realistic.answers(f"id-{n}", kind, "m", rng, 1.7e9))
+        assert (queued["status"], processing["status"]) == ("QUEUED", "PROCESSING")
+        assert final["status"] in ("COMPLETED", "ERROR") and "finished" in final
+        result = parse_result(json.dumps(final).encode())
+        if final["status"] == "COMPLETED":
+            kinds[kind] += 1
+            if kind == "chat":
+                assert final["usage"]["total_tokens"] == result.prompt_tokens + result.completion_tokens
+                assert result.choices
+            else:
+                assert 1 <= result.results <= (4 if kind == "images" else 1)
+    assert min(kinds.values()) > 50
+
+
+def test_config_load_small(tmp_path):
+    figures = config_load.config_load(tmp_path, ids=2000)
+    assert figures["ready_seconds"] >= figures["healthy_seconds"] > 0 and figures["check_seconds"] > 0
 
 
 def test_poll_throughput_small(tmp_path):

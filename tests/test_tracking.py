@@ -185,3 +185,47 @@ def test_a_row_follows_the_column_order_and_reads_back_the_same():
     assert row["grp"] == "grp-1" and row["choices"] == '{"stop": 2}' and row["polls"] == 9
     again = Job.from_row(row)
     assert [getattr(again, f.name) for f in fields(Job)] == [getattr(job, f.name) for f in fields(Job)]
+
+
+def test_rows_of_polled_jobs_are_updated_in_place_and_match_memory(tmp_path):
+    """The first write of a job is its whole row, later ones an UPDATE of what can change while it is
+    polled; either way the file ends up with exactly Job.row(). A job untracked and tracked again
+    under another group is written whole again, so the file never keeps the old group."""
+    path = tmp_path / "state.db"
+
+    async def go():
+        store, jobs = await opened(path)
+        recorder = Recorder(store)
+        first, second = ids(2)
+        await jobs.track([first, second], "chat", "a", "config", 100.0)
+        await jobs.flush()
+        assert [len(b.upserts) for b in recorder.writes] == [2] and not recorder.writes[0].updates
+        job = jobs.open[first]
+        jobs.apply(job, JobResult("PROCESSING", model="m1", created=90.0), 101.0)
+        job.next_due, job.interval = 116.0, 15.0
+        await jobs.untrack(second, 101.0)
+        await jobs.track([second], "speech", "b", "file:x", 102.0)
+        await jobs.flush()
+        last = recorder.writes[-1]
+        assert [r[0] for r in last.updates] == [first] and [r[0] for r in last.upserts] == [second]
+        with sqlite3.connect(path) as db:
+            columns = [d[0] for d in db.execute("SELECT * FROM jobs").description]
+            stored = {r[0]: dict(zip(columns, r)) for r in db.execute("SELECT * FROM jobs")}
+        for job in (jobs.open[first], jobs.open[second]):
+            assert tuple(stored[job.id][c] for c in state_module.JOB_COLUMNS) == job.row()
+        assert stored[second]["grp"] == "b" and stored[second]["kind"] == "speech"
+        await store.call(store.close)
+
+    run(go())
+
+
+def test_an_update_row_the_file_lacks_is_written_whole(tmp_path):
+    store = StateStore(str(tmp_path / "state.db"))
+    store.open()
+    from exporter.tracking.job import Job
+    from exporter.tracking.store import Batch
+
+    job = Job(ids(1)[0], "chat", "g", "config", status="QUEUED", first_tracked=5.0, next_due=6.0)
+    store.write(Batch(updates=[job.row()]))
+    assert store.get(job.id)["status"] == "QUEUED" and store.get(job.id)["first_tracked"] == 5.0
+    store.close()

@@ -149,6 +149,27 @@ def test_config_errors_name_the_culprit(text, culprit):
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("text", [
+    "api: [", "api: {base_url: [\n", "jobs:\n\t- kind: chat", "a: b: c", "api: {x: 1}\n  y: 2", "'unclosed",
+    f"jobs: [{{kind: chat, ids: [{ID}, 7]}}]", f"jobs:\n  - {{kind: chat, ids: [{ID}]}}\n  - {{kind: speech, ids: [{ID}]}}",
+    "api: {timeout_seconds: fast}", "{}: 1",
+])
+def test_the_fast_yaml_loader_changes_no_verdict_and_no_message(text, monkeypatch):
+    """libyaml parses the config when PyYAML has it; what it answers and every error's text must be
+    those of the pure-Python loader."""
+    from exporter.config import load as loading
+
+    def verdict():
+        try:
+            return repr(parse_config(text, env={}))
+        except ConfigError as exc:
+            return f"error: {exc}"
+
+    fast = verdict()
+    monkeypatch.setattr(loading, "_FAST_LOADER", None)
+    assert fast == verdict()
+
+
 def test_shipped_config_is_valid_and_defaults_hold():
     config = load_config(Path(__file__).parent.parent / "config.yaml", env={})
     assert config.api.base_url.startswith("http")

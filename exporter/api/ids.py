@@ -17,6 +17,14 @@ def is_uuid4(value: object) -> bool:
     return isinstance(value, str) and _UUID4.match(value) is not None and not value.endswith("\n")
 
 
+def all_uuid4(values: Iterable[object]) -> bool:
+    """True when every value is an id `is_uuid4` accepts, in one C-level pass (50,000 inline ids)."""
+    try:
+        return all(map(_UUID4_BARE.fullmatch, values))  # type: ignore[arg-type]
+    except TypeError:  # not a string
+        return False
+
+
 def normalise(job_id: str) -> str:
     """The canonical (lower-case) spelling, so that one job is never tracked twice."""
     return job_id.lower()

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from exporter.api.ids import is_uuid4, normalise
+from exporter.api.ids import all_uuid4, is_uuid4, normalise
 from exporter.config.addresses import AddressError, parse_listen_address
 from exporter.config.model import (API_KEY_ENV, REGISTRATION_TOKEN_ENV, Config, ConfigError, Secret)
 from exporter.config.pricing import PriceFileError, load_prices
@@ -40,7 +40,7 @@ def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> Confi
 def parse_config(text: str, *, base_dir: Path = Path("."), env: dict[str, str] | None = None,
                  name: str = "config") -> Config:
     try:
-        data = yaml.safe_load(text)
+        data = _parse_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
@@ -53,6 +53,35 @@ def parse_config(text: str, *, base_dir: Path = Path("."), env: dict[str, str] |
     _check_cross_fields(config)
     config = _load_secrets(dataclasses.replace(config, base_dir=base_dir), os.environ if env is None else env)
     return _load_prices(config)
+
+
+# libyaml's loader, when PyYAML was built with it, parses a config of 50,000 inline ids ten times
+# faster than the pure-Python one (0.17 s against 1.6 s); both build the same safe types.
+_FAST_LOADER: type | None = None
+if hasattr(yaml, "CSafeLoader"):
+    _STR_TAG = "tag:yaml.org,2002:str"
+    _UUID_SHAPED = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}").fullmatch
+
+    class _FastLoader(yaml.CSafeLoader):  # type: ignore[misc,name-defined]
+        def resolve(self, kind: type, value: str, implicit: tuple[bool, bool]) -> str:
+            # A plain scalar shaped like a UUID can only be a string (no YAML 1.1 int, float,
+            # timestamp or bool looks like one): skip the implicit resolvers' regexes per id.
+            if kind is yaml.ScalarNode and implicit[0] and _UUID_SHAPED(value):
+                return _STR_TAG
+            return super().resolve(kind, value, implicit)
+
+    _FAST_LOADER = _FastLoader
+
+
+def _parse_yaml(text: str) -> Any:
+    if _FAST_LOADER is None:
+        return yaml.safe_load(text)
+    try:
+        return yaml.load(text, Loader=_FAST_LOADER)  # noqa: S506 (a safe loader)
+    except yaml.YAMLError:
+        # libyaml words its errors and places its marks differently: the pure loader parses the
+        # bad file again so that the message is the one the manual and the tests show.
+        return yaml.safe_load(text)
 
 
 def _build(cls: type, data: Any, path: str) -> Any:
@@ -85,6 +114,8 @@ def _value(hint: Any, raw: Any, path: str, rules: dict[str, Any]) -> Any:
         if not isinstance(raw, list):
             raise ConfigError(f"{path}: must be a list, not {_type_name(raw)}")
         item = typing.get_args(hint)[0]
+        if item is str and all(type(v) is str for v in raw):
+            return tuple(raw)  # what the loop below answers for strings, without a path per id
         return tuple(_value(item, v, f"{path}[{i}]", {}) for i, v in enumerate(raw))
     if dataclasses.is_dataclass(hint):
         return _build(hint, raw, path)
@@ -121,6 +152,9 @@ def _check_scalar(hint: type, raw: Any, path: str, rules: dict[str, Any]) -> Any
 
 def _check_jobs(config: Config) -> Config:
     """UUID v4 ids, no id in two groups, and every group with ids or an ids_file."""
+    if _ids_plainly_fine(config):
+        return dataclasses.replace(config, jobs=tuple(dataclasses.replace(g, ids=tuple(map(normalise, g.ids)))
+                                                      for g in config.jobs))
     seen: dict[str, str] = {}
     groups = []
     for g_index, group in enumerate(config.jobs):
@@ -138,6 +172,15 @@ def _check_jobs(config: Config) -> Config:
             ids.append(key)
         groups.append(dataclasses.replace(group, ids=tuple(ids)))
     return dataclasses.replace(config, jobs=tuple(groups))
+
+
+def _ids_plainly_fine(config: Config) -> bool:
+    """Every group has ids or an ids_file and every inline id is a UUID v4 listed once: the common
+    case, checked in bulk. Otherwise the loop of `_check_jobs` finds and names the first culprit."""
+    if not all(g.ids or g.ids_file for g in config.jobs):
+        return False
+    ids = [i for g in config.jobs for i in g.ids]
+    return all_uuid4(ids) and len(set(map(normalise, ids))) == len(ids)
 
 
 def _check_cross_fields(config: Config) -> None:

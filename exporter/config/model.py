@@ -59,7 +59,7 @@ class ApiConfig:
     timeout_seconds: float = _opt(10.0, positive=True)
     max_concurrency: int = _opt(8, min=1, max=1024)
     max_requests_per_second: float = _opt(20.0, min=0)  # 0 = unlimited
-    http_client: str = _opt("aiohttp", choices=("aiohttp", "httpx"))
+    http_client: str = _opt("builtin", choices=("builtin", "aiohttp", "httpx"))
     max_response_bytes: int = _opt(1024 * 1024, min=1024)
 
 

@@ -63,6 +63,8 @@ class TrackedJobs:
         self.writing: dict[str, Job] = {}
         self.exemplars = Exemplars(aggregates.bounds)
         self.by_created = CreatedIndex()  # unfinished jobs by `created` (tracking/queries.py)
+        # Tracked ids whose row the file does not hold yet: written whole, the others by UPDATE.
+        self._unwritten: set[str] = set()
         self._flush_lock = asyncio.Lock()
         # False while every row of the file is an open job held in `open`: then a new id needs no
         # look-up in the file (the first load of a million-line ids file makes no queries).
@@ -131,6 +133,7 @@ class TrackedJobs:
 
     def add_new(self, jobs: list[Job]) -> None:
         """Count and schedule new jobs of one (kind, group, model) that are already in `open`."""
+        self._unwritten.update(j.id for j in jobs)
         if self._deleted:
             self._deleted.difference_update(j.id for j in jobs)
         self.agg.add_counts([(jobs[0].labels, len(jobs))])
@@ -146,6 +149,7 @@ class TrackedJobs:
             job = Job.from_row(row)
         self._pending.pop(job_id, None)
         self.by_created.moved(job_id, job.created, None)
+        self._unwritten.discard(job_id)
         self.agg.move(job.labels, None)
         if job.final == OPEN:
             self._deleted.add(job_id)
@@ -229,6 +233,7 @@ class TrackedJobs:
         self._file_has_more = True
         self.open.pop(job.id, None)
         self.by_created.moved(job.id, job.created, None)
+        self._unwritten.discard(job.id)  # a final row is always written whole
         self.agg.close(job.labels)
 
     # -- persistence -----------------------------------------------------------------------------
@@ -244,7 +249,8 @@ class TrackedJobs:
             # transaction nor hold the event loop. Key order writes the B-trees front to back.
             counted = [j for j in pending.values() if j.final != OPEN]
             polled = sorted((j for j in pending.values() if j.final == OPEN), key=_by_id)
-            batch = Batch(upserts=[j.row() for j in counted + polled[:FLUSH_CHUNK]], deletes=list(deleted),
+            whole, updates = self._rows(polled[:FLUSH_CHUNK])
+            batch = Batch(upserts=[j.row() for j in counted] + whole, deletes=list(deleted), updates=updates,
                           retire=list(retire.items()), counters=self.agg.take_dirty())
             if batch:
                 try:
@@ -256,20 +262,32 @@ class TrackedJobs:
                     raise
                 finally:
                     self.writing = {}
-            written = len(batch.upserts)
+            written = len(batch.upserts) + len(batch.updates)
             for start in range(FLUSH_CHUNK, len(polled), FLUSH_CHUNK):
                 # A job that finished meanwhile is in the next batch, with its counts.
-                rows = [j.row() for j in polled[start:start + FLUSH_CHUNK] if j.final == OPEN]
+                whole, updates = self._rows(j for j in polled[start:start + FLUSH_CHUNK] if j.final == OPEN)
                 try:
-                    await self.store.call(self.store.write, Batch(upserts=rows))
+                    await self.store.call(self.store.write, Batch(upserts=whole, updates=updates))
                 except BaseException:
-                    self._requeue(Batch(), polled[start:])
+                    self._requeue(Batch(upserts=whole, updates=updates), polled[start:])
                     raise
-                written += len(rows)
+                written += len(whole) + len(updates)
             return written
 
+    def _rows(self, polled: Iterable[Job]) -> tuple[list[tuple], list[tuple]]:
+        """Rows of jobs still polled: (whole rows of those the file lacks, rows of the others)."""
+        whole, updates, unwritten = [], [], self._unwritten
+        for job in polled:
+            if job.id in unwritten:
+                unwritten.discard(job.id)  # back by `_requeue` if the write fails
+                whole.append(job.row())
+            else:
+                updates.append(job.row())
+        return whole, updates
+
     def _requeue(self, batch: Batch, unwritten: list[Job]) -> None:
-        for row in batch.upserts:
+        self._unwritten.update(row[0] for row in batch.upserts if row[0] in self.open)
+        for row in batch.upserts + batch.updates:
             job_id = row[0]
             job = self.open.get(job_id)
             if job is not None and job_id not in self._pending:

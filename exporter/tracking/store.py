@@ -76,9 +76,21 @@ class Batch:
     deletes: list[str] = field(default_factory=list)
     retire: list[tuple[str, float]] = field(default_factory=list)
     counters: list[tuple[str, tuple[str, ...], object]] = field(default_factory=list)
+    # Rows (JOB_COLUMNS order) of jobs still polled whose row in the file is theirs and still polled:
+    # written by an UPDATE of the columns that can change while polled (see `write`).
+    updates: list[tuple[Any, ...]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.upserts or self.deletes or self.retire or self.counters)
+        return bool(self.upserts or self.deletes or self.retire or self.counters or self.updates)
+
+
+# What a row of a job still polled can not change: its identity, where it came from, and the indexed
+# `final`/`ended` (so that an UPDATE of the others leaves every index alone; a third less CPU per
+# row than INSERT OR REPLACE, which deletes and re-inserts the row and its index entries). Columns
+# added to JOB_COLUMNS later are updated unless named here.
+_FIXED_WHILE_POLLED = frozenset(("id", "kind", "grp", "source", "first_tracked", "final", "ended"))
+_UPDATED = tuple(i for i, c in enumerate(JOB_COLUMNS) if c not in _FIXED_WHILE_POLLED) + (0,)
+_UPDATE_SQL = (f"UPDATE jobs SET {', '.join(JOB_COLUMNS[i] + ' = ?' for i in _UPDATED[:-1])} WHERE id = ?")
 
 
 class StateStore:
@@ -224,6 +236,13 @@ class StateStore:
                 marks = ",".join("?" * len(JOB_COLUMNS))
                 db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
                                self.prices.interned(db, batch.upserts))
+            if batch.updates:
+                updates = list(self.prices.interned(db, batch.updates))
+                changed = db.executemany(_UPDATE_SQL, ([row[i] for i in _UPDATED] for row in updates)).rowcount
+                if changed < len(updates):  # a row not there after all: write it whole
+                    marks = ",".join("?" * len(JOB_COLUMNS))
+                    db.executemany(f"INSERT OR IGNORE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
+                                   updates)
             if batch.deletes:
                 db.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i in batch.deletes))
             if batch.retire:
