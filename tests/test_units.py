@@ -216,3 +216,13 @@ def test_jump_hash_is_balanced_and_moves_few_ids():
     moved = sum(a != b for a, b in zip(three, four))
     assert moved / len(ids) < 0.3  # ideal 1/4
     assert all(b == 3 for a, b in zip(three, four) if a != b)  # ids only move to the new shard
+
+
+def test_a_chat_answer_carrying_something_called_results_is_read_without_it():
+    """The chat schema has no `results` and allows extra keys: `{}` or `null` there is not an error."""
+    for extra in ({}, None, "x", [1, 2]):
+        r = parse_result(body(results=extra), "chat")
+        assert r.status == "COMPLETED" and r.results == 0
+    assert parse_result(body(results=[{"url": "u"}, {"url": "v"}]), "images").results == 2
+    with pytest.raises(InvalidBody):
+        parse_result(body(results={}), "images")

@@ -38,8 +38,9 @@ class JobResult:
     choices: dict[str, int] = field(default_factory=dict)  # finish_reason -> count
 
 
-def parse_result(body: bytes) -> JobResult:
-    """Parse and check one answer; raise InvalidBody (only) when it cannot be used."""
+def parse_result(body: bytes, kind: str | None = None) -> JobResult:
+    """Parse and check one answer of `kind`'s result endpoint; raise InvalidBody (only) when it
+    cannot be used."""
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError, RecursionError):
@@ -63,7 +64,10 @@ def parse_result(body: bytes) -> JobResult:
         raise InvalidBody("created missing")
     _read_usage(data.get("usage"), result)
     _read_choices(data.get("choices"), result)
-    _read_results(data.get("results"), result)
+    # A chat answer has no `results` in the API's schema, which allows extra keys: whatever a chat
+    # answer carries under that name is not a result (images and speech answers must give an array).
+    if kind != "chat":
+        _read_results(data.get("results"), result)
     return result
 
 

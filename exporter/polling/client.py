@@ -151,7 +151,7 @@ class ApiClient:
             raw = await self._transport.post(self._urls.get(kind) or self._url(kind), _request_body(job_id),
                                              self._headers)
             code = str(raw.status)
-            return parse_result(raw.body) if raw.status == 200 else _refuse(raw), \
+            return parse_result(raw.body, kind) if raw.status == 200 else _refuse(raw), \
                 Answer(code, time.perf_counter() - started)
         except (ApiError, NotFound) as exc:
             exc.answer = Answer(code, time.perf_counter() - started)  # type: ignore[attr-defined]

@@ -96,7 +96,7 @@ class ProxiedJobs:
 
         Raises InvalidBody for an answer the exporter's own poll would not have used either.
         """
-        result = parse_result(body)
+        result = parse_result(body, kind)
         jobs = self.jobs
         job = jobs.open.get(job_id)
         if job is None:
