@@ -25,10 +25,12 @@ from exporter.logs import MASK
 from exporter.config.addresses import parse_listen_address
 from exporter.polling.poller import Poller
 from exporter.polling.ratelimit import RateLimiter
-from exporter.tracking.shard import owner
+from exporter.tracking.ownership import Ring
 from exporter.sources.registration import Registrar
 from exporter.sources.registration import routes as registration_routes
 from exporter.sources.sync import ConfigSources
+from exporter.sources.replication import Replication
+from exporter.metrics.handoff import HandoffCollector
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.store import StateStore
 from exporter.http.server import Site, build_web_app
@@ -76,6 +78,10 @@ class Exporter:
         self.renderer = TextRenderer()
         self.gzip_parts = GzipParts()
         self.sources = ConfigSources(self.jobs, self.owned, self._invalid_id_line)
+        self.ring = Ring(self.shard_index, self.shard_count, config.shard.peer_urls(self.shard_count))
+        # Only with peers configured: without them every replica keeps to its own ids, as before.
+        self.replication = (Replication(config, self.ring, self.jobs, self.poller.schedule, lambda: self.config)
+                            if self.ring.routed else None)
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
@@ -96,11 +102,11 @@ class Exporter:
         """Those of `ids` in this replica's shard (all of them when there is one shard)."""
         if self.shard_count == 1:
             return ids
-        return [i for i in ids if owner(i, self.shard_count) == self.shard_index]
+        return [i for i in ids if self.ring.owns(i)]
 
     @staticmethod
     def _secrets(config: Config) -> list[str | None]:
-        return [s.reveal() if s else None for s in (config.api_key, config.registration_token)]
+        return [s.reveal() if s else None for s in (config.api_key, config.registration_token, config.peer_password)]
 
     def _make_client(self, config: Config) -> ApiClient:
         key = config.api_key.reveal() if config.api_key else None
@@ -115,6 +121,8 @@ class Exporter:
         self._register_collectors()
         await self._serve()
         await self.jobs.load()
+        if self.replication is not None:
+            await self.replication.start()
         self._declare_series(self.config)
         self.poller.schedule_all()
         await self.sources.sync(self.config, initial=True)
@@ -126,7 +134,8 @@ class Exporter:
         self.ready = True
         for name, coro in (("poller", self.poller.run()), ("flusher", self._flush_loop()),
                            ("web-config", self.guard.watch()),
-                           ("files", self._files_loop()), ("retention", self._retention_loop())):
+                           ("files", self._files_loop()), ("retention", self._retention_loop()),
+                           *(self.replication.tasks() if self.replication else ())):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: %d jobs polled, %d closed, listening on %s", len(self.jobs.open),
                  self.jobs.closed_total, self.url)
@@ -143,10 +152,12 @@ class Exporter:
         limits = self.config.web
         site = Site(self.registry, self.renderer, self.gzip_parts, lambda: self.ready, self.reload,
                     self.overview, limits.max_request_body_bytes)
+        rep = self.replication
         registrar = Registrar(lambda: self.config.registration_token, self.jobs, self.owned,
-                              lambda: self.shard_count > 1)
+                              lambda: self.shard_count > 1, rep.router.hand_off if rep else None,
+                              rep.read_owner if rep else None)
         app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
-                            [registration_routes(registrar)])
+                            [registration_routes(registrar), *([rep.routes()] if rep else [])])
         # keepalive_timeout also closes a connection that has not sent a whole request by then:
         # a client that trickles its headers cannot hold a slot for longer.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
@@ -170,6 +181,8 @@ class Exporter:
         for collector in (JobsCollector(self.job_agg, self.jobs.is_current), ApiCollector(self.api_agg),
                           ExporterCollector(s)):
             self.registry.register(collector)
+        if self.replication is not None:
+            self.registry.register(HandoffCollector(self.replication.stats))
         self.registry.register(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
         self.registry.register(Sampled(PlatformCollector(registry=None), float("inf")))
 
@@ -189,6 +202,8 @@ class Exporter:
         finally:
             for client in [self.client, *self._retired_clients]:
                 await client.close()
+            if self.replication is not None:
+                await self.replication.close()
             if self._runner is not None:
                 await self._runner.cleanup()
             await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)

@@ -1,11 +1,11 @@
 """The exporter's configuration: typed, with every default in one place, validated once at load."""
 
 from exporter.config.addresses import AddressError
-from exporter.config.load import expand_ids_file, load_config, parse_config
+from exporter.config.load import check_peers, expand_ids_file, load_config, parse_config
 from exporter.config.model import (API_KEY_ENV, DEFAULT_DURATION_BUCKETS, REGISTRATION_TOKEN_ENV, ApiConfig, Config,
                                    ConfigError, JobGroup, MetricsConfig, PollConfig, Secret, ShardConfig, StateConfig,
                                    WebConfig)
 
 __all__ = ["API_KEY_ENV", "DEFAULT_DURATION_BUCKETS", "REGISTRATION_TOKEN_ENV", "AddressError", "ApiConfig", "Config",
            "ConfigError", "JobGroup", "MetricsConfig", "PollConfig", "Secret", "ShardConfig", "StateConfig",
-           "WebConfig", "expand_ids_file", "load_config", "parse_config"]
+           "WebConfig", "check_peers", "expand_ids_file", "load_config", "parse_config"]

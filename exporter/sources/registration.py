@@ -9,7 +9,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
@@ -42,6 +42,10 @@ class Registrar:
     jobs: RegisteredJobs
     owned: Callable[[list[str]], list[str]]
     sharded: Callable[[], bool]
+    # With peers configured: queue ids other shards own for them (how many), and read an id's
+    # record from its owner (status, body, content type; PeerUnavailable when it does not answer).
+    hand_off: Callable[[list[str], str, str], int] | None = None
+    read_owner: Callable[[str], Awaitable[tuple[int, bytes, str]]] | None = None
 
 
 REGISTRAR = web.AppKey("registrar", Registrar)
@@ -96,12 +100,20 @@ async def register(request: web.Request) -> web.Response:
         return problem
     registrar = request.app[REGISTRAR]
     ids = [normalise(i) for i in body["ids"]]
+    kind, group = body["kind"], body.get("group", "default")
     owned = registrar.owned(ids)
-    accepted, duplicates = await registrar.jobs.track(owned, body["kind"], body.get("group", "default"),
-                                                      "api", time.time())
-    await registrar.jobs.flush()  # 202 only once the ids are durably stored
-    answer = {"accepted": len(accepted), "duplicates": duplicates}
-    if registrar.sharded():
+    accepted, duplicates = await registrar.jobs.track(owned, kind, group, "api", time.time())
+    handed = 0
+    if registrar.hand_off is not None:
+        mine = set(owned)
+        handed = registrar.hand_off([i for i in dict.fromkeys(ids) if i not in mine], kind, group)
+    # 202 only once the ids are durably stored, here or in the outbox (the same transaction)
+    await registrar.jobs.flush()
+    answer = {"accepted": len(accepted) + handed, "duplicates": duplicates}
+    if registrar.hand_off is not None:
+        answer["duplicates"] = len(ids) - len(accepted) - handed
+        answer["handed_off"] = handed
+    elif registrar.sharded():
         answer["not_owned"] = len(ids) - len(owned)
     return web.json_response(answer, status=202)
 
@@ -130,10 +142,23 @@ async def show(request: web.Request) -> web.Response:
     refused = _authorised(request)
     if refused is not None:
         return refused
-    job = await request.app[REGISTRAR].jobs.lookup(normalise(request.match_info["job_id"]))
+    registrar = request.app[REGISTRAR]
+    job_id = normalise(request.match_info["job_id"])
+    if registrar.read_owner is not None and request.query.get("local") != "true" and not registrar.owned([job_id]):
+        return await _from_owner(registrar.read_owner, job_id)
+    job = await registrar.jobs.lookup(job_id)
     if job is None:
         return _error(404, "not tracked")
     return web.json_response(job.as_dict())
+
+
+async def _from_owner(read: Callable[[str], Awaitable[tuple[int, bytes, str]]], job_id: str) -> web.Response:
+    """The owner's answer, passed on; 502 when the owner gives none."""
+    try:
+        status, body, content_type = await read(job_id)
+    except Exception as exc:  # PeerUnavailable: the owner is down or unreachable
+        return _error(502, f"the shard that owns this id did not answer ({exc})")
+    return web.Response(status=status, body=body, content_type=content_type or "application/json")
 
 
 async def forget(request: web.Request) -> web.Response:

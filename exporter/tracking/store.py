@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from exporter.tracking.migrations import SCHEMA_VERSION, migrate
+from exporter.tracking.migrations import HANDOFF_TABLE, SCHEMA_VERSION, migrate
 
 APPLICATION_ID = 0x44495354  # "DIST": marks a file as ours, so a foreign database is refused
 
@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS counters (
     family TEXT NOT NULL, labels TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (family, labels)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS retired (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
-"""
+""" + HANDOFF_TABLE
 
 T = TypeVar("T")
 
@@ -64,9 +64,10 @@ class Batch:
     deletes: list[str] = field(default_factory=list)
     retire: list[tuple[str, float]] = field(default_factory=list)
     counters: list[tuple[str, tuple[str, ...], object]] = field(default_factory=list)
+    handoffs: list[tuple[str, int, str, float]] = field(default_factory=list)  # job id, target, payload, next_try
 
     def __bool__(self) -> bool:
-        return bool(self.upserts or self.deletes or self.retire or self.counters)
+        return bool(self.upserts or self.deletes or self.retire or self.counters or self.handoffs)
 
 
 class StateStore:
@@ -208,6 +209,9 @@ class StateStore:
             if batch.counters:
                 db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                                ((f, labels_key(l), json.dumps(v)) for f, l, v in batch.counters))
+            if batch.handoffs:
+                db.executemany("INSERT INTO handoff (job_id, target, payload, next_try) VALUES (?, ?, ?, ?)",
+                               batch.handoffs)
 
     def retire_ended_before(self, cutoff: float, now: float) -> list[tuple[tuple[str, str, str, str], int]]:
         """Drop jobs final since before `cutoff`, keeping their ids as tombstones; counts dropped."""

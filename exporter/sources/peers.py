@@ -1,0 +1,126 @@
+"""Talking to the other replicas: hand-offs to an id's owner, and reads routed to it.
+
+Every request carries the registration token (X-Registration-Token, so that basic auth keeps the
+Authorization header), plus what `shard.peer_*` configures when the peers' web config asks for basic
+auth or client certificates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+from dataclasses import dataclass
+from typing import Any, Mapping
+from urllib.parse import quote, urlencode
+
+import aiohttp
+
+from exporter.config import Config, Secret
+from exporter.tracking.ownership import Ring
+
+MAX_ANSWER = 8 * 1024 * 1024
+
+
+class PeerUnavailable(Exception):
+    """The peer gave no answer (down, refused the connection, timed out)."""
+
+
+@dataclass(frozen=True)
+class PeerAuth:
+    token: Secret
+    basic: tuple[str, Secret] | None = None
+    cert: tuple[str, str] | None = None
+    ca_file: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> "PeerAuth":
+        shard = config.shard
+        assert config.registration_token is not None  # checked when the config was loaded
+        basic = ((shard.peer_basic_auth_username, config.peer_password)
+                 if shard.peer_basic_auth_username and config.peer_password else None)
+        cert = ((str(config.resolve(shard.peer_cert_file)), str(config.resolve(shard.peer_key_file)))
+                if shard.peer_cert_file and shard.peer_key_file else None)
+        ca = str(config.resolve(shard.peer_ca_file)) if shard.peer_ca_file else None
+        return cls(config.registration_token, basic, cert, ca)
+
+    def headers(self) -> dict[str, str]:
+        headers = {"X-Registration-Token": self.token.reveal()}
+        if self.basic:
+            user, password = self.basic
+            pair = f"{user}:{password.reveal()}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
+        return headers
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """For https peers: verify them against `ca_file` (else the system's CAs); present `cert`."""
+        context = ssl.create_default_context(cafile=self.ca_file)
+        if self.cert:
+            context.load_cert_chain(*self.cert)
+        return context
+
+
+class PeerClient:
+    """One keep-alive session to every shard of the ring."""
+
+    def __init__(self, ring: Ring, auth: PeerAuth, timeout: float) -> None:
+        self.ring = ring
+        self._headers = auth.headers()
+        tls = auth.ssl_context() if any(u.startswith("https://") for u in ring.urls) else None
+        self._session: aiohttp.ClientSession | None = None
+        self._tls = tls
+        self._timeout = timeout
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:  # made on first use, inside the running loop
+            self._session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+                connector=aiohttp.TCPConnector(limit=64, ssl=self._tls if self._tls else True))
+        return self._session
+
+    async def request(self, method: str, shard: int, path: str, body: bytes | None = None,
+                      query: Mapping[str, str] | None = None) -> tuple[int, bytes, str]:
+        """(status, body, content type) of the peer's answer; PeerUnavailable when none came."""
+        url = self.ring.url(shard) + path + (("?" + urlencode(query)) if query else "")
+        headers = dict(self._headers)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            async with self.session.request(method, url, data=body, headers=headers) as answer:
+                data = await answer.content.read(MAX_ANSWER)
+                return answer.status, data, answer.content_type
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ssl.SSLError) as exc:
+            raise PeerUnavailable(f"shard {shard}: {type(exc).__name__}") from None
+
+    async def hand_off(self, shard: int, payloads: list[str]) -> int:
+        """POST entries to the owner's hand-off route; its HTTP status (200 = stored there)."""
+        body = ('{"entries": [' + ",".join(payloads) + "]}").encode()
+        status, _, _ = await self.request("POST", shard, "/api/v1/handoff", body)
+        return status
+
+    async def job(self, shard: int, job_id: str) -> tuple[int, bytes, str]:
+        """The owner's own answer to GET /api/v1/jobs/<id>."""
+        return await self.request("GET", shard, f"/api/v1/jobs/{quote(job_id)}", query={"local": "true"})
+
+    async def pages(self, path: str, query: Mapping[str, str],
+                    cursors: Mapping[int, str] | None = None) -> dict[int, Any]:
+        """Every shard's local page of a list route (JSON), fetched at once; a shard that did not
+        answer is left out (the caller says which)."""
+        async def one(shard: int) -> tuple[int, Any]:
+            q = {**query, "local": "true"}
+            if cursors and cursors.get(shard):
+                q["cursor"] = cursors[shard]
+            try:
+                status, body, _ = await self.request("GET", shard, path, query=q)
+            except PeerUnavailable:
+                return shard, None
+            return shard, json.loads(body) if status == 200 else None
+        shards = [s for s in range(self.ring.count) if cursors is None or s in cursors]
+        answers = await asyncio.gather(*(one(s) for s in shards))
+        return {shard: page for shard, page in answers if page is not None}
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()

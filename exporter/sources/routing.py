@@ -1,0 +1,98 @@
+"""Routing by ownership: an id this shard owns is applied here; one another shard owns is queued
+durably for its owner (the outbox) and never waits for it.
+
+The proxy gets `created` and `observed` from here (they wrap the local implementation), the
+registration route `hand_off`, and start-up `reshard`: after a change of shard count, every id held
+here that another shard now owns goes to it with its whole state, and is forgotten here once the
+entry is in the outbox (in the same transaction that deletes it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Awaitable, Callable
+
+from exporter.sources.handoff import Sink, apply, entry, state_of
+from exporter.tracking.jobs import TrackedJobs
+from exporter.tracking.outbox import HandoffStats, Outbox
+from exporter.tracking.ownership import Ring
+
+log = logging.getLogger("distribute.handoff")
+
+Created = Callable[[str, str, str, str], Awaitable[None]]
+Observed = Callable[[str, str, str, str, bytes], None]
+
+
+class Router:
+    def __init__(self, ring: Ring, jobs: TrackedJobs, outbox: Outbox, local: Sink, stats: HandoffStats,
+                 wake: Callable[[], None], clock: Callable[[], float] = time.time) -> None:
+        self.ring = ring
+        self.jobs = jobs
+        self.outbox = outbox
+        self.local = local
+        self.stats = stats
+        self.wake = wake
+        self.clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _queue(self, job_id: str, payload: str) -> None:
+        self.jobs.queue_handoff(job_id, self.ring.owner(job_id), payload, self.clock())
+        self.stats.pending += 1
+
+    # -- the proxy's callables -------------------------------------------------------------------
+    async def created(self, job_id: str, kind: str, group: str, model: str) -> None:
+        """A create answered through the proxy: stored here or in the outbox before this returns."""
+        if self.ring.owns(job_id):
+            await self.local.created(job_id, kind, group, model)
+            await self.jobs.flush()
+            return
+        self._queue(job_id, entry("created", job_id, kind, group, model, "proxy"))
+        await self.jobs.flush()  # concurrent creates share this transaction or the next
+        self.wake()
+
+    def observed(self, job_id: str, kind: str, group: str, model: str, body: bytes) -> None:
+        """A 200 result answer seen through the proxy: applied (or queued) off the application's path."""
+        if self.ring.owns(job_id):
+            task = asyncio.get_running_loop().create_task(self.local.observe(job_id, kind, group, model, body))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        self._queue(job_id, entry("observed", job_id, kind, group, model, "proxy", answer=body))
+
+    # -- the registration route ------------------------------------------------------------------
+    def hand_off(self, ids: list[str], kind: str, group: str) -> int:
+        """Queue registered ids other shards own (written by the caller's flush); how many."""
+        for job_id in ids:
+            self._queue(job_id, entry("registered", job_id, kind, group))
+        return len(ids)
+
+    # -- start-up ----------------------------------------------------------------------------------
+    async def reshard(self) -> int:
+        """Hand away what this shard no longer owns; take what the outbox owes this shard now."""
+        store = self.jobs.store
+        if await store.call(self.outbox.shard_count) == self.ring.count:
+            return 0
+        moved = 0
+        for job_id in sorted(set(self.jobs.open) | set(await store.call(self.outbox.all_ids))):
+            if self.ring.owns(job_id):
+                continue
+            job = await self.jobs.release(job_id)
+            if job is not None:
+                self._queue(job_id, entry("state", job_id, job.kind, job.group, job.model, job.source,
+                                          state=state_of(job)))
+                moved += 1
+        own = await store.call(self.outbox.retarget, self.ring.owner, self.ring.index)
+        if own:
+            await apply(self.local, [json.loads(e.payload) for e in own])
+        await self.jobs.flush()
+        if own:
+            await store.call(self.outbox.done, [e.row for e in own])
+        await store.call(self.outbox.set_shard_count, self.ring.count)
+        self.stats.pending = await store.call(self.outbox.count)
+        if moved or own:
+            log.info("shard count is now %d: handing %d jobs to their new owners, took back %d queued "
+                     "hand-offs", self.ring.count, moved, len(own))
+        return moved
