@@ -1,0 +1,209 @@
+"""Several replicas, one truth: real processes, each with its own state file, behind a real
+round-robin balancer (nginx), against the simulator. Any replica accepts any id; the shard that owns
+it tracks it, counts it once, and keeps doing so across kill -9 and a change of shard count."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import signal
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import tool
+from exporter.tracking.shard import owner
+from helpers import ExporterProc, Proc, free_port, http, total, wait_for, write_config
+from test_exporter import OLD, config_text
+
+TOKEN = "replica-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ENV = {"DISTRIBUTE_EXPORTER_REGISTRATION_TOKEN": TOKEN}
+FINAL = ("COMPLETED", "ERROR")
+
+
+class Balancer(Proc):
+    """nginx, round-robin over the given loopback ports."""
+
+    def __init__(self, folder: Path, ports: list[int]) -> None:
+        folder.mkdir(exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        servers = "".join(f"    server 127.0.0.1:{p};\n" for p in ports)
+        temp = "".join(f"  {name}_temp_path {folder}/{name};\n"
+                       for name in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        conf = folder / "nginx.conf"
+        conf.write_text(f"worker_processes 1;\npid {folder}/nginx.pid;\nerror_log {folder}/error.log;\n"
+                        f"events {{ worker_connections 256; }}\nhttp {{\n  access_log off;\n{temp}"
+                        f"  upstream replicas {{\n{servers}  }}\n"
+                        f"  server {{\n    listen 127.0.0.1:{self.port};\n"
+                        f"    location / {{ proxy_pass http://replicas; proxy_next_upstream off; }}\n  }}\n}}\n")
+        super().__init__([tool("nginx"), "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(conf),
+                          "-g", "daemon off;"])
+        wait_for(lambda: http("GET", f"{self.url}/-/healthy", timeout=2)[0] in (200, 502), 10, what="nginx up")
+
+
+class Replicas:
+    """N replicas sharing one config and peer list; each in its own folder with its own state file."""
+
+    def __init__(self, tmp_path: Path, sim_url: str, count: int, ports: list[int]) -> None:
+        self.tmp_path, self.sim_url, self.count = tmp_path, sim_url, count
+        self.ports = ports[:count]
+        self.procs: dict[int, ExporterProc] = {}
+
+    def start(self, index: int) -> ExporterProc:
+        folder = self.tmp_path / f"replica-{index}"
+        folder.mkdir(exist_ok=True)
+        config = write_config(folder, config_text(self.sim_url, "  []\n"))
+        peers = ",".join(f"http://127.0.0.1:{p}" for p in self.ports)
+        proc = ExporterProc(config, "--shard.index", f"distribute-exporter-{index}", "--shard.count",
+                            str(self.count), "--shard.peers", peers, env=ENV, port=self.ports[index])
+        self.procs[index] = proc
+        return proc
+
+    def start_all(self) -> "Replicas":
+        for index in range(self.count):
+            self.start(index)
+        return self
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            proc.stop()
+
+    def holders(self, job_id: str) -> list[int]:
+        """The replicas that track `job_id` themselves."""
+        return [i for i, p in self.procs.items()
+                if http("GET", f"{p.url}/api/v1/jobs/{job_id}?local=true", headers=AUTH)[0] == 200]
+
+    def finished(self) -> float:
+        return sum(total(p.samples("distribute_jobs_finished_total")) for p in self.procs.values())
+
+    def handoffs(self, outcome: str) -> float:
+        return sum(total(p.samples("distribute_handoff_total"), outcome=outcome) for p in self.procs.values())
+
+    def pending(self) -> float:
+        return sum(total(p.samples("distribute_handoff_pending")) for p in self.procs.values())
+
+
+def register(url: str, kind: str, ids: list[str], batch: int = 10) -> list[dict]:
+    answers = []
+    for start in range(0, len(ids), batch):
+        status, body, _ = http("POST", f"{url}/api/v1/jobs", {"kind": kind, "group": "g", "ids": ids[start:start + batch]},
+                               AUTH)
+        assert status == 202, body
+        answers.append(json.loads(body))
+    return answers
+
+
+def final_count(sim, ids: list[str]) -> int:
+    truth = sim.truth()
+    return sum(truth[i]["status"] in FINAL for i in ids)
+
+
+def each_tracked_once(replicas: Replicas, ids: list[str], count: int) -> bool:
+    for job_id in ids:
+        if replicas.holders(job_id) != [owner(job_id, count)]:
+            return False
+    return True
+
+
+def test_ids_registered_through_a_balancer_are_tracked_once_by_their_owner(simulator, tmp_path):
+    sim = simulator("--seed", "18")
+    ids = sim.create("chat", 45, age_seconds=OLD) + sim.create("images", 15, age_seconds=OLD)
+    ports = [free_port() for _ in range(3)]
+    replicas = Replicas(tmp_path, sim.url, 3, ports).start_all()
+    balancer = Balancer(tmp_path / "nginx", ports)
+    try:
+        answers = register(balancer.url, "chat", ids[:45]) + register(balancer.url, "images", ids[45:])
+        # every id is taken by whichever replica got it: stored there or queued for its owner
+        assert sum(a["accepted"] for a in answers) == len(ids)
+        assert all("not_owned" not in a and 0 <= a["handed_off"] <= a["accepted"] for a in answers)
+        assert sum(a["handed_off"] for a in answers) > 0
+        wait_for(lambda: replicas.pending() == 0, 30, what="outbox empty")
+        assert each_tracked_once(replicas, ids, 3)
+        # registered again through the balancer: nothing changes anywhere
+        register(balancer.url, "chat", ids[:45], batch=45)
+        wait_for(lambda: replicas.pending() == 0, 30, what="outbox empty again")
+        wait_for(lambda: replicas.finished() == len(ids), 30, what="every job finished")
+        assert each_tracked_once(replicas, ids, 3)
+        assert replicas.handoffs("delivered") == replicas.handoffs("received") > 0
+        agents = http("GET", f"{sim.url}/__admin/stats?agents=1")
+        by_agent = json.loads(agents[1])["by_id_agent"]
+        for job_id in ids:  # exactly one replica, the owner, asked the API about each id
+            assert list(by_agent[job_id]) and all(f"(shard {owner(job_id, 3)}/3)" in a for a in by_agent[job_id])
+        # any replica answers for any id (routed to the owner); ?local=true asks that one replica only
+        for job_id in ids[:12]:
+            status, body, _ = http("GET", f"{balancer.url}/api/v1/jobs/{job_id}", headers=AUTH)
+            assert status == 200 and json.loads(body)["id"] == job_id and json.loads(body)["final"]
+        # a hand-off without the token is refused and counted
+        status, _, _ = http("POST", f"{replicas.procs[0].url}/api/v1/handoff", {"entries": []},
+                            {"X-Registration-Token": "wrong"})
+        assert status == 401
+        assert total(replicas.procs[0].samples("distribute_handoff_total"), outcome="refused") == 1
+    finally:
+        balancer.stop()
+        replicas.stop_all()
+
+
+def test_kill_9_of_sender_and_owner_loses_and_doubles_nothing(simulator, tmp_path):
+    sim = simulator("--seed", "19", "--speed", "20")
+    old = sim.create("chat", 40, age_seconds=OLD)
+    young = sim.create("speech", 40)
+    ids = old + young
+    ports = [free_port() for _ in range(3)]
+    replicas = Replicas(tmp_path, sim.url, 3, ports).start_all()
+    try:
+        replicas.procs[2].stop(signal.SIGKILL)  # an owner is down: its hand-offs must wait
+        answers = register(replicas.procs[1].url, "chat", old) + register(replicas.procs[1].url, "speech", young)
+        assert sum(a["accepted"] for a in answers) == len(ids)
+        replicas.procs[1].stop(signal.SIGKILL)  # the replica that took them, right after its 202s
+        for index in (1, 2):
+            replicas.start(index)
+        wait_for(lambda: replicas.pending() == 0, 60, what="outbox delivered after the restarts")
+        assert each_tracked_once(replicas, ids, 3)
+        wait_for(lambda: replicas.finished() == final_count(sim, ids) == len(ids), 60, what="every job finished")
+        assert replicas.finished() == len(ids)
+    finally:
+        replicas.stop_all()
+
+
+def test_resharding_3_to_4_moves_jobs_with_their_state_and_counts_nothing_twice(simulator, tmp_path):
+    sim = simulator("--seed", "20", "--speed", "5")
+    old = sim.create("chat", 60, age_seconds=OLD)
+    young = sim.create("images", 30)
+    ids = old + young
+    ports = [free_port() for _ in range(4)]
+    three = Replicas(tmp_path, sim.url, 3, ports).start_all()
+    register(three.procs[0].url, "chat", old)
+    wait_for(lambda: three.pending() == 0 and three.finished() == len(old), 30, what="old jobs counted")
+    register(three.procs[2].url, "images", young)
+    wait_for(lambda: three.pending() == 0, 30, what="young ones handed off")
+    before = {i: Counter(p.samples("distribute_jobs_finished_total")) for i, p in three.procs.items()}
+    three.stop_all()
+
+    four = Replicas(tmp_path, sim.url, 4, ports)
+    try:
+        four.start_all()
+        wait_for(lambda: four.pending() == 0, 60, what="resharding hand-offs delivered")
+        assert each_tracked_once(four, ids, 4)
+        moved = [i for i in ids if owner(i, 4) == 3]
+        assert moved and four.holders(moved[0]) == [3]
+        wait_for(lambda: final_count(sim, ids) == len(ids), 60, what="simulator done")
+        wait_for(lambda: four.finished() == len(ids), 60, what="every job finished")
+        for index in range(3):  # counters never go down, and what was counted stays counted there only
+            after = Counter(four.procs[index].samples("distribute_jobs_finished_total"))
+            assert all(after[k] >= v for k, v in before[index].items())
+        assert four.finished() == len(ids)  # no job counted twice, anywhere
+        # the new replica counted only jobs that finished after the move, never one counted before
+        counted_before = sum(sum(c.values()) for c in before.values())
+        assert total(four.procs[3].samples("distribute_jobs_finished_total")) <= len(ids) - counted_before
+        assert sum(total(p.samples("distribute_jobs")) for p in four.procs.values()) == len(ids)
+    finally:
+        four.stop_all()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("exporter.sources.proxy") is None,
+                    reason="needs the pass-through proxy (issue 11, exporter.sources.proxy), not on this branch yet")
+def test_jobs_created_and_polled_through_the_balanced_proxy_count_once():  # pragma: no cover - until the proxy lands
+    pytest.skip("the proxy landed: write the balanced-proxy test against its config keys (see notes/issue-18.md)")
