@@ -42,10 +42,10 @@ class Registrar:
     jobs: RegisteredJobs
     owned: Callable[[list[str]], list[str]]
     sharded: Callable[[], bool]
-    # With peers configured: queue ids other shards own for them (how many), and read an id's
-    # record from its owner (status, body, content type; PeerUnavailable when it does not answer).
+    # With peers configured: queue ids other shards own for them (how many), and pass a request
+    # about one id (method, id) to its owner: (status, body, content type), raising when it is down.
     hand_off: Callable[[list[str], str, str], int] | None = None
-    read_owner: Callable[[str], Awaitable[tuple[int, bytes, str]]] | None = None
+    ask_owner: Callable[[str, str], Awaitable[tuple[int, bytes, str]]] | None = None
 
 
 REGISTRAR = web.AppKey("registrar", Registrar)
@@ -144,18 +144,25 @@ async def show(request: web.Request) -> web.Response:
         return refused
     registrar = request.app[REGISTRAR]
     job_id = normalise(request.match_info["job_id"])
-    if registrar.read_owner is not None and request.query.get("local") != "true" and not registrar.owned([job_id]):
-        return await _from_owner(registrar.read_owner, job_id)
+    if _elsewhere(registrar, request, job_id):
+        return await _from_owner(registrar, "GET", job_id)
     job = await registrar.jobs.lookup(job_id)
     if job is None:
         return _error(404, "not tracked")
     return web.json_response(job.as_dict())
 
 
-async def _from_owner(read: Callable[[str], Awaitable[tuple[int, bytes, str]]], job_id: str) -> web.Response:
+def _elsewhere(registrar: Registrar, request: web.Request, job_id: str) -> bool:
+    """True when another shard owns `job_id` and should answer (peers configured, not ?local=true)."""
+    return (registrar.ask_owner is not None and request.query.get("local") != "true"
+            and not registrar.owned([job_id]))
+
+
+async def _from_owner(registrar: Registrar, method: str, job_id: str) -> web.Response:
     """The owner's answer, passed on; 502 when the owner gives none."""
+    assert registrar.ask_owner is not None
     try:
-        status, body, content_type = await read(job_id)
+        status, body, content_type = await registrar.ask_owner(method, job_id)
     except Exception as exc:  # PeerUnavailable: the owner is down or unreachable
         return _error(502, f"the shard that owns this id did not answer ({exc})")
     return web.Response(status=status, body=body, content_type=content_type or "application/json")
@@ -165,8 +172,12 @@ async def forget(request: web.Request) -> web.Response:
     refused = _authorised(request)
     if refused is not None:
         return refused
-    jobs = request.app[REGISTRAR].jobs
-    if not await jobs.untrack(normalise(request.match_info["job_id"]), time.time()):
+    registrar = request.app[REGISTRAR]
+    job_id = normalise(request.match_info["job_id"])
+    if _elsewhere(registrar, request, job_id):
+        return await _from_owner(registrar, "DELETE", job_id)
+    jobs = registrar.jobs
+    if not await jobs.untrack(job_id, time.time()):
         return _error(404, "not tracked")
     await jobs.flush()
     return web.json_response({"forgotten": True})

@@ -9,7 +9,7 @@ from exporter.config import Config
 from exporter.sources.handoff import HandoffRoute
 from exporter.sources.handoff import routes as handoff_routes
 from exporter.sources.handoff_sender import Sender
-from exporter.sources.intake import Intake
+from exporter.sources.intake import ApplyObserved, Created, Intake, Observed, OwnerSide
 from exporter.sources.peers import PeerAuth, PeerClient
 from exporter.sources.routing import Router
 from exporter.tracking.jobs import Job, TrackedJobs
@@ -21,7 +21,10 @@ class Replication:
     """Outbox, sender, router and the hand-off route of one replica among its peers."""
 
     def __init__(self, config: Config, ring: Ring, jobs: TrackedJobs, schedule: Callable[[Job], None],
-                 current: Callable[[], Config]) -> None:
+                 current: Callable[[], Config], local_created: Created | None = None,
+                 local_observed: Observed | None = None, apply_observed: ApplyObserved | None = None) -> None:
+        """`local_created`, `local_observed` (the proxy's two hooks as implemented here) and
+        `apply_observed` (the same as `local_observed`, done before it returns) replace the stand-ins."""
         self.ring = ring
         self.stats = HandoffStats()
         self.outbox = Outbox(jobs.store)
@@ -29,9 +32,11 @@ class Replication:
         self.intake = Intake(jobs, schedule, lambda: current().poll.interval_seconds)
         self.sender = Sender(jobs.store, self.outbox, self.client, self.stats,
                              lambda: current().shard.handoff_max_backoff_seconds)
-        self.router = Router(ring, jobs, self.outbox, self.intake, self.stats, self.sender.wake)
+        self.owner_side = OwnerSide(self.intake, local_created, apply_observed)
+        self.router = Router(ring, jobs, self.outbox, self.owner_side, self.stats, self.sender.wake,
+                             local_created or self.intake.created, local_observed or self.intake.observed)
         self.accepting = False
-        self.route = HandoffRoute(lambda: current().registration_token, self.intake, lambda: self.accepting,
+        self.route = HandoffRoute(lambda: current().registration_token, self.owner_side, lambda: self.accepting,
                                   self.stats)
 
     def routes(self) -> Callable[[Any], None]:
@@ -43,8 +48,8 @@ class Replication:
         await self.router.reshard()
         self.accepting = True
 
-    async def read_owner(self, job_id: str) -> tuple[int, bytes, str]:
-        return await self.client.job(self.ring.owner(job_id), job_id)
+    async def ask_owner(self, method: str, job_id: str) -> tuple[int, bytes, str]:
+        return await self.client.job(self.ring.owner(job_id), job_id, method)
 
     def tasks(self) -> list[tuple[str, Any]]:
         return [("handoff-sender", self.sender.run())]

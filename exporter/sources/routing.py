@@ -9,58 +9,55 @@ entry is in the outbox (in the same transaction that deletes it).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Callable
 
 from exporter.sources.handoff import Sink, apply, entry, state_of
+from exporter.sources.intake import Created, Observed
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.outbox import HandoffStats, Outbox
 from exporter.tracking.ownership import Ring
 
 log = logging.getLogger("distribute.handoff")
 
-Created = Callable[[str, str, str, str], Awaitable[None]]
-Observed = Callable[[str, str, str, str, bytes], None]
-
 
 class Router:
     def __init__(self, ring: Ring, jobs: TrackedJobs, outbox: Outbox, local: Sink, stats: HandoffStats,
-                 wake: Callable[[], None], clock: Callable[[], float] = time.time) -> None:
+                 wake: Callable[[], None], local_created: Created, local_observed: Observed,
+                 clock: Callable[[], float] = time.time) -> None:
         self.ring = ring
         self.jobs = jobs
         self.outbox = outbox
-        self.local = local
+        self.local = local  # the owner's side, for what the outbox owes this shard after a reshard
+        self.local_created = local_created
+        self.local_observed = local_observed
         self.stats = stats
         self.wake = wake
         self.clock = clock
-        self._tasks: set[asyncio.Task[None]] = set()
 
     def _queue(self, job_id: str, payload: str) -> None:
         self.jobs.queue_handoff(job_id, self.ring.owner(job_id), payload, self.clock())
         self.stats.pending += 1
 
     # -- the proxy's callables -------------------------------------------------------------------
-    async def created(self, job_id: str, kind: str, group: str, model: str) -> None:
+    async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
         """A create answered through the proxy: stored here or in the outbox before this returns."""
         if self.ring.owns(job_id):
-            await self.local.created(job_id, kind, group, model)
-            await self.jobs.flush()
+            await self.local_created(job_id, kind, group, model)
             return
-        self._queue(job_id, entry("created", job_id, kind, group, model, "proxy"))
+        self._queue(job_id, entry("created", job_id, kind, group, model or "", "proxy"))
         await self.jobs.flush()  # concurrent creates share this transaction or the next
         self.wake()
 
-    def observed(self, job_id: str, kind: str, group: str, model: str, body: bytes) -> None:
-        """A 200 result answer seen through the proxy: applied (or queued) off the application's path."""
+    def observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
+        """A 200 result answer seen through the proxy: applied (or queued) off the application's path;
+        the flush loop writes a queued one with its next batch."""
         if self.ring.owns(job_id):
-            task = asyncio.get_running_loop().create_task(self.local.observe(job_id, kind, group, model, body))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self.local_observed(job_id, kind, group, model, body)
             return
-        self._queue(job_id, entry("observed", job_id, kind, group, model, "proxy", answer=body))
+        self._queue(job_id, entry("observed", job_id, kind, group, model or "", "proxy", answer=body))
 
     # -- the registration route ------------------------------------------------------------------
     def hand_off(self, ids: list[str], kind: str, group: str) -> int:

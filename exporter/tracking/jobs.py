@@ -218,7 +218,7 @@ class TrackedJobs:
         self._deleted.add(job_id)
         return job
 
-    async def adopt(self, job: Job) -> bool:
+    async def take_over(self, job: Job) -> bool:
         """Take a job another shard held, with its state, counting nothing again; False when this
         replica already has it final (or retired), or has it unfinished and the given state is too."""
         current = self.open.get(job.id) or self._pending.get(job.id)
