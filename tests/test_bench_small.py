@@ -66,3 +66,11 @@ def test_the_readme_quotes_the_results_table_as_measured():
     quoted = readme.split("<!-- bench:table -->\n")[1].split("<!-- /bench:table -->")[0]
     table = [line for line in results.splitlines() if line.startswith("|")]
     assert quoted.strip().splitlines() == table
+
+
+def test_handoff_small(tmp_path):
+    from bench.handoff import handoff
+
+    figures = handoff(tmp_path, seconds=1, rate=100, backlog=5000)  # raises unless every hand-off arrived
+    assert figures["handoffs_per_second"] > 0
+    assert figures["other_p99_ms"] >= figures["other_median_ms"] > 0 and figures["own_alone_p99_ms"] > 0

@@ -10,7 +10,7 @@ import logging
 import random
 import time
 from collections import defaultdict
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from exporter.sources.peers import PeerClient, PeerUnavailable
 from exporter.tracking.outbox import Entry, HandoffStats, Outbox
@@ -43,8 +43,12 @@ def chunks(entries: list[Entry]) -> list[list[Entry]]:
 
 class Sender:
     def __init__(self, store: StateStore, outbox: Outbox, client: PeerClient, stats: HandoffStats,
-                 max_backoff: Callable[[], float], clock: Callable[[], float] = time.time) -> None:
+                 max_backoff: Callable[[], float], settle: Callable[[], Awaitable[Any]],
+                 clock: Callable[[], float] = time.time) -> None:
+        """`settle` (the tracked jobs' flush) runs after a wake-up: the entries that woke the sender
+        may still be on their way to the state file, queued for the batch being written."""
         self.store = store
+        self.settle = settle
         self.outbox = outbox
         self.client = client
         self.stats = stats
@@ -59,21 +63,25 @@ class Sender:
     async def run(self) -> None:
         while True:
             try:
-                sent = await self.send_due()
+                if await self.send_due():
+                    continue  # more may be due at once
+                self._wake.clear()
+                next_try = await self.store.call(self.outbox.next_try)
+                wait = IDLE_CHECK_SECONDS if next_try is None else min(IDLE_CHECK_SECONDS, next_try - self.clock())
+                if await self._woken(max(0.0, wait)):
+                    await self.settle()
             except asyncio.CancelledError:
                 raise
             except Exception:  # the disk or a bug: log it, keep the entries, try again later
                 log.exception("hand-off delivery failed")
-                sent = 0
-            if sent:
-                continue  # more may be due at once
-            self._wake.clear()
-            next_try = await self.store.call(self.outbox.next_try)
-            wait = IDLE_CHECK_SECONDS if next_try is None else max(0.0, min(IDLE_CHECK_SECONDS, next_try - self.clock()))
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout=wait)
-            except asyncio.TimeoutError:
-                pass
+                await asyncio.sleep(IDLE_CHECK_SECONDS)
+
+    async def _woken(self, wait: float) -> bool:
+        try:
+            await asyncio.wait_for(self._wake.wait(), timeout=wait)
+            return True
+        except asyncio.TimeoutError:
+            return False
 
     async def send_due(self) -> int:
         """Deliver what is due now; answer how many entries were acknowledged."""
@@ -97,9 +105,12 @@ class Sender:
                 await self.store.call(self.outbox.done, [e.row for e in part])
                 self.stats.outcomes["delivered"] += len(part)
                 delivered += len(part)
-                if target in self._down:
-                    self._down.discard(target)
-                    log.info("hand-offs to shard %d delivered again", target)
+                if target in self._down or any(e.attempts for e in part):
+                    # The owner is back: its whole backlog is due now, not when each back-off ends.
+                    await self.store.call(self.outbox.resume, target)
+                    if target in self._down:
+                        self._down.discard(target)
+                        log.info("hand-offs to shard %d delivered again", target)
                 continue
             # Not delivered: every entry left for this target waits (the owner is down or refuses).
             rest = entries[entries.index(part[0]):]

@@ -31,7 +31,7 @@ class Replication:
         self.client = PeerClient(ring, PeerAuth.from_config(config), config.shard.handoff_timeout_seconds)
         self.intake = Intake(jobs, schedule, lambda: current().poll.interval_seconds)
         self.sender = Sender(jobs.store, self.outbox, self.client, self.stats,
-                             lambda: current().shard.handoff_max_backoff_seconds)
+                             lambda: current().shard.handoff_max_backoff_seconds, jobs.flush)
         self.owner_side = OwnerSide(self.intake, local_created, apply_observed)
         self.router = Router(ring, jobs, self.outbox, self.owner_side, self.stats, self.sender.wake,
                              local_created or self.intake.created, local_observed or self.intake.observed)

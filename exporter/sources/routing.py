@@ -64,6 +64,8 @@ class Router:
         """Queue registered ids other shards own (written by the caller's flush); how many."""
         for job_id in ids:
             self._queue(job_id, entry("registered", job_id, kind, group))
+        if ids:
+            self.wake()  # the sender waits for the caller's flush, then delivers at once
         return len(ids)
 
     # -- start-up ----------------------------------------------------------------------------------

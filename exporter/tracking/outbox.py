@@ -7,9 +7,11 @@ only once the owner has acknowledged them (`done`). Every method runs on the sta
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from exporter.tracking.store import StateStore
 
@@ -39,6 +41,14 @@ class Outbox:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One transaction (one fsync): the connection autocommits each statement otherwise."""
+        db = self.store.db
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+
     def due(self, now: float, limit: int) -> list[Entry]:
         rows = self.store.db.execute("SELECT id, job_id, target, payload, attempts FROM handoff WHERE next_try <= ? "
                                      "ORDER BY id LIMIT ?", (now, limit))
@@ -52,14 +62,19 @@ class Outbox:
 
     def done(self, rows: list[int]) -> None:
         """Acknowledged by the owner: forget them."""
-        with self.store.db as db:
+        with self._transaction() as db:
             db.executemany("DELETE FROM handoff WHERE id = ?", ((r,) for r in rows))
 
     def later(self, rows: list[int], next_try: float) -> None:
         """Not delivered: count the attempt and try again at `next_try`."""
-        with self.store.db as db:
+        with self._transaction() as db:
             db.executemany("UPDATE handoff SET attempts = attempts + 1, next_try = ? WHERE id = ?",
                            ((next_try, r) for r in rows))
+
+    def resume(self, target: int) -> None:
+        """`target` takes entries again: what waits out a back-off for it is due at once."""
+        with self._transaction() as db:
+            db.execute("UPDATE handoff SET next_try = 0 WHERE target = ? AND attempts > 0", (target,))
 
     def retarget(self, owner: Callable[[str], int], mine: int) -> list[Entry]:
         """After a change of shard count: point every entry at its id's owner now; take out (and
@@ -68,8 +83,8 @@ class Outbox:
         entries = [Entry(*row) for row in db.execute("SELECT id, job_id, target, payload, attempts FROM handoff")]
         moved = [(owner(e.job_id), e.row) for e in entries if owner(e.job_id) != e.target]
         own = [e for e in entries if owner(e.job_id) == mine]
-        with db:
-            db.executemany("UPDATE handoff SET target = ?, next_try = 0 WHERE id = ?", moved)
+        with self._transaction() as tx:
+            tx.executemany("UPDATE handoff SET target = ?, next_try = 0 WHERE id = ?", moved)
         return own
 
     # -- the shard count the file was split by ---------------------------------------------------
@@ -78,7 +93,7 @@ class Outbox:
         return int(row[0]) if row else None
 
     def set_shard_count(self, count: int) -> None:
-        with self.store.db as db:
+        with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (SHARD_KEY, str(count)))
 
     def all_ids(self) -> list[str]:
