@@ -21,6 +21,7 @@ from exporter.polling.poller import Poller
 from exporter.polling.ratelimit import RateLimiter
 from exporter.api.results import InvalidBody, parse_result
 from exporter.tracking.jobs import TrackedJobs
+from exporter.tracking.migrations import SCHEMA_VERSION
 from exporter.tracking.store import StateStore
 from helpers import REPO, SCHEMA_PATH
 
@@ -222,6 +223,6 @@ def test_a_state_file_from_an_older_version_is_migrated(tmp_path):
     assert store.get("3b241101-e2bb-4255-8caf-4136c566a962")["polls"] == 0
     assert sorted(store.load_counters()) == [("closed", ("speech", "g", "Chatterbox", "COMPLETED"), 1),
                                              ("finished", ("speech", "g", "Chatterbox", "COMPLETED"), 1)]
-    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "3"
+    assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     assert store.known(["3b241101-e2bb-4255-8caf-4136c566a962"])
     store.close()

@@ -5,13 +5,18 @@ it tracks it, counts it once, and keeps doing so across kill -9 and a change of 
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import importlib.util
 import json
 import os
 import signal
+import sqlite3
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -22,9 +27,15 @@ from conftest import tool
 from exporter.app import Exporter
 from exporter.cli import apply_peer_flags
 from exporter.config import ConfigError, load_config, parse_config
+from exporter.tracking.aggregates import JobAggregates
+from exporter.tracking.jobs import Job, TrackedJobs
+from exporter.tracking.migrations import SCHEMA_VERSION
+from exporter.tracking.outbox import Outbox
+from exporter.tracking.store import StateStore
 from exporter.tracking.shard import owner
 from helpers import REPO, ExporterProc, Proc, free_port, http, total, wait_for, write_config
 from test_exporter import OLD, config_text
+from test_security import PASSWORD, https, make_pki, web_config
 
 TOKEN = "replica-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -334,3 +345,126 @@ def test_kubernetes_peers_and_the_balanced_proxy_service():
     assert spec["selector"] == sts["spec"]["template"]["metadata"]["labels"]
     proxy = next(p for p in spec["ports"] if p["name"] == "proxy")
     assert proxy["port"] == 9878 and ports[proxy["targetPort"]] == 9878
+
+
+def test_peers_present_basic_auth_and_a_pinned_client_certificate(simulator, tmp_path):
+    """Under a web config with TLS, basic auth and required client certificates pinned by SAN, replicas
+    reach each other with what shard.peer_* configures; the registration token still goes along."""
+    sim = simulator("--seed", "22")
+    ids = sim.create("speech", 12, age_seconds=OLD)
+    pki_dir = tmp_path / "pki"
+    pki_dir.mkdir()
+    pki = make_pki(pki_dir)
+    ports = [free_port(), free_port()]
+    peers = [f"https://127.0.0.1:{p}" for p in ports]
+    procs = []
+    for index in range(2):
+        folder = tmp_path / f"replica-{index}"
+        folder.mkdir()
+        for path in pki.values():
+            (folder / path.name).write_bytes(path.read_bytes())
+            (folder / path.name).chmod(0o600)
+        web = web_config(folder, pki, {"peer": PASSWORD}, client_auth="RequireAndVerifyClientCert")
+        data = json.loads(web.read_text())
+        data["tls_server_config"]["client_allowed_sans"] = ["scraper"]
+        web.write_text(json.dumps(data))
+        (folder / "peer-password").write_text(PASSWORD)
+        (folder / "peer-password").chmod(0o600)
+        shard = (f"shard: {{index: {index}, count: 2, peers: {json.dumps(peers)}, "
+                 "peer_basic_auth_username: peer, peer_basic_auth_password_file: peer-password, "
+                 "peer_cert_file: client.crt, peer_key_file: client.key, peer_ca_file: ca.crt}\n"
+                 "web: {config_file: web-config.yml}\n")
+        config = write_config(folder, shard + config_text(sim.url, "  []\n"))
+        procs.append(ExporterProc(config, env=ENV, port=ports[index], wait_ready=False))
+    cert = (pki["client.crt"], pki["client.key"])
+
+    def get(index: int, path: str) -> tuple[int, bytes]:
+        context = ssl.create_default_context(cafile=str(pki["ca.crt"]))
+        context.load_cert_chain(str(cert[0]), str(cert[1]))
+        request = urllib.request.Request(f"{peers[index]}{path}", headers={
+            "Authorization": "Basic " + base64.b64encode(f"peer:{PASSWORD}".encode()).decode(),
+            "X-Registration-Token": TOKEN, "Content-Type": "application/json"},
+            data=json.dumps({"kind": "speech", "group": "g", "ids": ids}).encode() if path == "/api/v1/jobs" else None)
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+
+    try:
+        for index in range(2):
+            wait_for(lambda: get(index, "/-/ready")[0] == 200, 30, what=f"replica {index} ready over mTLS")
+        status, body = get(0, "/api/v1/jobs")
+        assert status == 202 and json.loads(body)["handed_off"] == sum(owner(i, 2) == 1 for i in ids) > 0
+        for job_id in ids:
+            wait_for(lambda: get(owner(job_id, 2), f"/api/v1/jobs/{job_id}?local=true")[0] == 200, 30,
+                     what="the owner tracks it")
+            assert get(1 - owner(job_id, 2), f"/api/v1/jobs/{job_id}?local=true")[0] == 404
+            assert get(0, f"/api/v1/jobs/{job_id}")[0] == 200  # routed to the owner over mTLS
+        # the same request without the client certificate's basic auth is turned away by the web config
+        assert https(f"{peers[1]}/-/ready", pki["ca.crt"], cert=cert)[0] == 401
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def test_outbox_storage_migration_and_taking_over_state(tmp_path):
+    """In-process, on a real SQLite file: a schema 3 file gains the outbox; entries are written with
+    the batch, delivered or retried, re-targeted after a change of count; and a job taken over with
+    its state is never counted again."""
+    path = tmp_path / "state.db"
+    store = StateStore(str(path))
+    store.open()
+    store.db.execute("DROP TABLE handoff")
+    store.db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    store.close()
+    ids = [f"{i:08x}-0000-4000-8000-000000000000" for i in range(6)]
+
+    async def run() -> None:
+        store = StateStore(str(path))
+        await store.call(store.open)
+        assert store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
+        jobs = TrackedJobs(store, JobAggregates((1.0, 10.0)))
+        await jobs.load()
+        outbox = Outbox(store)
+        for job_id in ids[:3]:
+            jobs.queue_handoff(job_id, 1, json.dumps({"id": job_id}), 0.0)
+        assert await store.call(outbox.count) == 0  # nothing before the batch is written
+        await jobs.flush()
+        due = await store.call(outbox.due, 1.0, 10)
+        assert [e.job_id for e in due] == ids[:3] and {e.target for e in due} == {1}
+        await store.call(outbox.later, [due[0].row], 100.0)
+        assert [e.job_id for e in await store.call(outbox.due, 1.0, 10)] == ids[1:3]
+        await store.call(outbox.done, [e.row for e in due[1:]])
+        await store.call(outbox.resume, 1)
+        assert [e.job_id for e in await store.call(outbox.due, 1.0, 10)] == ids[:1]
+        mine = await store.call(outbox.retarget, lambda job_id: 0, 0)  # now shard 0 owns everything
+        assert [e.job_id for e in mine] == ids[:1]
+
+        # a final job taken over: in the gauge, closed, never in the finished counter
+        final = Job(ids[3], "chat", "g", "api", status="COMPLETED", model="m", final=1, ended=5.0, first_tracked=1.0)
+        assert await jobs.take_over(final) is True
+        assert await jobs.take_over(final) is False  # a retry changes nothing
+        # an unfinished one here, final in the hand-off: the final state wins, still uncounted
+        await jobs.track([ids[4]], "chat", "g", "api", 1.0)
+        assert await jobs.take_over(Job(ids[4], "chat", "g", "api", status="ERROR", model="m", final=1,
+                                        ended=6.0, first_tracked=1.0)) is True
+        assert ids[4] not in jobs.open
+        # final here already: a hand-off of it unfinished is ignored
+        assert await jobs.take_over(Job(ids[3], "chat", "g", "api", status="QUEUED", first_tracked=1.0)) is False
+        await jobs.flush()
+        assert sum(jobs.agg.finished.values()) == 0
+        assert jobs.agg.jobs[("chat", "g", "m", "COMPLETED")] == 1 and jobs.agg.jobs[("chat", "g", "m", "ERROR")] == 1
+        assert jobs.closed_total == 2
+        # handed away again: gone from here, gauge and closed count down, counters untouched
+        released = await jobs.release(ids[3])
+        assert released is not None and released.final
+        await jobs.flush()
+        assert await store.call(store.get, ids[3]) is None and jobs.closed_total == 1
+        assert jobs.agg.jobs[("chat", "g", "m", "COMPLETED")] == 0
+        await asyncio.get_running_loop().run_in_executor(None, store.shutdown)
+
+    asyncio.run(run())
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT count(*) FROM handoff").fetchone()[0] == 1
+    db.close()
