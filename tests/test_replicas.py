@@ -46,21 +46,27 @@ class Balancer(Proc):
                         f"    location / {{ proxy_pass http://replicas; proxy_next_upstream off; }}\n  }}\n}}\n")
         super().__init__([tool("nginx"), "-p", str(folder), "-e", str(folder / "error.log"), "-c", str(conf),
                           "-g", "daemon off;"])
-        wait_for(lambda: http("GET", f"{self.url}/-/healthy", timeout=2)[0] in (200, 502), 10, what="nginx up")
+        wait_for(lambda: http("GET", f"{self.url}/-/healthy", timeout=2)[0] > 0, 10, what="nginx up")  # any answer
 
 
 class Replicas:
     """N replicas sharing one config and peer list; each in its own folder with its own state file."""
 
-    def __init__(self, tmp_path: Path, sim_url: str, count: int, ports: list[int]) -> None:
+    def __init__(self, tmp_path: Path, sim_url: str, count: int, ports: list[int],
+                 proxy_ports: list[int] | None = None, **config: str) -> None:
         self.tmp_path, self.sim_url, self.count = tmp_path, sim_url, count
         self.ports = ports[:count]
+        self.proxy_ports = proxy_ports
+        self.config = config
         self.procs: dict[int, ExporterProc] = {}
 
     def start(self, index: int) -> ExporterProc:
         folder = self.tmp_path / f"replica-{index}"
         folder.mkdir(exist_ok=True)
-        config = write_config(folder, config_text(self.sim_url, "  []\n"))
+        text = config_text(self.sim_url, "  []\n", **self.config)
+        if self.proxy_ports:
+            text = f"proxy: {{listen_address: '127.0.0.1:{self.proxy_ports[index]}'}}\n" + text
+        config = write_config(folder, text)
         peers = ",".join(f"http://127.0.0.1:{p}" for p in self.ports)
         proc = ExporterProc(config, "--shard.index", f"distribute-exporter-{index}", "--shard.count",
                             str(self.count), "--shard.peers", peers, env=ENV, port=self.ports[index])
@@ -208,10 +214,54 @@ def test_resharding_3_to_4_moves_jobs_with_their_state_and_counts_nothing_twice(
         four.stop_all()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("exporter.sources.proxy") is None,
-                    reason="needs the pass-through proxy (issue 11, exporter.sources.proxy), not on this branch yet")
-def test_jobs_created_and_polled_through_the_balanced_proxy_count_once():  # pragma: no cover - until the proxy lands
-    pytest.skip("the proxy landed: write the balanced-proxy test against its config keys (see notes/issue-18.md)")
+PROXY = importlib.util.find_spec("exporter.sources.proxy") is not None
+CREATE_BODY = {"model": "Kokoro", "input": "hello", "voice": "nora"}  # a short speech job
+
+
+def through(url: str, path: str, body: dict) -> dict | None:
+    """An application's request through the balanced proxy; None when it got no usable answer."""
+    status, answer, _ = http("POST", f"{url}{path}", body)
+    return json.loads(answer) if status == 200 else None
+
+
+@pytest.mark.skipif(not PROXY, reason="needs the pass-through proxy (issue 11, exporter.sources.proxy) merged in")
+def test_jobs_created_and_polled_through_the_balanced_proxy_count_once(simulator, tmp_path):
+    sim = simulator("--seed", "23", "--speed", "20")
+    ports, proxy_ports = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
+    replicas = Replicas(tmp_path, sim.url, 3, ports, proxy_ports, poll="interval_seconds: 5, "
+                        "max_interval_seconds: 10, not_found_grace_seconds: 30").start_all()
+    balancer = Balancer(tmp_path / "nginx-proxy", proxy_ports)
+    ids: list[str] = []
+    try:
+        def create(count: int) -> list[str]:
+            made = [wait_for(lambda: through(balancer.url, "/async/speech/create", CREATE_BODY), 10,
+                             what="a create through the proxy")["id"] for _ in range(count)]
+            return made
+
+        def poll_to_the_end(job_ids: list[str]) -> None:
+            for job_id in job_ids:
+                wait_for(lambda: (through(balancer.url, "/async/speech/result", {"id": job_id}) or {})
+                         .get("status") in FINAL, 30, 0.1, what=f"{job_id} final through the proxy")
+
+        ids += create(30)
+        poll_to_the_end(ids)
+        # kill -9 of a replica right after creates through the balancer (some went through it)
+        later = create(15)
+        replicas.procs[1].stop(signal.SIGKILL)
+        replicas.start(1)
+        ids += later
+        poll_to_the_end(later)
+        wait_for(lambda: replicas.pending() == 0, 60, what="outboxes delivered")
+        assert each_tracked_once(replicas, ids, 3)
+        wait_for(lambda: replicas.finished() == len(ids), 60, what="every job counted finished")
+        assert replicas.finished() == final_count(sim, ids) == len(ids)
+        by_agent = json.loads(http("GET", f"{sim.url}/__admin/stats?agents=1")[1])["by_id_agent"]
+        own = sum(n for job_id in ids for agent, n in by_agent.get(job_id, {}).items()
+                  if agent.startswith("distribute-exporter/"))
+        assert own / len(ids) <= 0.05, own
+    finally:
+        balancer.stop()
+        replicas.stop_all()
 
 
 def test_peers_present_basic_auth_and_a_pinned_client_certificate(simulator, tmp_path):
