@@ -20,6 +20,7 @@ log = logging.getLogger("distribute.handoff")
 
 BATCH_ENTRIES = 500
 BATCH_BYTES = 512 * 1024  # under the owner's web.max_request_body_bytes default (1 MiB)
+MIN_BATCH_BYTES = 1024  # web.max_request_body_bytes' own minimum
 IDLE_CHECK_SECONDS = 1.0  # entries written by the flush loop (observed answers) need no wake-up
 
 
@@ -28,12 +29,12 @@ def backoff(attempts: int, cap: float, rng: random.Random | None = None) -> floa
     return min(cap, 0.5 * 2.0 ** attempts) * (rng or random).uniform(0.5, 1.0)
 
 
-def chunks(entries: list[Entry]) -> list[list[Entry]]:
-    """Entries split so that no request body passes BATCH_BYTES (a single larger one goes alone)."""
+def chunks(entries: list[Entry], limit: int = BATCH_BYTES) -> list[list[Entry]]:
+    """Entries split so that no request body passes `limit` bytes (a single larger one goes alone)."""
     out: list[list[Entry]] = [[]]
     size = 0
     for e in entries:
-        if out[-1] and size + len(e.payload) > BATCH_BYTES:
+        if out[-1] and size + len(e.payload) > limit:
             out.append([])
             size = 0
         out[-1].append(e)
@@ -56,6 +57,7 @@ class Sender:
         self.clock = clock
         self._wake = asyncio.Event()
         self._down: set[int] = set()
+        self.batch_bytes = BATCH_BYTES  # halved while owners answer 413 (a smaller web.max_request_body_bytes)
 
     def wake(self) -> None:
         self._wake.set()
@@ -95,7 +97,7 @@ class Sender:
 
     async def _deliver(self, target: int, entries: list[Entry]) -> int:
         delivered = 0
-        for part in chunks(entries):
+        for part in chunks(entries, self.batch_bytes):
             status: Any
             try:
                 status = await self.client.hand_off(target, [e.payload for e in part])
@@ -112,6 +114,11 @@ class Sender:
                         self._down.discard(target)
                         log.info("hand-offs to shard %d delivered again", target)
                 continue
+            if status == 413 and self.batch_bytes > MIN_BATCH_BYTES:
+                self.batch_bytes //= 2
+                log.warning("shard %d takes no request bodies this large; sending %d bytes at most",
+                            target, self.batch_bytes)
+                return delivered  # the rest is still due: the next round sends it in smaller parts
             # Not delivered: every entry left for this target waits (the owner is down or refuses).
             rest = entries[entries.index(part[0]):]
             attempts = max(e.attempts for e in rest)

@@ -22,6 +22,8 @@ from exporter.tracking.ownership import Ring
 
 log = logging.getLogger("distribute.handoff")
 
+MAX_HANDED_ANSWER = 256 * 1024  # base64 makes it a third larger; the owner's body limit is 1 MiB by default
+
 
 class Router:
     def __init__(self, ring: Ring, jobs: TrackedJobs, outbox: Outbox, local: Sink, stats: HandoffStats,
@@ -56,6 +58,10 @@ class Router:
         the flush loop writes a queued one with its next batch."""
         if self.ring.owns(job_id):
             self.local_observed(job_id, kind, group, model, body)
+            return
+        if len(body) > MAX_HANDED_ANSWER:
+            # Too big to travel in a hand-off request: the owner tracks the id and asks the API itself.
+            self._queue(job_id, entry("created", job_id, kind, group, model or "", "proxy"))
             return
         self._queue(job_id, entry("observed", job_id, kind, group, model or "", "proxy", answer=body))
 
