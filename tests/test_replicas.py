@@ -52,8 +52,9 @@ class Balancer(Proc):
 class Replicas:
     """N replicas sharing one config and peer list; each in its own folder with its own state file."""
 
-    def __init__(self, tmp_path: Path, sim_url: str, count: int, ports: list[int],
+    def __init__(self, launch, tmp_path: Path, sim_url: str, count: int, ports: list[int],
                  proxy_ports: list[int] | None = None, **config: str) -> None:
+        self.launch = launch  # the `exporter` fixture: every process is stopped when the test ends
         self.tmp_path, self.sim_url, self.count = tmp_path, sim_url, count
         self.ports = ports[:count]
         self.proxy_ports = proxy_ports
@@ -68,7 +69,7 @@ class Replicas:
             text = f"proxy: {{listen_address: '127.0.0.1:{self.proxy_ports[index]}'}}\n" + text
         config = write_config(folder, text)
         peers = ",".join(f"http://127.0.0.1:{p}" for p in self.ports)
-        proc = ExporterProc(config, "--shard.index", f"distribute-exporter-{index}", "--shard.count",
+        proc = self.launch(config, "--shard.index", f"distribute-exporter-{index}", "--shard.count",
                             str(self.count), "--shard.peers", peers, env=ENV, port=self.ports[index])
         self.procs[index] = proc
         return proc
@@ -119,11 +120,11 @@ def each_tracked_once(replicas: Replicas, ids: list[str], count: int) -> bool:
     return True
 
 
-def test_ids_registered_through_a_balancer_are_tracked_once_by_their_owner(simulator, tmp_path):
+def test_ids_registered_through_a_balancer_are_tracked_once_by_their_owner(simulator, exporter, tmp_path):
     sim = simulator("--seed", "18")
     ids = sim.create("chat", 45, age_seconds=OLD) + sim.create("images", 15, age_seconds=OLD)
     ports = [free_port() for _ in range(3)]
-    replicas = Replicas(tmp_path, sim.url, 3, ports).start_all()
+    replicas = Replicas(exporter, tmp_path, sim.url, 3, ports).start_all()
     balancer = Balancer(tmp_path / "nginx", ports)
     try:
         answers = register(balancer.url, "chat", ids[:45]) + register(balancer.url, "images", ids[45:])
@@ -157,13 +158,13 @@ def test_ids_registered_through_a_balancer_are_tracked_once_by_their_owner(simul
         replicas.stop_all()
 
 
-def test_kill_9_of_sender_and_owner_loses_and_doubles_nothing(simulator, tmp_path):
+def test_kill_9_of_sender_and_owner_loses_and_doubles_nothing(simulator, exporter, tmp_path):
     sim = simulator("--seed", "19", "--speed", "20")
     old = sim.create("chat", 40, age_seconds=OLD)
     young = sim.create("speech", 40)
     ids = old + young
     ports = [free_port() for _ in range(3)]
-    replicas = Replicas(tmp_path, sim.url, 3, ports).start_all()
+    replicas = Replicas(exporter, tmp_path, sim.url, 3, ports).start_all()
     try:
         replicas.procs[2].stop(signal.SIGKILL)  # an owner is down: its hand-offs must wait
         answers = register(replicas.procs[1].url, "chat", old) + register(replicas.procs[1].url, "speech", young)
@@ -179,13 +180,13 @@ def test_kill_9_of_sender_and_owner_loses_and_doubles_nothing(simulator, tmp_pat
         replicas.stop_all()
 
 
-def test_resharding_3_to_4_moves_jobs_with_their_state_and_counts_nothing_twice(simulator, tmp_path):
+def test_resharding_3_to_4_moves_jobs_with_their_state_and_counts_nothing_twice(simulator, exporter, tmp_path):
     sim = simulator("--seed", "20", "--speed", "5")
     old = sim.create("chat", 60, age_seconds=OLD)
     young = sim.create("images", 30)
     ids = old + young
     ports = [free_port() for _ in range(4)]
-    three = Replicas(tmp_path, sim.url, 3, ports).start_all()
+    three = Replicas(exporter, tmp_path, sim.url, 3, ports).start_all()
     register(three.procs[0].url, "chat", old)
     wait_for(lambda: three.pending() == 0 and three.finished() == len(old), 30, what="old jobs counted")
     register(three.procs[2].url, "images", young)
@@ -193,7 +194,7 @@ def test_resharding_3_to_4_moves_jobs_with_their_state_and_counts_nothing_twice(
     before = {i: Counter(p.samples("distribute_jobs_finished_total")) for i, p in three.procs.items()}
     three.stop_all()
 
-    four = Replicas(tmp_path, sim.url, 4, ports)
+    four = Replicas(exporter, tmp_path, sim.url, 4, ports)
     try:
         four.start_all()
         wait_for(lambda: four.pending() == 0, 60, what="resharding hand-offs delivered")
@@ -225,10 +226,10 @@ def through(url: str, path: str, body: dict) -> dict | None:
 
 
 @pytest.mark.skipif(not PROXY, reason="needs the pass-through proxy (issue 11, exporter.sources.proxy) merged in")
-def test_jobs_created_and_polled_through_the_balanced_proxy_count_once(simulator, tmp_path):
+def test_jobs_created_and_polled_through_the_balanced_proxy_count_once(simulator, exporter, tmp_path):
     sim = simulator("--seed", "23", "--speed", "20")
     ports, proxy_ports = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
-    replicas = Replicas(tmp_path, sim.url, 3, ports, proxy_ports, poll="interval_seconds: 5, "
+    replicas = Replicas(exporter, tmp_path, sim.url, 3, ports, proxy_ports, poll="interval_seconds: 5, "
                         "max_interval_seconds: 10, not_found_grace_seconds: 30").start_all()
     balancer = Balancer(tmp_path / "nginx-proxy", proxy_ports)
     ids: list[str] = []

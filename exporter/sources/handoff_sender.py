@@ -21,6 +21,7 @@ log = logging.getLogger("distribute.handoff")
 BATCH_ENTRIES = 500
 BATCH_BYTES = 512 * 1024  # under the owner's web.max_request_body_bytes default (1 MiB)
 MIN_BATCH_BYTES = 1024  # web.max_request_body_bytes' own minimum
+LINGER_SECONDS = 0.05
 IDLE_CHECK_SECONDS = 1.0  # entries written by the flush loop (observed answers) need no wake-up
 
 
@@ -71,6 +72,7 @@ class Sender:
                 next_try = await self.store.call(self.outbox.next_try)
                 wait = IDLE_CHECK_SECONDS if next_try is None else min(IDLE_CHECK_SECONDS, next_try - self.clock())
                 if await self._woken(max(0.0, wait)):
+                    await asyncio.sleep(LINGER_SECONDS)  # let a burst of hand-offs share one delivery
                     await self.settle()
             except asyncio.CancelledError:
                 raise
