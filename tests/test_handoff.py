@@ -17,6 +17,7 @@ import yaml
 from exporter.app import Exporter
 from exporter.cli import apply_peer_flags
 from exporter.config import ConfigError, load_config, parse_config
+from exporter.sources.peers import merge_pages
 from exporter.tracking.aggregates import JobAggregates
 from exporter.tracking.jobs import Job, TrackedJobs
 from exporter.tracking.migrations import SCHEMA_VERSION
@@ -206,3 +207,21 @@ def test_outbox_storage_migration_and_taking_over_state(tmp_path):
     db = sqlite3.connect(path)
     assert db.execute("SELECT count(*) FROM handoff").fetchone()[0] == 1
     db.close()
+
+
+def test_merge_pages_keeps_order_and_a_cursor_per_shard():
+    def page(shard: int, created: list[int], next_cursor: str | None) -> dict:
+        return {"jobs": [{"id": f"{shard}-{c}", "created": c} for c in created], "next_cursor": next_cursor}
+
+    pages = {0: page(0, [1, 4, 7], "c0"), 1: page(1, [2, 3], None), 2: page(2, [5, 6, 8], "c2")}
+    items, cursors = merge_pages(pages, 5, key=lambda j: j["created"], cursor_of=lambda j: f"after-{j['id']}",
+                                 started={2: "s2"})
+    assert [j["created"] for j in items] == [1, 2, 3, 4, 5]
+    # shard 0 cut after 4, shard 1 done (its page taken whole, no next), shard 2 cut after 5
+    assert cursors == {0: "after-0-4", 2: "after-2-5"}
+    items, cursors = merge_pages(pages, 8, key=lambda j: j["created"], cursor_of=lambda j: "x")
+    assert len(items) == 8 and cursors == {0: "c0", 2: "c2"}
+    # a shard that gave nothing to this page goes on from where it started
+    _, cursors = merge_pages({0: page(0, [1, 2], None), 1: page(1, [9], None)}, 2,
+                             key=lambda j: j["created"], cursor_of=lambda j: "x", started={1: "s1"})
+    assert cursors == {1: "s1"}

@@ -57,6 +57,11 @@ class Outbox:
             if not durable:
                 db.execute("PRAGMA synchronous=FULL")
 
+    def add(self, rows: list[tuple[str, int, str, float]]) -> None:
+        """Store entries (job id, target, payload, next_try) in one transaction of their own."""
+        with self._transaction() as db:
+            db.executemany("INSERT INTO handoff (job_id, target, payload, next_try) VALUES (?, ?, ?, ?)", rows)
+
     def due(self, now: float, limit: int) -> list[Entry]:
         rows = self.store.db.execute("SELECT id, job_id, target, payload, attempts FROM handoff WHERE next_try <= ? "
                                      "ORDER BY id LIMIT ?", (now, limit))
