@@ -17,11 +17,12 @@ import yaml
 from exporter.app import Exporter
 from exporter.cli import apply_peer_flags
 from exporter.config import ConfigError, load_config, parse_config
-from exporter.sources.peers import merge_pages
+from exporter.sources.handoff_sender import Sender
+from exporter.sources.peers import PeerUnavailable, merge_pages
 from exporter.tracking.aggregates import JobAggregates
 from exporter.tracking.jobs import Job, TrackedJobs
 from exporter.tracking.migrations import SCHEMA_VERSION
-from exporter.tracking.outbox import Outbox
+from exporter.tracking.outbox import HandoffStats, Outbox
 from exporter.tracking.shard import owner
 from exporter.tracking.store import StateStore
 from helpers import REPO, ExporterProc, free_port, http, total, wait_for, write_config
@@ -225,3 +226,50 @@ def test_merge_pages_keeps_order_and_a_cursor_per_shard():
     _, cursors = merge_pages({0: page(0, [1, 2], None), 1: page(1, [9], None)}, 2,
                              key=lambda j: j["created"], cursor_of=lambda j: "x", started={1: "s1"})
     assert cursors == {1: "s1"}
+
+
+def test_sender_backs_off_per_owner_and_deletes_only_what_was_acknowledged(tmp_path):
+    """The sender against a stand-in peer client (shard 1 down, shard 2 up), on a real state file
+    and a fake clock: nothing is lost, an owner that is down costs one attempt per back-off, and
+    its backlog goes at once when it answers again."""
+    class Peers:
+        def __init__(self) -> None:
+            self.up = {2}
+            self.calls: list[tuple[int, int]] = []
+            self.received: dict[int, list[str]] = {1: [], 2: []}
+
+        async def hand_off(self, shard: int, payloads: list[str]) -> int:
+            self.calls.append((shard, len(payloads)))
+            if shard not in self.up:
+                raise PeerUnavailable(f"shard {shard}: ClientConnectorError")
+            self.received[shard] += payloads
+            return 200
+
+    now = [1000.0]
+
+    async def run() -> None:
+        store = StateStore(str(tmp_path / "state.db"))
+        await store.call(store.open)
+        jobs = TrackedJobs(store, JobAggregates((1.0,)))
+        await jobs.load()
+        peers, stats = Peers(), HandoffStats()
+        sender = Sender(store, Outbox(store), peers, stats, lambda: 30.0, jobs.flush, clock=lambda: now[0])
+        for i in range(6):
+            jobs.queue_handoff(f"id-{i}", 1 + i % 2, json.dumps({"n": i}), now[0])
+        await jobs.flush()
+        assert await sender.send_due() == 3  # shard 2's three; shard 1 is down
+        assert len(peers.received[2]) == 3 and stats.pending == 3 and stats.outcomes["retried"] == 3
+        jobs.queue_handoff("id-6", 1, json.dumps({"n": 6}), now[0])  # queued while shard 1 is down
+        await jobs.flush()
+        tried = len(peers.calls)
+        assert await sender.send_due() == 0 and len(peers.calls) == tried  # postponed, not tried
+        now[0] += 31  # past the longest back-off
+        assert await sender.send_due() == 0 and len(peers.calls) == tried + 1  # one attempt, still down
+        peers.up.add(1)
+        now[0] += 31
+        assert await sender.send_due() == 4 and stats.pending == 0
+        assert sorted(json.loads(p)["n"] for p in peers.received[1]) == [0, 2, 4, 6]
+        assert stats.outcomes["delivered"] == 7
+        await asyncio.get_running_loop().run_in_executor(None, store.shutdown)
+
+    asyncio.run(run())

@@ -58,6 +58,7 @@ class Sender:
         self.clock = clock
         self._wake = asyncio.Event()
         self._down: set[int] = set()
+        self._retry_at: dict[int, float] = {}  # owners in a back-off: no attempt before then
         self.batch_bytes = BATCH_BYTES  # halved while owners answer 413 (a smaller web.max_request_body_bytes)
 
     def wake(self) -> None:
@@ -98,6 +99,12 @@ class Sender:
         return sum(results)
 
     async def _deliver(self, target: int, entries: list[Entry]) -> int:
+        retry_at = self._retry_at.get(target, 0.0)
+        if retry_at > self.clock():
+            # Entries queued since the owner went down wait with the others, rather than each
+            # costing an attempt (and, with an owner that does not answer, a timeout).
+            await self.store.call(self.outbox.postpone, [e.row for e in entries], retry_at)
+            return 0
         delivered = 0
         for part in chunks(entries, self.batch_bytes):
             status: Any
@@ -106,6 +113,7 @@ class Sender:
             except PeerUnavailable as exc:
                 status = exc
             if status == 200:
+                self._retry_at.pop(target, None)
                 await self.store.call(self.outbox.done, [e.row for e in part])
                 self.stats.outcomes["delivered"] += len(part)
                 delivered += len(part)
@@ -124,8 +132,8 @@ class Sender:
             # Not delivered: every entry left for this target waits (the owner is down or refuses).
             rest = entries[entries.index(part[0]):]
             attempts = max(e.attempts for e in rest)
-            await self.store.call(self.outbox.later, [e.row for e in rest],
-                                  self.clock() + backoff(attempts + 1, self.max_backoff()))
+            self._retry_at[target] = self.clock() + backoff(attempts + 1, self.max_backoff())
+            await self.store.call(self.outbox.later, [e.row for e in rest], self._retry_at[target])
             self.stats.outcomes["retried"] += len(rest)
             if target not in self._down:
                 self._down.add(target)

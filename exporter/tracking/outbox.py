@@ -85,6 +85,11 @@ class Outbox:
             db.executemany("UPDATE handoff SET attempts = attempts + 1, next_try = ? WHERE id = ?",
                            ((next_try, r) for r in rows))
 
+    def postpone(self, rows: list[int], next_try: float) -> None:
+        """Not tried (their owner is in a back-off): wait until `next_try`, attempts unchanged."""
+        with self._transaction(durable=False) as db:
+            db.executemany("UPDATE handoff SET next_try = ? WHERE id = ?", ((next_try, r) for r in rows))
+
     def resume(self, target: int) -> None:
         """`target` takes entries again: what waits out a back-off for it is due at once."""
         with self._transaction(durable=False) as db:
