@@ -64,10 +64,12 @@ class PeerAuth:
 class PeerClient:
     """One keep-alive session to every shard of the ring."""
 
-    def __init__(self, ring: Ring, auth: PeerAuth, timeout: float) -> None:
+    def __init__(self, ring: Ring, auth: Callable[[], PeerAuth], timeout: float) -> None:
+        """`auth` is asked for every request: a reload with a new token or password applies at once
+        (the client certificate is loaded once, at start)."""
         self.ring = ring
-        self._headers = auth.headers()
-        tls = auth.ssl_context() if any(u.startswith("https://") for u in ring.urls) else None
+        self._auth = auth
+        tls = auth().ssl_context() if any(u.startswith("https://") for u in ring.urls) else None
         self._session: aiohttp.ClientSession | None = None
         self._tls = tls
         self._timeout = timeout
@@ -84,7 +86,7 @@ class PeerClient:
                       query: Mapping[str, str] | None = None) -> tuple[int, bytes, str]:
         """(status, body, content type) of the peer's answer; PeerUnavailable when none came."""
         url = self.ring.url(shard) + path + (("?" + urlencode(query)) if query else "")
-        headers = dict(self._headers)
+        headers = self._auth().headers()
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:

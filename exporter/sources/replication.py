@@ -28,7 +28,7 @@ class Replication:
         self.ring = ring
         self.stats = HandoffStats()
         self.outbox = Outbox(jobs.store)
-        self.client = PeerClient(ring, PeerAuth.from_config(config), config.shard.handoff_timeout_seconds)
+        self.client = PeerClient(ring, lambda: PeerAuth.from_config(current()), config.shard.handoff_timeout_seconds)
         self.intake = Intake(jobs, schedule, lambda: current().poll.interval_seconds)
         self.sender = Sender(jobs.store, self.outbox, self.client, self.stats,
                              lambda: current().shard.handoff_max_backoff_seconds, jobs.flush)
