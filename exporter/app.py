@@ -4,6 +4,7 @@ state -> aggregates -> collectors -> HTTP; owns start-up, reload and shutdown.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -125,7 +126,8 @@ class Exporter:
             await self.replication.start()
         self._declare_series(self.config)
         self.poller.schedule_all()
-        await self.sources.sync(self.config, initial=True)
+        with self.replication.holding_new_ids() if self.replication else contextlib.nullcontext():
+            await self.sources.sync(self.config, initial=True)
         # What start-up loaded lives long: keep full collections from scanning it over and over (a
         # million jobs take a quarter of a second per scan). Refcounting still frees finished jobs.
         gc.freeze()

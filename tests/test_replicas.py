@@ -53,18 +53,19 @@ class Replicas:
     """N replicas sharing one config and peer list; each in its own folder with its own state file."""
 
     def __init__(self, launch, tmp_path: Path, sim_url: str, count: int, ports: list[int],
-                 proxy_ports: list[int] | None = None, **config: str) -> None:
+                 proxy_ports: list[int] | None = None, groups: str = "  []\n", **config: str) -> None:
         self.launch = launch  # the `exporter` fixture: every process is stopped when the test ends
         self.tmp_path, self.sim_url, self.count = tmp_path, sim_url, count
         self.ports = ports[:count]
         self.proxy_ports = proxy_ports
+        self.groups = groups
         self.config = config
         self.procs: dict[int, ExporterProc] = {}
 
     def start(self, index: int) -> ExporterProc:
         folder = self.tmp_path / f"replica-{index}"
         folder.mkdir(exist_ok=True)
-        text = config_text(self.sim_url, "  []\n", **self.config)
+        text = config_text(self.sim_url, self.groups, **self.config)
         if self.proxy_ports:
             text = f"proxy: {{listen_address: '127.0.0.1:{self.proxy_ports[index]}'}}\n" + text
         config = write_config(folder, text)
@@ -184,23 +185,27 @@ def test_resharding_3_to_4_moves_jobs_with_their_state_and_counts_nothing_twice(
     sim = simulator("--seed", "20", "--speed", "5")
     old = sim.create("chat", 60, age_seconds=OLD)
     young = sim.create("images", 30)
-    ids = old + young
+    listed = sim.create("speech", 40, age_seconds=OLD)  # in every replica's config: final at once
+    ids = old + young + listed
+    groups = f"  - {{kind: speech, group: cfg, ids: {json.dumps(listed)}}}\n"
     ports = [free_port() for _ in range(4)]
-    three = Replicas(exporter, tmp_path, sim.url, 3, ports).start_all()
+    three = Replicas(exporter, tmp_path, sim.url, 3, ports, groups=groups).start_all()
     register(three.procs[0].url, "chat", old)
-    wait_for(lambda: three.pending() == 0 and three.finished() == len(old), 30, what="old jobs counted")
+    wait_for(lambda: three.pending() == 0 and three.finished() == len(old) + len(listed), 30,
+             what="old and listed jobs counted")
     register(three.procs[2].url, "images", young)
     wait_for(lambda: three.pending() == 0, 30, what="young ones handed off")
     before = {i: Counter(p.samples("distribute_jobs_finished_total")) for i, p in three.procs.items()}
     three.stop_all()
 
-    four = Replicas(exporter, tmp_path, sim.url, 4, ports)
+    four = Replicas(exporter, tmp_path, sim.url, 4, ports, groups=groups)
     try:
         four.start_all()
         wait_for(lambda: four.pending() == 0, 60, what="resharding hand-offs delivered")
         assert each_tracked_once(four, ids, 4)
         moved = [i for i in ids if owner(i, 4) == 3]
         assert moved and four.holders(moved[0]) == [3]
+        assert [i for i in listed if owner(i, 4) == 3]  # config ids the new replica owns: counted already
         wait_for(lambda: final_count(sim, ids) == len(ids), 60, what="simulator done")
         wait_for(lambda: four.finished() == len(ids), 60, what="every job finished")
         for index in range(3):  # counters never go down, and what was counted stays counted there only

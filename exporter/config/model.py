@@ -119,6 +119,7 @@ class ShardConfig:
     peer_ca_file: str | None = _opt(None)
     handoff_timeout_seconds: float = _opt(5.0, positive=True)
     handoff_max_backoff_seconds: float = _opt(30.0, positive=True)
+    reshard_settle_seconds: float = _opt(120.0, min=0)
 
     def peer_urls(self, count: int) -> tuple[str, ...]:
         """Every shard's base URL for `count` shards; empty when no peers are configured."""

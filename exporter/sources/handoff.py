@@ -16,7 +16,7 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
@@ -58,6 +58,7 @@ class HandoffRoute:
     sink: Sink
     accepting: Callable[[], bool]  # False until the state is loaded (and resharded)
     stats: HandoffStats
+    status: Callable[[], Awaitable[dict[str, Any]]]  # this replica's shard count and what it owes whom
     max_entries: int = 10_000
 
 HANDOFF = web.AppKey("handoff", HandoffRoute)
@@ -66,7 +67,19 @@ def routes(route: HandoffRoute) -> Callable[[web.Application], None]:
     def add(app: web.Application) -> None:
         app[HANDOFF] = route
         app.router.add_post("/api/v1/handoff", receive)
+        app.router.add_get("/api/v1/handoff", status)
     return add
+
+
+async def status(request: web.Request) -> web.Response:
+    """For peers settling after a change of shard count: {count, ready, pending: {shard: n}}."""
+    route = request.app[HANDOFF]
+    token = route.token()
+    if token is None:
+        raise web.HTTPNotFound()
+    if not _peer_authenticated(request, token):
+        return web.json_response({"error": "missing or wrong token"}, status=401)
+    return web.json_response({**await route.status(), "ready": route.accepting()})
 
 def _peer_authenticated(request: web.Request, token: Secret) -> bool:
     given = request.headers.get("X-Registration-Token")

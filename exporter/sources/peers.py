@@ -106,6 +106,14 @@ class PeerClient:
         """The owner's own answer to GET (or DELETE) /api/v1/jobs/<id>."""
         return await self.request(method, shard, f"/api/v1/jobs/{quote(job_id)}", query={"local": "true"})
 
+    async def status(self, shard: int) -> dict[str, Any] | None:
+        """The peer's hand-off status (GET /api/v1/handoff); None when it gives none."""
+        try:
+            code, body, _ = await self.request("GET", shard, "/api/v1/handoff")
+            return json.loads(body) if code == 200 else None
+        except (PeerUnavailable, ValueError):
+            return None
+
     async def pages(self, path: str, query: Mapping[str, str],
                     cursors: Mapping[int, str] | None = None) -> dict[int, Any]:
         """Every shard's local page of a list route (JSON), fetched at once; a shard that did not

@@ -67,6 +67,9 @@ class Outbox:
                                      "ORDER BY id LIMIT ?", (now, limit))
         return [Entry(*row) for row in rows]
 
+    def pending_by_target(self) -> dict[int, int]:
+        return dict(self.store.db.execute("SELECT target, count(*) FROM handoff GROUP BY target"))
+
     def next_try(self) -> float | None:
         return self.store.db.execute("SELECT min(next_try) FROM handoff").fetchone()[0]
 
