@@ -101,7 +101,7 @@ class Exporter:
 
     def owned(self, ids: list[str]) -> list[str]:
         """Those of `ids` in this replica's shard (all of them when there is one shard)."""
-        if self.shard_count == 1:
+        if self.shard_count == 1 and not self.ring.draining:
             return ids
         return [i for i in ids if self.ring.owns(i)]
 

@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
     try:
-        shard = parse_shard(args.shard_index, args.shard_count, config)
+        peers = bool(args.shard_peers or args.shard_peer_template or config.shard.peers
+                     or config.shard.peer_url_template)
+        shard = parse_shard(args.shard_index, args.shard_count, config, draining_ok=peers)
         config = apply_peer_flags(config, args.shard_peers, args.shard_peer_template,
                                   shard[1] if shard else config.shard.count)
     except (ValueError, ConfigError) as exc:
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_exporter(config, args.config_file, args.listen, args.web_config, shard)
 
 
-def parse_shard(index: str | None, count: int | None, config) -> tuple[int, int] | None:
+def parse_shard(index: str | None, count: int | None, config, draining_ok: bool = False) -> tuple[int, int] | None:
     """--shard.index/--shard.count over the config's shard; the index may be a pod name ending in -N."""
     if index is None and count is None:
         return None
@@ -103,7 +105,8 @@ def parse_shard(index: str | None, count: int | None, config) -> tuple[int, int]
     if not ordinal.isdigit():
         raise ValueError(f"--shard.index: not a number or a name ending in -<number>: {text!r}")
     number, total = int(ordinal), count if count is not None else config.shard.count
-    if total < 1 or not 0 <= number < total:
+    # With peers, an index past the count is a replica being removed: it hands everything away.
+    if total < 1 or number < 0 or (number >= total and not draining_ok):
         raise ValueError(f"--shard.index: {number} is not below --shard.count {total}")
     return number, total
 

@@ -62,7 +62,8 @@ class Replicas:
         self.config = config
         self.procs: dict[int, ExporterProc] = {}
 
-    def start(self, index: int) -> ExporterProc:
+    def start(self, index: int, port: int | None = None) -> ExporterProc:
+        """Replica `index`; one past the count (on its own `port`) is a replica being removed."""
         folder = self.tmp_path / f"replica-{index}"
         folder.mkdir(exist_ok=True)
         text = config_text(self.sim_url, self.groups, **self.config)
@@ -71,7 +72,7 @@ class Replicas:
         config = write_config(folder, text)
         peers = ",".join(f"http://127.0.0.1:{p}" for p in self.ports)
         proc = self.launch(config, "--shard.index", f"distribute-exporter-{index}", "--shard.count",
-                            str(self.count), "--shard.peers", peers, env=ENV, port=self.ports[index])
+                            str(self.count), "--shard.peers", peers, env=ENV, port=port or self.ports[index])
         self.procs[index] = proc
         return proc
 
@@ -218,6 +219,32 @@ def test_resharding_3_to_4_moves_jobs_with_their_state_and_counts_nothing_twice(
         assert sum(total(p.samples("distribute_jobs")) for p in four.procs.values()) == len(ids)
     finally:
         four.stop_all()
+
+
+def test_shrinking_3_to_2_the_removed_replica_hands_everything_over(simulator, exporter, tmp_path):
+    sim = simulator("--seed", "24", "--speed", "5")
+    old = sim.create("chat", 45, age_seconds=OLD)
+    young = sim.create("speech", 30)
+    ids = old + young
+    ports = [free_port() for _ in range(3)]
+    three = Replicas(exporter, tmp_path, sim.url, 3, ports).start_all()
+    register(three.procs[2].url, "chat", old)
+    wait_for(lambda: three.pending() == 0 and three.finished() == len(old), 30, what="old jobs counted")
+    register(three.procs[1].url, "speech", young)
+    wait_for(lambda: three.pending() == 0, 30, what="young ones handed off")
+    assert any(owner(i, 3) == 2 for i in ids)
+    three.stop_all()
+
+    two = Replicas(exporter, tmp_path, sim.url, 2, ports)
+    leaving = two.start(2, port=ports[2])  # index 2 of 2: owns nothing, hands all it holds away
+    two.start_all()
+    two.procs[2] = leaving
+    wait_for(lambda: two.pending() == 0, 60, what="the leaving replica drained")
+    for job_id in ids:
+        assert two.holders(job_id) == [owner(job_id, 2)]
+    wait_for(lambda: final_count(sim, ids) == len(ids), 60, what="simulator done")
+    wait_for(lambda: two.finished() == len(ids), 60, what="every job finished, once, across the three")
+    assert total(leaving.samples("distribute_jobs")) == 0
 
 
 PROXY = importlib.util.find_spec("exporter.sources.proxy") is not None

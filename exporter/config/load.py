@@ -138,7 +138,8 @@ def _check_jobs(config: Config) -> Config:
 def _check_cross_fields(config: Config) -> None:
     if config.poll.max_interval_seconds < config.poll.interval_seconds:
         raise ConfigError("poll.max_interval_seconds: must be at least poll.interval_seconds")
-    if config.shard.index >= config.shard.count:
+    draining = bool(config.shard.peers or config.shard.peer_url_template)  # see Ring.draining
+    if config.shard.index >= config.shard.count and not draining:
         raise ConfigError(f"shard.index: must be below shard.count ({config.shard.count})")
     buckets = config.metrics.duration_buckets
     if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:

@@ -17,14 +17,20 @@ class Ring:
 
     @property
     def routed(self) -> bool:
-        """True when ids another shard owns are handed to it (peers configured, several shards)."""
-        return self.count > 1 and len(self.urls) == self.count
+        """True when ids another shard owns are handed to it (peers configured, one URL per shard)."""
+        return bool(self.urls) and len(self.urls) == self.count
+
+    @property
+    def draining(self) -> bool:
+        """A replica being removed (index past the count): it owns nothing and hands all it holds
+        to the shards that remain, then may be stopped once its outbox is empty."""
+        return self.index >= self.count
 
     def owner(self, job_id: str) -> int:
         return owner(job_id, self.count)
 
     def owns(self, job_id: str) -> bool:
-        return self.count <= 1 or owner(job_id, self.count) == self.index
+        return owner(job_id, self.count) == self.index
 
     def url(self, shard: int) -> str:
         return self.urls[shard]
