@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
 import json
 import logging
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from aiohttp import web
 from exporter import KINDS
 from exporter.api.ids import is_uuid4, normalise
 from exporter.config import Secret
+from exporter.sources.registration import token_given
 from exporter.tracking.job import Job
 from exporter.tracking.outbox import HandoffStats
 from exporter.tracking.store import JOB_COLUMNS
@@ -30,6 +30,7 @@ from exporter.tracking.store import JOB_COLUMNS
 log = logging.getLogger("distribute.handoff")
 
 OPS = ("registered", "created", "observed", "state")
+
 
 def entry(op: str, job_id: str, kind: str, group: str, model: str = "", source: str = "api",
           answer: bytes | None = None, state: dict[str, Any] | None = None) -> str:
@@ -41,6 +42,7 @@ def entry(op: str, job_id: str, kind: str, group: str, model: str = "", source: 
         item["state"] = state
     return json.dumps(item, separators=(",", ":"))
 
+
 class Sink(Protocol):
     """What the owner does with an entry: the same as with what it sees itself."""
 
@@ -49,6 +51,7 @@ class Sink(Protocol):
     async def observe(self, job_id: str, kind: str, group: str, model: str, body: bytes) -> None: ...
     async def take_over(self, job: Job) -> bool: ...
     async def flush(self) -> int: ...
+
 
 @dataclass(frozen=True)
 class HandoffRoute:
@@ -61,7 +64,9 @@ class HandoffRoute:
     status: Callable[[], Awaitable[dict[str, Any]]]  # this replica's shard count and what it owes whom
     max_entries: int = 10_000
 
+
 HANDOFF = web.AppKey("handoff", HandoffRoute)
+
 
 def routes(route: HandoffRoute) -> Callable[[web.Application], None]:
     def add(app: web.Application) -> None:
@@ -71,32 +76,29 @@ def routes(route: HandoffRoute) -> Callable[[web.Application], None]:
     return add
 
 
+def _refused(request: web.Request, route: HandoffRoute) -> web.Response | None:
+    """None for a peer with the registration token, else the answer (401, counted and logged)."""
+    if token_given(request, route.token()):
+        return None
+    route.stats.outcomes["refused"] += 1
+    log.warning("refused a hand-off from %s: missing or wrong token", request.remote)
+    return web.json_response({"error": "missing or wrong token"}, status=401)
+
+
 async def status(request: web.Request) -> web.Response:
     """For peers settling after a change of shard count: {count, ready, pending: {shard: n}}."""
     route = request.app[HANDOFF]
-    token = route.token()
-    if token is None:
-        raise web.HTTPNotFound()
-    if not _peer_authenticated(request, token):
-        return web.json_response({"error": "missing or wrong token"}, status=401)
+    refused = _refused(request, route)
+    if refused is not None:
+        return refused
     return web.json_response({**await route.status(), "ready": route.accepting()})
 
-def _peer_authenticated(request: web.Request, token: Secret) -> bool:
-    given = request.headers.get("X-Registration-Token")
-    expected = token.reveal()
-    if given is None:
-        given, expected = request.headers.get("Authorization", ""), "Bearer " + expected
-    return hmac.compare_digest(given.encode(), expected.encode())
 
 async def receive(request: web.Request) -> web.Response:
     route = request.app[HANDOFF]
-    token = route.token()
-    if token is None:
-        raise web.HTTPNotFound()
-    if not _peer_authenticated(request, token):
-        route.stats.outcomes["refused"] += 1
-        log.warning("refused a hand-off from %s: missing or wrong token", request.remote)
-        return web.json_response({"error": "missing or wrong token"}, status=401)
+    refused = _refused(request, route)
+    if refused is not None:
+        return refused
     if not route.accepting():
         return web.json_response({"error": "loading state; try again"}, status=503)
     try:
@@ -115,6 +117,7 @@ async def receive(request: web.Request) -> web.Response:
         log.warning("dropped %d hand-off entries that cannot be applied", invalid)
     return web.json_response({"applied": applied, "invalid": invalid})
 
+
 async def apply(sink: Sink, entries: list[Any]) -> tuple[int, int]:
     """Apply entries in order; answer (applied, invalid). An invalid entry can never be applied, so
     it is acknowledged too (and counted), rather than blocking the sender's queue for ever."""
@@ -126,6 +129,7 @@ async def apply(sink: Sink, entries: list[Any]) -> tuple[int, int]:
         except (ValueError, KeyError, TypeError, binascii.Error):
             invalid += 1
     return applied, invalid
+
 
 async def _apply_one(sink: Sink, item: Any) -> None:
     if not isinstance(item, dict) or item.get("op") not in OPS or not is_uuid4(item.get("id")):
@@ -143,6 +147,7 @@ async def _apply_one(sink: Sink, item: Any) -> None:
     else:
         await sink.take_over(job_from_state(job_id, item["state"]))
 
+
 def job_from_state(job_id: str, state: Any) -> Job:
     """The record a `state` entry carries, checked to be a whole one for this id."""
     if not isinstance(state, dict) or set(state) != set(JOB_COLUMNS) or state["id"] != job_id:
@@ -151,6 +156,7 @@ def job_from_state(job_id: str, state: Any) -> Job:
     if job.kind not in KINDS or not isinstance(job.final, int) or not isinstance(job.status, str):
         raise ValueError("not a job record")
     return job
+
 
 def state_of(job: Job) -> dict[str, Any]:
     return dict(zip(JOB_COLUMNS, job.row()))

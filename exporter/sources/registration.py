@@ -64,17 +64,23 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
 
-def _authorised(request: web.Request) -> web.Response | None:
-    """None when the request may go on, else the answer to give."""
-    token = request.app[REGISTRAR].token()
+def token_given(request: web.Request, token: Secret | None) -> bool:
+    """True when the request carries `token`; 404 (as if absent) when there is none configured.
+
+    X-Registration-Token serves when basic auth (web config) already uses the Authorization header.
+    """
     if token is None:
         raise web.HTTPNotFound()
-    # X-Registration-Token serves when basic auth (web config) already uses the Authorization header.
     given = request.headers.get("X-Registration-Token")
     expected = token.reveal()
     if given is None:
         given, expected = request.headers.get("Authorization", ""), "Bearer " + expected
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _authorised(request: web.Request) -> web.Response | None:
+    """None when the request may go on, else the answer to give."""
+    if not token_given(request, request.app[REGISTRAR].token()):
         return _error(401, "missing or wrong bearer token")
     return None
 
