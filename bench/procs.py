@@ -69,15 +69,17 @@ def metric(text: str, name: str, labels: str = "") -> float:
 
 
 class Exporter:
-    def __init__(self, workdir: Path, config: str, *args: str, repo: Path = REPO) -> None:
+    def __init__(self, workdir: Path, config: str, *args: str, repo: Path = REPO, port: int | None = None,
+                 env: dict[str, str] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.yaml").write_text(config)
-        self.port = free_port()
+        self.port = port or free_port()  # given when peers must know it before the start
         self.log = open(workdir / "exporter.log", "wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "exporter", "--config.file", "config.yaml",
                                       "--web.listen-address", f"127.0.0.1:{self.port}", "--log.level", "warn", *args],
-                                     cwd=workdir, stdout=self.log, stderr=self.log, env={**os.environ, "PYTHONPATH": str(repo)})
+                                     cwd=workdir, stdout=self.log, stderr=self.log,
+                                     env={**os.environ, "PYTHONPATH": str(repo), **(env or {})})
 
     def wait_ready(self, timeout: float = 120) -> float:
         wait_for(lambda: self.proc.poll() is None and get(self.port, "/-/ready", timeout=5)[0] == 200 or

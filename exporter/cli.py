@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import signal
 import sys
 from pathlib import Path
 
 from exporter import __version__
-from exporter.config import AddressError, ConfigError, load_config
+from exporter.config import AddressError, Config, ConfigError, check_peers, load_config
 from exporter.config.addresses import parse_listen_address
 from exporter.logs import setup_logging
 from exporter.tracking.store import StateError
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
                              "distribute-exporter-2 is read as its ordinal (overrides shard.index)")
     parser.add_argument("--shard.count", dest="shard_count", default=None, type=int, metavar="N",
                         help="how many replicas share the ids (overrides shard.count)")
+    parser.add_argument("--shard.peers", dest="shard_peers", default=None, metavar="URL,URL,...",
+                        help="every shard's base URL, in shard order, comma-separated (overrides shard.peers)")
+    parser.add_argument("--shard.peer-url-template", dest="shard_peer_template", default=None, metavar="URL",
+                        help="every shard's base URL with {index} for its number, e.g. "
+                             "http://distribute-exporter-{index}.distribute-exporter:9877 "
+                             "(overrides shard.peer_url_template)")
     parser.add_argument("--log.level", dest="log_level", default="info",
                         choices=("debug", "info", "warn", "warning", "error"), help="log level (default info)")
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json"),
@@ -82,8 +89,12 @@ def main(argv: list[str] | None = None) -> int:
     for warning in config.warnings:
         log.warning("%s", warning)
     try:
-        shard = parse_shard(args.shard_index, args.shard_count, config)
-    except ValueError as exc:
+        peers = bool(args.shard_peers or args.shard_peer_template or config.shard.peers
+                     or config.shard.peer_url_template)
+        shard = parse_shard(args.shard_index, args.shard_count, config, draining_ok=peers)
+        config = apply_peer_flags(config, args.shard_peers, args.shard_peer_template,
+                                  shard[1] if shard else config.shard.count)
+    except (ValueError, ConfigError) as exc:
         log.error("%s", exc)
         return 1
     if args.proxy_listen is not None:
@@ -95,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     return run_exporter(config, args.config_file, args.listen, args.web_config, shard, args.proxy_listen)
 
 
-def parse_shard(index: str | None, count: int | None, config) -> tuple[int, int] | None:
+def parse_shard(index: str | None, count: int | None, config, draining_ok: bool = False) -> tuple[int, int] | None:
     """--shard.index/--shard.count over the config's shard; the index may be a pod name ending in -N."""
     if index is None and count is None:
         return None
@@ -104,9 +115,29 @@ def parse_shard(index: str | None, count: int | None, config) -> tuple[int, int]
     if not ordinal.isdigit():
         raise ValueError(f"--shard.index: not a number or a name ending in -<number>: {text!r}")
     number, total = int(ordinal), count if count is not None else config.shard.count
-    if total < 1 or not 0 <= number < total:
+    # With peers, an index past the count is a replica being removed: it hands everything away.
+    if total < 1 or number < 0 or (number >= total and not draining_ok):
         raise ValueError(f"--shard.index: {number} is not below --shard.count {total}")
     return number, total
+
+
+def apply_peer_flags(config: Config, peers: str | None, template: str | None, count: int) -> Config:
+    """--shard.peers / --shard.peer-url-template over the config's; checked for `count` shards."""
+    shard = config.shard
+    if peers is not None:
+        shard = dataclasses.replace(shard, peers=tuple(p.strip() for p in peers.split(",") if p.strip()),
+                                    peer_url_template=None)
+    elif template is not None:
+        shard = dataclasses.replace(shard, peer_url_template=template, peers=())
+    flag = "--shard.peers" if peers is not None else "--shard.peer-url-template" if template is not None else None
+    try:
+        check_peers(shard, count)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}" if flag else str(exc)) from None
+    if shard.peer_urls(count) and config.registration_token is None:
+        raise ConfigError("shard peers need the registration token (replicas authenticate with it): set "
+                          "web.registration_token_file or DISTRIBUTE_EXPORTER_REGISTRATION_TOKEN")
+    return dataclasses.replace(config, shard=shard)
 
 
 def run_exporter(config, config_path: str | None, listen: str | None, web_config: str | None = None,

@@ -50,11 +50,11 @@ def run_demo(listen: str | None, proxy_listen: str | None = None) -> int:
                 log.error("cannot start the demo: %s", exc.strerror or exc)
                 await sim_server.stop()
                 return 1
-            assert exporter.proxy_url is not None
-            sim_server.start_application(exporter.proxy_url, DEMO_PROXIED_RATE, DEMO_APP_POLL_SECONDS,
+            assert exporter.proxying.url is not None
+            sim_server.start_application(exporter.proxying.url, DEMO_PROXIED_RATE, DEMO_APP_POLL_SECONDS,
                                          group="demo-app")
             print(f"distribute-exporter demo: simulator at {sim_server.url} creating {DEMO_RATE:g} jobs/s\n"
-                  f"  proxy:        {exporter.proxy_url} (an application creates {DEMO_PROXIED_RATE:g} job/s "
+                  f"  proxy:        {exporter.proxying.url} (an application creates {DEMO_PROXIED_RATE:g} job/s "
                   "through it and follows each)\n"
                   f"  landing page: {exporter.url}/\n"
                   f"  metrics:      {exporter.url}/metrics\n"

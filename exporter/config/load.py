@@ -21,7 +21,7 @@ import yaml
 
 from exporter.api.ids import all_uuid4, is_uuid4, normalise
 from exporter.config.addresses import AddressError, parse_listen_address
-from exporter.config.model import (API_KEY_ENV, REGISTRATION_TOKEN_ENV, Config, ConfigError, Secret)
+from exporter.config.model import (API_KEY_ENV, REGISTRATION_TOKEN_ENV, Config, ConfigError, Secret, ShardConfig)
 from exporter.config.pricing import PriceFileError, load_prices
 
 
@@ -186,7 +186,8 @@ def _ids_plainly_fine(config: Config) -> bool:
 def _check_cross_fields(config: Config) -> None:
     if config.poll.max_interval_seconds < config.poll.interval_seconds:
         raise ConfigError("poll.max_interval_seconds: must be at least poll.interval_seconds")
-    if config.shard.index >= config.shard.count:
+    draining = bool(config.shard.peers or config.shard.peer_url_template)  # see Ring.draining
+    if config.shard.index >= config.shard.count and not draining:
         raise ConfigError(f"shard.index: must be below shard.count ({config.shard.count})")
     buckets = config.metrics.duration_buckets
     if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
@@ -202,6 +203,27 @@ def _check_cross_fields(config: Config) -> None:
             raise ConfigError(f"proxy.listen_address: {exc}") from None
     if not config.api.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"api.base_url: must start with http:// or https://, not {config.api.base_url!r}")
+    check_peers(config.shard, config.shard.count)
+
+
+def check_peers(shard: ShardConfig, count: int) -> None:
+    """shard.peers or shard.peer_url_template, well-formed and one per shard (ConfigError if not)."""
+    if shard.peers and shard.peer_url_template:
+        raise ConfigError("shard.peer_url_template: give shard.peers or shard.peer_url_template, not both")
+    if shard.peer_url_template is not None and "{index}" not in shard.peer_url_template:
+        raise ConfigError("shard.peer_url_template: must contain {index}")
+    for i, url in enumerate(shard.peer_urls(count)):
+        where = f"shard.peers[{i}]" if shard.peers else "shard.peer_url_template"
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"{where}: must start with http:// or https://, not {url[:80]!r}")
+    if shard.peers and len(shard.peers) != count:
+        raise ConfigError(f"shard.peers: lists {len(shard.peers)} URLs for {count} shards (shard.count); "
+                          "give one per shard, in shard order")
+    if bool(shard.peer_cert_file) != bool(shard.peer_key_file):
+        raise ConfigError("shard.peer_cert_file: needs shard.peer_key_file too (and the other way round)")
+    if bool(shard.peer_basic_auth_username) != bool(shard.peer_basic_auth_password_file):
+        raise ConfigError("shard.peer_basic_auth_username: needs shard.peer_basic_auth_password_file too "
+                          "(and the other way round)")
 
 
 def _load_secrets(config: Config, env: Any) -> Config:
@@ -212,7 +234,13 @@ def _load_secrets(config: Config, env: Any) -> Config:
     token = _read_secret(config, config.web.registration_token_file, "web.registration_token_file", warnings)
     if token is None and env.get(REGISTRATION_TOKEN_ENV):
         token = Secret(env[REGISTRATION_TOKEN_ENV].strip())
-    return dataclasses.replace(config, api_key=api_key, registration_token=token, warnings=tuple(warnings))
+    peer_password = _read_secret(config, config.shard.peer_basic_auth_password_file,
+                                 "shard.peer_basic_auth_password_file", warnings)
+    if config.shard.peer_urls(config.shard.count) and token is None:
+        raise ConfigError("shard.peers: replicas authenticate to each other with the registration token; "
+                          f"set web.registration_token_file or {REGISTRATION_TOKEN_ENV}")
+    return dataclasses.replace(config, api_key=api_key, registration_token=token, peer_password=peer_password,
+                               warnings=tuple(warnings))
 
 
 def _read_secret(config: Config, name: str | None, path: str, warnings: list[str]) -> Secret | None:

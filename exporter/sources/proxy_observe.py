@@ -66,6 +66,14 @@ class ProxyTracking:
                 self.stats.error("observe")
                 log.exception("applying a proxied answer failed job_id=%s kind=%s", job_id, kind)
 
+    async def apply_now(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
+        """Apply an answer before returning (an owner applying what another replica's proxy saw,
+        before it acknowledges the hand-off); an unusable answer is counted, never raised."""
+        try:
+            await self._apply(job_id, kind, group, model, body)
+        except InvalidBody:
+            self.stats.error("observe")
+
     async def _apply(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
         config = self.config()
         now = self.clock()

@@ -10,7 +10,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
 
@@ -38,6 +38,10 @@ class Registrar:
     jobs: RegisteredJobs
     owned: Callable[[list[str]], list[str]]
     sharded: Callable[[], bool]
+    # With peers configured: queue ids other shards own for them (how many), and pass a request
+    # about one id (method, id) to its owner: (status, body, content type), raising when it is down.
+    hand_off: Callable[[list[str], str, str], int] | None = None
+    ask_owner: Callable[[str, str], Awaitable[tuple[int, bytes, str]]] | None = None
 
 
 REGISTRAR = web.AppKey("registrar", Registrar)
@@ -55,17 +59,23 @@ def _error(status: int, message: str, **extra: Any) -> web.Response:
     return web.json_response({"error": message, **extra}, status=status)
 
 
-def _authorised(request: web.Request) -> web.Response | None:
-    """None when the request may go on, else the answer to give."""
-    token = request.app[REGISTRAR].token()
+def token_given(request: web.Request, token: Secret | None) -> bool:
+    """True when the request carries `token`; 404 (as if absent) when there is none configured.
+
+    X-Registration-Token serves when basic auth (web config) already uses the Authorization header.
+    """
     if token is None:
         raise web.HTTPNotFound()
-    # X-Registration-Token serves when basic auth (web config) already uses the Authorization header.
     given = request.headers.get("X-Registration-Token")
     expected = token.reveal()
     if given is None:
         given, expected = request.headers.get("Authorization", ""), "Bearer " + expected
-    if not hmac.compare_digest(given.encode(), expected.encode()):
+    return hmac.compare_digest(given.encode(), expected.encode())
+
+
+def _authorised(request: web.Request) -> web.Response | None:
+    """None when the request may go on, else the answer to give."""
+    if not token_given(request, request.app[REGISTRAR].token()):
         return _error(401, "missing or wrong bearer token")
     return None
 
@@ -91,12 +101,20 @@ async def register(request: web.Request) -> web.Response:
         return problem
     registrar = request.app[REGISTRAR]
     ids = [normalise(i) for i in body["ids"]]
+    kind, group = body["kind"], body.get("group", "default")
     owned = registrar.owned(ids)
-    accepted, duplicates = await registrar.jobs.track(owned, body["kind"], body.get("group", "default"),
-                                                      "api", time.time())
-    await registrar.jobs.flush()  # 202 only once the ids are durably stored
-    answer = {"accepted": len(accepted), "duplicates": duplicates}
-    if registrar.sharded():
+    accepted, duplicates = await registrar.jobs.track(owned, kind, group, "api", time.time())
+    handed = 0
+    if registrar.hand_off is not None:
+        mine = set(owned)
+        handed = registrar.hand_off([i for i in dict.fromkeys(ids) if i not in mine], kind, group)
+    # 202 only once the ids are durably stored, here or in the outbox (the same transaction)
+    await registrar.jobs.flush()
+    answer = {"accepted": len(accepted) + handed, "duplicates": duplicates}
+    if registrar.hand_off is not None:
+        answer["duplicates"] = len(ids) - len(accepted) - handed
+        answer["handed_off"] = handed
+    elif registrar.sharded():
         answer["not_owned"] = len(ids) - len(owned)
     return web.json_response(answer, status=202)
 
@@ -121,12 +139,32 @@ def _check_body(body: Any) -> web.Response | None:
     return None
 
 
+def _elsewhere(registrar: Registrar, request: web.Request, job_id: str) -> bool:
+    """True when another shard owns `job_id` and should answer (peers configured, not ?local=true)."""
+    return (registrar.ask_owner is not None and request.query.get("local") != "true"
+            and not registrar.owned([job_id]))
+
+
+async def _from_owner(registrar: Registrar, method: str, job_id: str) -> web.Response:
+    """The owner's answer, passed on; 502 when the owner gives none."""
+    assert registrar.ask_owner is not None
+    try:
+        status, body, content_type = await registrar.ask_owner(method, job_id)
+    except Exception as exc:  # PeerUnavailable: the owner is down or unreachable
+        return _error(502, f"the shard that owns this id did not answer ({exc})")
+    return web.Response(status=status, body=body, content_type=content_type or "application/json")
+
+
 async def forget(request: web.Request) -> web.Response:
     refused = _authorised(request)
     if refused is not None:
         return refused
-    jobs = request.app[REGISTRAR].jobs
-    if not await jobs.untrack(normalise(request.match_info["job_id"]), time.time()):
+    registrar = request.app[REGISTRAR]
+    job_id = normalise(request.match_info["job_id"])
+    if _elsewhere(registrar, request, job_id):
+        return await _from_owner(registrar, "DELETE", job_id)
+    jobs = registrar.jobs
+    if not await jobs.untrack(job_id, time.time()):
         return _error(404, "not tracked")
     await jobs.flush()
     return web.json_response({"forgotten": True})

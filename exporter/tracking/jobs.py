@@ -65,6 +65,7 @@ class TrackedJobs:
         self.by_created = CreatedIndex()  # unfinished jobs by `created` (tracking/queries.py)
         # Tracked ids whose row the file does not hold yet: written whole, the others by UPDATE.
         self._unwritten: set[str] = set()
+        self._handoffs: list[tuple[str, int, str, float]] = []  # owed to other shards: see outbox.py
         self._flush_lock = asyncio.Lock()
         # False while every row of the file is an open job held in `open`: then a new id needs no
         # look-up in the file (the first load of a million-line ids file makes no queries).
@@ -236,12 +237,67 @@ class TrackedJobs:
         self._unwritten.discard(job.id)  # a final row is always written whole
         self.agg.close(job.labels)
 
+    # -- other shards ------------------------------------------------------------------------------
+    def queue_handoff(self, job_id: str, target: int, payload: str, now: float) -> None:
+        """Owe `payload` to shard `target`: written to the outbox with the next batch."""
+        self._handoffs.append((job_id, target, payload, now))
+
+    async def release(self, job_id: str) -> Job | None:
+        """Take a job out of this replica without a tombstone (its new owner takes it, counted as it
+        is: counters stay here, the gauge and the closed count drop). None when it is not here."""
+        job = self.open.pop(job_id, None) or self._pending.get(job_id)
+        if job is None:
+            if job_id in self._deleted or job_id in self._retire:
+                return None
+            row = await self.store.call(self.store.get, job_id)
+            if row is None:
+                return None
+            job = Job.from_row(row)
+        self._pending.pop(job_id, None)
+        self.by_created.moved(job_id, job.created, None)
+        self._unwritten.discard(job_id)
+        self.agg.move(job.labels, None)
+        if job.final != OPEN:
+            self.agg.close(job.labels, -1)
+        self._deleted.add(job_id)
+        return job
+
+    async def take_over(self, job: Job) -> bool:
+        """Take a job another shard held, with its state, counting nothing again; False when this
+        replica already has it final (or retired), or has it unfinished and the given state is too."""
+        current = self.open.get(job.id) or self._pending.get(job.id)
+        if current is None:
+            if self._file_has_more and job.id not in self._deleted and await self.store.call(self.store.known, [job.id]):
+                return False
+            if job.id in self._retire or (job.id in self.open or job.id in self._pending):
+                return False  # retired meanwhile, or arrived by another way during the await
+        elif current.final != OPEN or job.final == OPEN:
+            return False
+        else:
+            self.open.pop(job.id, None)
+            self.by_created.moved(job.id, current.created, None)
+            self.agg.move(current.labels, None)
+        self._deleted.discard(job.id)
+        self._unwritten.add(job.id)  # the row here, if any, is the old one: written whole
+        self.agg.move(None, job.labels)
+        self._pending[job.id] = job
+        if job.final != OPEN:
+            self.agg.close(job.labels)
+            self._file_has_more = True
+        else:
+            self.open[job.id] = job
+            self.by_created.moved(job.id, None, job.created)
+            if job.created is not None:
+                self.agg.note_unfinished(job.kind, job.group, job.created, job.id)
+            self.on_new([job])
+        return True
+
     # -- persistence -----------------------------------------------------------------------------
     async def flush(self) -> int:
         """Write everything changed since the last flush; answer how many jobs were written."""
         async with self._flush_lock:
-            pending, deleted, retire = self._pending, self._deleted, self._retire
-            self._pending, self._deleted, self._retire = {}, set(), {}
+            pending, deleted, retire, handoffs = self._pending, self._deleted, self._retire, self._handoffs
+            self._pending, self._deleted, self._retire, self._handoffs = {}, set(), {}, []
             self.writing = pending
             # Rows of finished jobs go with the counters they changed, in one transaction. Rows of
             # jobs still polled carry no counts, so past the first FLUSH_CHUNK they may follow in
@@ -251,7 +307,7 @@ class TrackedJobs:
             polled = sorted((j for j in pending.values() if j.final == OPEN), key=_by_id)
             whole, updates = self._rows(polled[:FLUSH_CHUNK])
             batch = Batch(upserts=[j.row() for j in counted] + whole, deletes=list(deleted), updates=updates,
-                          retire=list(retire.items()), counters=self.agg.take_dirty())
+                          retire=list(retire.items()), counters=self.agg.take_dirty(), handoffs=handoffs)
             if batch:
                 try:
                     await self.store.call(self.store.write, batch)
@@ -299,6 +355,7 @@ class TrackedJobs:
                 self._pending.setdefault(job.id, job)
         self._deleted.update(batch.deletes)
         self._retire.update(dict(batch.retire))
+        self._handoffs[:0] = batch.handoffs
         for family, labels, _ in batch.counters:
             self.agg.dirty.add((family, labels))
 

@@ -40,6 +40,22 @@ def _to_6(db: sqlite3.Connection) -> None:
     # price_entries table, which comes with the schema).
     add_column(db, "jobs", "estimated_cost", "REAL")
     add_column(db, "jobs", "price_entry", "INTEGER")
+# Hand-offs to other shards not yet acknowledged: what a replica took responsibility for and owes
+# the owner. `payload` is the JSON the owner's POST /api/v1/handoff takes (one entry).
+HANDOFF_TABLE = """
+CREATE TABLE IF NOT EXISTS handoff (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, target INTEGER NOT NULL,
+    payload TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, next_try REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS handoff_due ON handoff(next_try);
+"""
+
+
+def _to_7(db: sqlite3.Connection) -> None:
+    # executescript would commit the open transaction: one statement at a time instead.
+    for statement in HANDOFF_TABLE.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
 def add_column(db: sqlite3.Connection, table: str, column: str, definition: str) -> None:
@@ -48,7 +64,8 @@ def add_column(db: sqlite3.Connection, table: str, column: str, definition: str)
         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3, 5: _to_5, 6: _to_6}
+
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3, 5: _to_5, 6: _to_6, 7: _to_7}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
-from exporter.tracking.migrations import SCHEMA_VERSION, migrate
 from exporter.tracking import price_entries
+from exporter.tracking.migrations import HANDOFF_TABLE, SCHEMA_VERSION, migrate
 
 APPLICATION_ID = 0x44495354  # "DIST": marks a file as ours, so a foreign database is refused
 
@@ -54,7 +54,7 @@ CREATE TABLE IF NOT EXISTS counters (
     family TEXT NOT NULL, labels TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (family, labels)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS retired (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
-""" + price_entries.SCHEMA
+""" + price_entries.SCHEMA + HANDOFF_TABLE
 
 T = TypeVar("T")
 
@@ -79,9 +79,10 @@ class Batch:
     # Rows (JOB_COLUMNS order) of jobs still polled whose row in the file is theirs and still polled:
     # written by an UPDATE of the columns that can change while polled (see `write`).
     updates: list[tuple[Any, ...]] = field(default_factory=list)
+    handoffs: list[tuple[str, int, str, float]] = field(default_factory=list)  # job id, target, payload, next_try
 
     def __bool__(self) -> bool:
-        return bool(self.upserts or self.deletes or self.retire or self.counters or self.updates)
+        return bool(self.upserts or self.deletes or self.retire or self.counters or self.updates or self.handoffs)
 
 
 # What a row of a job still polled can not change: its identity, where it came from, and the indexed
@@ -251,6 +252,9 @@ class StateStore:
             if batch.counters:
                 db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                                ((f, labels_key(l), json.dumps(v)) for f, l, v in batch.counters))
+            if batch.handoffs:
+                db.executemany("INSERT INTO handoff (job_id, target, payload, next_try) VALUES (?, ?, ?, ?)",
+                               batch.handoffs)
 
     def insert_new(self, rows: list[tuple[Any, ...]], fsync: bool = True) -> None:
         """Write rows of jobs the file does not hold yet, in one transaction; a row already there

@@ -1,9 +1,11 @@
 """The running exporter: wires config -> id sources -> tracked jobs -> poller -> API client, and
-state -> aggregates -> collectors -> HTTP; owns start-up, reload and shutdown."""
+state -> aggregates -> collectors -> HTTP (the proxy through proxying.py); owns start-up, reload and
+shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gc
 import logging
@@ -20,19 +22,18 @@ from exporter.tracking.aggregates import ApiAggregates, JobAggregates
 from exporter.polling.client import ApiClient, Transport, make_transport
 from exporter.metrics.collectors import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector, Sampled
 from exporter.metrics.exposition import GzipParts, TextRenderer
-from exporter.metrics.proxy import ProxyCollector, ProxyStats
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import MASK
 from exporter.config.addresses import parse_listen_address
 from exporter.polling.poller import Poller
 from exporter.polling.ratelimit import RateLimiter
-from exporter.tracking.shard import owner
+from exporter.tracking.ownership import Ring
 from exporter.sources.registration import Registrar
 from exporter.sources.registration import routes as registration_routes
-from exporter.sources.proxy import Proxy, ProxyHooks
-from exporter.sources.proxy_observe import ProxyTracking
 from exporter.sources.sync import ConfigSources
-from exporter.tracking.proxied import ProxiedJobs
+from exporter.app.proxying import ProxyWiring
+from exporter.sources.replication import Replication
+from exporter.metrics.handoff import HandoffCollector
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.store import StateStore
 from exporter.http.server import Site, build_web_app
@@ -88,11 +89,16 @@ class Exporter:
         self.renderer = TextRenderer()
         self.gzip_parts = GzipParts()
         self.sources = ConfigSources(self.jobs, self.owned, self._invalid_id_line)
-        self.proxy_listen = proxy_listen or config.proxy.listen_address
-        self.proxy_stats = ProxyStats()
-        self.proxy_tracking = ProxyTracking(ProxiedJobs(self.jobs, lambda: self.config.proxy.fsync_creates), self.poller.defer, self.proxy_stats,
-                                            lambda: self.config)
-        self.proxy: Proxy | None = None
+        self.proxying = ProxyWiring(proxy_listen or config.proxy.listen_address, self.jobs, self.poller,
+                                    self.api_agg, lambda: self.config, self.owned)
+        tracking = self.proxying.tracking
+        self.ring = Ring(self.shard_index, self.shard_count, config.shard.peer_urls(self.shard_count))
+        # Only with peers configured: without them every replica keeps to its own ids, as before.
+        # The owner applies what the proxies of other replicas saw with the proxy's own hooks.
+        self.replication = (Replication(config, self.ring, self.jobs, self.poller.schedule, lambda: self.config,
+                                        tracking.created, tracking.observed, tracking.apply_now)
+                            if self.ring.routed else None)
+        self.proxying.replication = self.replication
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
@@ -111,13 +117,13 @@ class Exporter:
 
     def owned(self, ids: list[str]) -> list[str]:
         """Those of `ids` in this replica's shard (all of them when there is one shard)."""
-        if self.shard_count == 1:
+        if self.shard_count == 1 and not self.ring.draining:
             return ids
-        return [i for i in ids if owner(i, self.shard_count) == self.shard_index]
+        return [i for i in ids if self.ring.owns(i)]
 
     @staticmethod
     def _secrets(config: Config) -> list[str | None]:
-        return [s.reveal() if s else None for s in (config.api_key, config.registration_token)]
+        return [s.reveal() if s else None for s in (config.api_key, config.registration_token, config.peer_password)]
 
     def _make_client(self, config: Config) -> ApiClient:
         key = config.api_key.reveal() if config.api_key else None
@@ -135,10 +141,13 @@ class Exporter:
         now = time.time()
         today = self.job_agg.spend_today
         today.restore(await self.store.call(self.store.spend_since, today.start_of_day(now)), now)
+        if self.replication is not None:
+            await self.replication.start()
         self._declare_series(self.config)
         self.poller.schedule_all()
-        await self.sources.sync(self.config, initial=True)
-        await self._start_proxy()
+        with self.replication.holding_new_ids() if self.replication else contextlib.nullcontext():
+            await self.sources.sync(self.config, initial=True)
+        await self.proxying.start(self.registry, self.guard.ssl_context)
         # What start-up loaded lives long: keep full collections from scanning it over and over (a
         # million jobs take a quarter of a second per scan). Refcounting still frees finished jobs.
         gc.freeze()
@@ -149,7 +158,8 @@ class Exporter:
                            ("web-config", self.guard.watch()),
                            ("files", self._files_loop()), ("retention", self._retention_loop()),
                            ("timeline", self._timeline_loop()),
-                           ("proxy-observer", self.proxy_tracking.run())):
+                           ("proxy-observer", self.proxying.tracking.run()),
+                           *(self.replication.tasks() if self.replication else ())):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: %d jobs polled, %d closed, listening on %s", len(self.jobs.open),
                  self.jobs.closed_total, self.url)
@@ -166,11 +176,13 @@ class Exporter:
         limits = self.config.web
         site = Site(self.registry, self.renderer, self.gzip_parts, lambda: self.ready, self.reload,
                     self.overview, limits.max_request_body_bytes)
+        rep = self.replication
         registrar = Registrar(lambda: self.config.registration_token, self.jobs, self.owned,
-                              lambda: self.shard_count > 1)
+                              lambda: self.shard_count > 1, rep.router.hand_off if rep else None,
+                              rep.ask_owner if rep else None)
         reader = JobsReader(lambda query: queries.find(self.jobs, query), self.jobs.lookup)
         app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
-                            [registration_routes(registrar), jobs_routes(reader)])
+                            [registration_routes(registrar), jobs_routes(reader), *([rep.routes()] if rep else [])])
         # keepalive_timeout also closes a connection that has not sent a whole request by then:
         # a client that trickles its headers cannot hold a slot for longer.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
@@ -185,41 +197,6 @@ class Exporter:
         server = site._server
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
 
-    async def _start_proxy(self) -> None:
-        """The pass-through proxy, when proxy.listen_address (or its flag) is set: after the state is
-        loaded, so that the first create can be stored; TLS as the web config says, nothing else of it."""
-        if not self.proxy_listen:
-            return
-        host, port = parse_listen_address(self.proxy_listen)
-        self.registry.register(ProxyCollector(self.proxy_stats))
-        self.proxy = Proxy(ProxyHooks(self._proxy_created, self._proxy_observed), self.proxy_stats,
-                           lambda: self.config.proxy, lambda: self.config.api.base_url,
-                           self.config.api.max_response_bytes)
-        await self.proxy.start(host, port, self.guard.ssl_context)
-        log.info("proxy listening on %s, forwarding to %s", self.proxy_url, self.config.api.base_url)
-
-    # Until ids of other shards are handed over (the replicas issue wraps these two), a replica tracks
-    # through its proxy only the ids of its own shard, so that no job is counted by two replicas.
-    async def _proxy_created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
-        if self.owned([job_id]):
-            await self.proxy_tracking.created(job_id, kind, group, model)
-        else:
-            self.proxy_stats.error("not_owned")
-
-    def _proxy_observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
-        if self.owned([job_id]):
-            self.proxy_tracking.observed(job_id, kind, group, model, body)
-        else:
-            self.proxy_stats.error("not_owned")
-
-    @property
-    def proxy_url(self) -> str | None:
-        if self.proxy is None or not self.proxy_listen:
-            return None
-        host, _ = parse_listen_address(self.proxy_listen)
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        return f"{'https' if self.guard.ssl_context else 'http'}://{shown}:{self.proxy.port}"
-
     def _register_collectors(self) -> None:
         s = self.status
         s.poll_restarts = lambda: self.poller.restarts
@@ -230,6 +207,8 @@ class Exporter:
                           ApiCollector(self.api_agg),
                           ExporterCollector(s)):
             self.registry.register(collector)
+        if self.replication is not None:
+            self.registry.register(HandoffCollector(self.replication.stats))
         self.registry.register(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
         self.registry.register(Sampled(PlatformCollector(registry=None), float("inf")))
 
@@ -246,13 +225,13 @@ class Exporter:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         try:
-            if self.proxy is not None:
-                await self.proxy.stop()  # in-flight requests finish first, then their answers are applied
-            await self.proxy_tracking.drain()
+            await self.proxying.stop()
             await self.jobs.flush()
         finally:
             for client in [self.client, *self._retired_clients]:
                 await client.close()
+            if self.replication is not None:
+                await self.replication.close()
             if self._runner is not None:
                 await self._runner.cleanup()
             await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)
@@ -369,19 +348,4 @@ class Exporter:
         spend = self.job_agg.spend_today.snapshot(now) if self.config.prices else None
         return {**self.summary(), "sources": await self.sources.counts(), "tables": found,
                 "samples": self.timeline.samples(now), "duration_bounds": self.job_agg.bounds,
-                "sample_seconds": SAMPLE_SECONDS, "spend_today": spend, "proxy": self.proxy_overview()}
-
-    def proxy_overview(self) -> dict[str, Any] | None:
-        """What the landing page's proxy section shows; None when the proxy is off."""
-        if self.proxy is None:
-            return None
-        stats = self.proxy_stats
-        observed = sum(stats.observed.values())
-        own = sum(n for (_kind, code), n in self.api_agg.requests.items() if code == "200")
-        failed = sum(n for (_e, code), n in stats.requests.items() if code in ("502", "504"))
-        return {"url": self.proxy_url, "requests": {e: stats.total(e) for e in ("create", "result", "other")},
-                "failed": failed, "observed": observed, "own_answers": own,
-                "share_from_proxy": observed / (observed + own) if observed + own else None,
-                "errors": {r: n for (r,), n in stats.errors.items() if n}}
-
-
+                "sample_seconds": SAMPLE_SECONDS, "spend_today": spend, "proxy": self.proxying.overview()}

@@ -1,0 +1,94 @@
+"""Wiring of the pass-through proxy: its listener, the hooks it calls, and what the status page shows
+of it. With peers the hooks go through the hand-off router; without, a replica tracks through its
+proxy only the ids of its own shard, so that no job is counted by two replicas."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from prometheus_client import CollectorRegistry
+
+from exporter.config import Config
+from exporter.config.addresses import parse_listen_address
+from exporter.metrics.proxy import ProxyCollector, ProxyStats
+from exporter.polling.poller import Poller
+from exporter.sources.proxy import Proxy, ProxyHooks
+from exporter.sources.proxy_observe import ProxyTracking
+from exporter.sources.replication import Replication
+from exporter.tracking.aggregates import ApiAggregates
+from exporter.tracking.jobs import TrackedJobs
+from exporter.tracking.proxied import ProxiedJobs
+
+log = logging.getLogger("distribute.exporter")
+
+
+class ProxyWiring:
+    def __init__(self, listen: str | None, jobs: TrackedJobs, poller: Poller, api_agg: ApiAggregates,
+                 current: Callable[[], Config], owned: Callable[[list[str]], list[str]]) -> None:
+        self.listen = listen
+        self.current = current
+        self.owned = owned
+        self.api_agg = api_agg
+        self.stats = ProxyStats()
+        self.tracking = ProxyTracking(ProxiedJobs(jobs, lambda: current().proxy.fsync_creates), poller.defer,
+                                      self.stats, current)
+        self.proxy: Proxy | None = None
+        self.replication: Replication | None = None  # set by the wiring once built (it takes our hooks)
+        self._tls = False
+
+    async def start(self, registry: CollectorRegistry, ssl_context: Any) -> None:
+        """The listener, when proxy.listen_address (or its flag) is set: after the state is loaded, so
+        that the first create can be stored; TLS as the web config says, nothing else of it."""
+        if not self.listen:
+            return
+        host, port = parse_listen_address(self.listen)
+        registry.register(ProxyCollector(self.stats))
+        config = self.current()
+        self.proxy = Proxy(ProxyHooks(self.created, self.observed), self.stats, lambda: self.current().proxy,
+                           lambda: self.current().api.base_url, config.api.max_response_bytes)
+        self._tls = ssl_context is not None
+        await self.proxy.start(host, port, ssl_context)
+        log.info("proxy listening on %s, forwarding to %s", self.url, config.api.base_url)
+
+    async def stop(self) -> None:
+        if self.proxy is not None:
+            await self.proxy.stop()  # in-flight requests finish first, then their answers are applied
+        await self.tracking.drain()
+
+    async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
+        if self.replication is not None:
+            await self.replication.router.created(job_id, kind, group, model)
+        elif self.owned([job_id]):
+            await self.tracking.created(job_id, kind, group, model)
+        else:
+            self.stats.error("not_owned")
+
+    def observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
+        if self.replication is not None:
+            self.replication.router.observed(job_id, kind, group, model, body)
+        elif self.owned([job_id]):
+            self.tracking.observed(job_id, kind, group, model, body)
+        else:
+            self.stats.error("not_owned")
+
+    @property
+    def url(self) -> str | None:
+        if self.proxy is None or not self.listen:
+            return None
+        host, _ = parse_listen_address(self.listen)
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        return f"{'https' if self._tls else 'http'}://{shown}:{self.proxy.port}"
+
+    def overview(self) -> dict[str, Any] | None:
+        """What the status page's proxy section shows; None when the proxy is off."""
+        if self.proxy is None:
+            return None
+        stats = self.stats
+        observed = sum(stats.observed.values())
+        own = sum(n for (_kind, code), n in self.api_agg.requests.items() if code == "200")
+        failed = sum(n for (_e, code), n in stats.requests.items() if code in ("502", "504"))
+        return {"url": self.url, "requests": {e: stats.total(e) for e in ("create", "result", "other")},
+                "failed": failed, "observed": observed, "own_answers": own,
+                "share_from_proxy": observed / (observed + own) if observed + own else None,
+                "errors": {r: n for (r,), n in stats.errors.items() if n}}
