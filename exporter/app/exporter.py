@@ -180,7 +180,8 @@ class Exporter:
         registrar = Registrar(lambda: self.config.registration_token, self.jobs, self.owned,
                               lambda: self.shard_count > 1, rep.router.hand_off if rep else None,
                               rep.ask_owner if rep else None)
-        reader = JobsReader(lambda query: queries.find(self.jobs, query), self.jobs.lookup)
+        reader = JobsReader(lambda query: queries.find(self.jobs, query), self.jobs.lookup, self.owned,
+                            rep.ask_owner if rep else None)
         app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
                             [registration_routes(registrar), jobs_routes(reader), *([rep.routes()] if rep else [])])
         # keepalive_timeout also closes a connection that has not sent a whole request by then:

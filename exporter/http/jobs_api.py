@@ -7,6 +7,7 @@ apply as to every page) may see which jobs are behind it. Writing stays with the
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Protocol
@@ -29,6 +30,10 @@ class JobsReader:
 
     find: Callable[[JobQuery], Awaitable[Page]]
     lookup: Callable[[str], Awaitable[Record | None]]
+    # With peers: whether this shard owns an id, and the owner's answer to a method on its record
+    # (status, body, content type); raises when the owner does not answer.
+    owned: Callable[[list[str]], list[str]] = lambda ids: ids
+    ask_owner: Callable[[str, str], Awaitable[tuple[int, bytes, str]]] | None = None
 
 
 READER = web.AppKey("jobs_reader", JobsReader)
@@ -54,10 +59,31 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 
 async def show(request: web.Request) -> web.Response:
-    job = await request.app[READER].lookup(normalise(request.match_info["job_id"]))
+    job_id = normalise(request.match_info["job_id"])
+    if _elsewhere(request, job_id):
+        status, body, content_type = await _from_owner(request.app[READER], job_id)
+        return web.Response(status=status, body=body, content_type=content_type)
+    job = await request.app[READER].lookup(job_id)
     if job is None:
         return web.json_response({"error": "not tracked"}, status=404)
     return web.json_response(job.as_dict())
+
+
+def _elsewhere(request: web.Request, job_id: str) -> bool:
+    """True when another shard owns `job_id` and answers for it (peers configured, no ?local=true)."""
+    reader = request.app[READER]
+    return reader.ask_owner is not None and request.query.get("local") != "true" and not reader.owned([job_id])
+
+
+async def _from_owner(reader: JobsReader, job_id: str) -> tuple[int, bytes, str]:
+    """The owner's answer about `job_id`, or a 502 naming why there is none."""
+    assert reader.ask_owner is not None
+    try:
+        status, body, content_type = await reader.ask_owner("GET", job_id)
+    except Exception as exc:  # the owner is down or unreachable
+        body = json.dumps({"error": f"the shard that owns this id did not answer ({exc})"}).encode()
+        return 502, body, "application/json"
+    return status, body, content_type or "application/json"
 
 
 def _when(at: float | None) -> str:
@@ -68,10 +94,14 @@ def _when(at: float | None) -> str:
 
 async def job_page(request: web.Request) -> web.Response:
     job_id = normalise(request.match_info["job_id"])
-    job = await request.app[READER].lookup(job_id)
-    if job is None:
+    if _elsewhere(request, job_id):  # the owner's record, drawn here
+        status, body, _ = await _from_owner(request.app[READER], job_id)
+        record = json.loads(body) if status == 200 else None
+    else:
+        job = await request.app[READER].lookup(job_id)
+        record = job.as_dict() if job is not None else None
+    if record is None:
         return page("job.html", status=404, job_id=job_id, record=None, history=[], times={})
-    record = job.as_dict()
     times = {k: _when(record.get(k)) for k in ("created", "finished", "ended", "first_tracked",
                                                 "last_polled", "next_due")}
     history = [{**h, "when": _when(h["at"])} for h in record["history"]]
