@@ -56,7 +56,7 @@ def run_demo(listen: str | None, proxy_listen: str | None = None) -> int:
             print(f"distribute-exporter demo: simulator at {sim_server.url} creating {DEMO_RATE:g} jobs/s\n"
                   f"  proxy:        {exporter.proxying.url} (an application creates {DEMO_PROXIED_RATE:g} job/s "
                   "through it and follows each)\n"
-                  f"  landing page: {exporter.url}/\n"
+                  f"  status page:  {exporter.url}/\n"
                   f"  metrics:      {exporter.url}/metrics\n"
                   "Press Ctrl-C to stop.", flush=True)
             await stop.wait()
