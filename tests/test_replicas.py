@@ -443,6 +443,9 @@ def test_peers_present_basic_auth_and_a_pinned_client_certificate(simulator, tmp
                      what="the owner tracks it")
             assert get(1 - owner(job_id, 2), f"/api/v1/jobs/{job_id}?local=true")[0] == 404
             assert get(0, f"/api/v1/jobs/{job_id}")[0] == 200  # routed to the owner over mTLS
+        status, body = get(1, "/api/v1/jobs?limit=1000")  # the list merged from both, over mTLS
+        assert status == 200 and json.loads(body)["missing_shards"] == []
+        assert sorted(job["id"] for job in json.loads(body)["jobs"]) == sorted(ids)
         # the same request without the client certificate's basic auth is turned away by the web config
         assert https(f"{peers[1]}/-/ready", pki["ca.crt"], cert=cert)[0] == 401
     finally:
