@@ -12,6 +12,7 @@ import ssl
 import urllib.error
 import urllib.request
 from collections import Counter
+from urllib.parse import urlencode
 from pathlib import Path
 
 import pytest
@@ -155,6 +156,97 @@ def test_ids_registered_through_a_balancer_are_tracked_once_by_their_owner(simul
                             {"X-Registration-Token": "wrong"})
         assert status == 401
         assert total(replicas.procs[0].samples("distribute_handoff_total"), outcome="refused") == 1
+    finally:
+        balancer.stop()
+        replicas.stop_all()
+
+
+def listed(url: str, **params) -> list[dict]:
+    """Every page of GET /api/v1/jobs from `url` (a list value repeats the parameter), in order."""
+    pages, cursor = [], None
+    while True:
+        query = urlencode({**params, **({"cursor": cursor} if cursor else {})}, doseq=True)
+        status, body, _ = http("GET", f"{url}/api/v1/jobs?{query}")
+        assert status == 200, body
+        pages.append(json.loads(body))
+        cursor = pages[-1]["next_cursor"]
+        if cursor is None:
+            return pages
+        assert len(pages) < 1000, "the cursor goes round in circles"
+
+
+def ids_of(pages: list[dict]) -> list[str]:
+    return [job["id"] for page in pages for job in page["jobs"]]
+
+
+def refused(url: str, query: str) -> str:
+    """The parameter a 400 names."""
+    status, body, _ = http("GET", f"{url}/api/v1/jobs?{query}")
+    assert status == 400, (query, status, body)
+    return json.loads(body)["parameter"]
+
+
+def test_the_list_through_a_balancer_merges_every_shard_once_in_order(simulator, exporter, tmp_path):
+    sim = simulator("--seed", "25")
+    by_kind: dict[str, list[str]] = {"chat": [], "images": []}
+    for batch in range(8):  # created a minute apart by batch: ties within a batch go by id
+        kind = ("chat", "images")[batch % 2]
+        by_kind[kind] += sim.create(kind, 6, age_seconds=OLD + 60 * batch)
+    ids = by_kind["chat"] + by_kind["images"]
+    ports = [free_port() for _ in range(3)]
+    replicas = Replicas(exporter, tmp_path, sim.url, 3, ports).start_all()
+    balancer = Balancer(tmp_path / "nginx", ports)
+    try:
+        for kind, kind_ids in by_kind.items():
+            register(balancer.url, kind, kind_ids)
+        # every job final: its `created` known, so its place in the order stays put while paging
+        wait_for(lambda: replicas.pending() == 0 and replicas.finished() == len(ids), 30, what="every job final")
+        own = {i: ids_of(listed(p.url, local="true", limit=1000)) for i, p in replicas.procs.items()}
+        assert all(own.values()) and sorted(sum(own.values(), [])) == sorted(ids)  # disjoint, complete
+
+        whole = listed(balancer.url, limit=1000)
+        assert len(whole) == 1 and whole[0]["missing_shards"] == [] and sorted(ids_of(whole)) == sorted(ids)
+        # seven at a time, oldest first, each page through another replica (round robin)
+        pages = listed(balancer.url, sort="created", limit=7)
+        seen = [(job["created"], job["id"]) for page in pages for job in page["jobs"]]
+        assert [len(p["jobs"]) for p in pages[:-1]] == [7] * (len(pages) - 1) and pages[-1]["jobs"]
+        assert sorted(job_id for _, job_id in seen) == sorted(ids) and seen == sorted(seen)
+        assert len({created for created, _ in seen}) == 8 and all(not p["missing_shards"] for p in pages)
+        # the default order, newest first, five at a time
+        newest = [(job["created"], job["id"]) for page in listed(balancer.url, limit=5) for job in page["jobs"]]
+        assert newest == sorted(seen, key=lambda s: (-s[0], s[1]))
+        # filters reach every shard, a repeated one with all its values
+        assert sorted(ids_of(listed(balancer.url, kind=["chat", "images"], limit=4))) == sorted(ids)
+        assert sorted(ids_of(listed(balancer.url, kind="images", sort="created", limit=4))) == sorted(by_kind["images"])
+
+        # ?local=true asks the one replica the balancer picked
+        answers = [listed(balancer.url, local="true", limit=1000) for _ in range(3)]
+        assert all("missing_shards" not in page for pages in answers for page in pages)
+        assert sorted(map(sorted, map(ids_of, answers))) == sorted(map(sorted, own.values()))
+
+        # a bad parameter is still a 400 naming it; a cursor serves only the list that gave it out
+        assert refused(balancer.url, "limit=0") == "limit"
+        assert refused(balancer.url, "local=maybe") == "local"
+        assert refused(balancer.url, "colour=red") == "colour"
+        merged_cursor = pages[0]["next_cursor"]
+        local_cursor = json.loads(http("GET", f"{replicas.procs[0].url}/api/v1/jobs?local=true&limit=1")[1])["next_cursor"]
+        assert refused(balancer.url, f"cursor={local_cursor}") == "cursor"
+        assert refused(balancer.url, f"cursor={merged_cursor}&local=true&sort=created") == "cursor"
+        assert refused(balancer.url, f"cursor={merged_cursor}") == "cursor"  # given out for sort=created
+        assert refused(balancer.url, "cursor=bm9wZQ") == "cursor"
+
+        # a shard that does not answer is named on every page, and the others' jobs still come, each once
+        replicas.procs[2].stop(signal.SIGKILL)
+        for limit in (1000, 7):
+            pages = listed(replicas.procs[0].url, sort="created", limit=limit)
+            assert all(page["missing_shards"] == [2] for page in pages)
+            assert sorted(ids_of(pages)) == sorted(own[0] + own[1])
+        # it keeps its place in the cursor: back before the paging ends, its jobs come too, each once
+        first = json.loads(http("GET", f"{replicas.procs[1].url}/api/v1/jobs?sort=created&limit=7")[1])
+        assert first["missing_shards"] == [2] and len(first["jobs"]) == 7
+        replicas.start(2)
+        rest = listed(balancer.url, sort="created", limit=7, cursor=first["next_cursor"])
+        assert sorted(ids_of([first, *rest])) == sorted(ids) and all(not p["missing_shards"] for p in rest)
     finally:
         balancer.stop()
         replicas.stop_all()
@@ -358,6 +450,9 @@ def test_peers_present_basic_auth_and_a_pinned_client_certificate(simulator, tmp
                      what="the owner tracks it")
             assert get(1 - owner(job_id, 2), f"/api/v1/jobs/{job_id}?local=true")[0] == 404
             assert get(0, f"/api/v1/jobs/{job_id}")[0] == 200  # routed to the owner over mTLS
+        status, body = get(1, "/api/v1/jobs?limit=1000")  # the list merged from both, over mTLS
+        assert status == 200 and json.loads(body)["missing_shards"] == []
+        assert sorted(job["id"] for job in json.loads(body)["jobs"]) == sorted(ids)
         # the same request without the client certificate's basic auth is turned away by the web config
         assert https(f"{peers[1]}/-/ready", pki["ca.crt"], cert=cert)[0] == 401
     finally:

@@ -33,11 +33,12 @@ from exporter.sources.registration import routes as registration_routes
 from exporter.sources.sync import ConfigSources
 from exporter.app.proxying import ProxyWiring
 from exporter.sources.replication import Replication
+from exporter.sources.peers import merge_pages
 from exporter.metrics.handoff import HandoffCollector
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.store import StateStore
 from exporter.http.server import Site, build_web_app
-from exporter.http.jobs_api import JobsReader
+from exporter.http.jobs_api import JobsReader, Shards
 from exporter.http.jobs_api import routes as jobs_routes
 from exporter.tracking import queries
 from exporter.tracking.queries import JobQuery
@@ -180,8 +181,10 @@ class Exporter:
         registrar = Registrar(lambda: self.config.registration_token, self.jobs, self.owned,
                               lambda: self.shard_count > 1, rep.router.hand_off if rep else None,
                               rep.ask_owner if rep else None)
+        shards = (Shards(rep.ring.index, rep.ring.count, lambda q, at: rep.client.pages("/api/v1/jobs", q, at),
+                         merge_pages) if rep else None)
         reader = JobsReader(lambda query: queries.find(self.jobs, query), self.jobs.lookup, self.owned,
-                            rep.ask_owner if rep else None)
+                            rep.ask_owner if rep else None, shards)
         app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
                             [registration_routes(registrar), jobs_routes(reader), *([rep.routes()] if rep else [])])
         # keepalive_timeout also closes a connection that has not sent a whole request by then:

@@ -1,27 +1,49 @@
 """Reading tracked jobs: `GET /api/v1/jobs` (a filtered, sorted list, paged with a cursor),
 `GET /api/v1/jobs/<id>` (one record) and the job page `/jobs/<id>` (the same, as HTML).
 
+With peers, a record is asked of its owner, and the list merges every shard's own page (`local=true`
+asks one replica only): one cursor carries each shard's place, so paging through the merged list
+gives every job of every shard once, in the list's order.
+
 Reads need no registration token: whoever may read /metrics (the web config's TLS and basic auth
 apply as to every page) may see which jobs are behind it. Writing stays with the registration API.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
+from multidict import MultiMapping
 
 from exporter.api.ids import normalise
-from exporter.http.jobs_params import BadParameter, encode_cursor, parse_query
+from exporter.http.jobs_params import (BadParameter, decode_cursor, encode_cursor, encode_shard_cursors, is_local,
+                                       parse_query, record_position, shard_cursors)
 from exporter.http.pages import page
 from exporter.tracking.queries import JobQuery, Page
 
 
 class Record(Protocol):
     def as_dict(self) -> dict[str, Any]: ...
+
+
+ListPage = dict[str, Any]  # {"jobs": [record, ...], "next_cursor": str | None}
+
+
+@dataclass(frozen=True)
+class Shards:
+    """With peers: this replica's shard and the number of shards; `pages` fetches the other shards'
+    own pages of the list at once (the request's parameters, each shard's cursor, "" = from its
+    beginning), leaving out a shard that did not answer; `merge` is sources.peers.merge_pages."""
+
+    index: int
+    count: int
+    pages: Callable[[list[tuple[str, str]], dict[int, str]], Awaitable[dict[int, ListPage]]]
+    merge: Callable[..., tuple[list[Any], dict[int, str]]]
 
 
 @dataclass(frozen=True)
@@ -34,6 +56,7 @@ class JobsReader:
     # (status, body, content type); raises when the owner does not answer.
     owned: Callable[[list[str]], list[str]] = lambda ids: ids
     ask_owner: Callable[[str, str], Awaitable[tuple[int, bytes, str]]] | None = None
+    shards: Shards | None = None
 
 
 READER = web.AppKey("jobs_reader", JobsReader)
@@ -49,13 +72,51 @@ def routes(reader: JobsReader) -> Callable[[web.Application], None]:
 
 
 async def list_jobs(request: web.Request) -> web.Response:
+    reader = request.app[READER]
     try:
-        query = parse_query(request.query)
+        if reader.shards is None or is_local(request.query):
+            return web.json_response(await _page(reader, parse_query(request.query)))
+        return web.json_response(await _merged(reader, reader.shards, request.query))
     except BadParameter as exc:
         return web.json_response({"error": str(exc), "parameter": exc.name}, status=400)
-    found = await request.app[READER].find(query)
+
+
+async def _page(reader: JobsReader, query: JobQuery) -> ListPage:
+    found = await reader.find(query)
     cursor = encode_cursor(query.sort, found.next) if found.next is not None else None
-    return web.json_response({"jobs": [job.as_dict() for job in found.jobs], "next_cursor": cursor})
+    return {"jobs": [job.as_dict() for job in found.jobs], "next_cursor": cursor}
+
+
+async def _merged(reader: JobsReader, shards: Shards, params: MultiMapping[str]) -> ListPage:
+    """One page of every shard's jobs: each shard's own page from its place in the cursor (this
+    one's read here, the others' asked at once), merged in the list's order. A shard that did not
+    answer is named in `missing_shards` and keeps its place: the next page asks it again (its jobs,
+    once it answers, may sort before some already shown), until the shards that answer run out."""
+    query = parse_query(params, merged=True)
+    cursors = shard_cursors(params.get("cursor"), query.sort, shards.count)
+    forward = [(k, v) for k, v in params.items() if k not in ("cursor", "local")]
+    others = {s: c for s, c in cursors.items() if s != shards.index}
+
+    async def own() -> dict[int, ListPage]:
+        if shards.index not in cursors:  # exhausted (or a replica being removed: not in the ring)
+            return {}
+        start = cursors[shards.index]
+        after = decode_cursor(start, query.sort) if start else None
+        return {shards.index: await _page(reader, replace(query, after=after))}
+
+    theirs, mine = await asyncio.gather(shards.pages(forward, others), own())
+    pages = {**theirs, **mine}
+
+    def key(record: dict[str, Any]) -> Any:
+        return record_position(record, query.sort)
+
+    jobs, onward = shards.merge(pages, query.limit, key=key, started=cursors,
+                                cursor_of=lambda record: encode_cursor(query.sort, key(record)))
+    missing = sorted(set(cursors) - set(pages))
+    if onward:
+        onward.update({shard: cursors[shard] for shard in missing})
+    cursor = encode_shard_cursors(query.sort, shards.count, onward) if onward else None
+    return {"jobs": jobs, "next_cursor": cursor, "missing_shards": missing}
 
 
 async def show(request: web.Request) -> web.Response:
@@ -72,7 +133,8 @@ async def show(request: web.Request) -> web.Response:
 def _elsewhere(request: web.Request, job_id: str) -> bool:
     """True when another shard owns `job_id` and answers for it (peers configured, no ?local=true)."""
     reader = request.app[READER]
-    return reader.ask_owner is not None and request.query.get("local") != "true" and not reader.owned([job_id])
+    return reader.ask_owner is not None and request.query.get("local", "").lower() != "true" \
+        and not reader.owned([job_id])
 
 
 async def _from_owner(reader: JobsReader, job_id: str) -> tuple[int, bytes, str]:

@@ -12,7 +12,7 @@ import base64
 import json
 import ssl
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 from urllib.parse import quote, urlencode
 
 import aiohttp
@@ -83,7 +83,7 @@ class PeerClient:
         return self._session
 
     async def request(self, method: str, shard: int, path: str, body: bytes | None = None,
-                      query: Mapping[str, str] | None = None) -> tuple[int, bytes, str]:
+                      query: Mapping[str, str] | Sequence[tuple[str, str]] | None = None) -> tuple[int, bytes, str]:
         """(status, body, content type) of the peer's answer; PeerUnavailable when none came."""
         url = self.ring.url(shard) + path + (("?" + urlencode(query)) if query else "")
         headers = self._auth().headers()
@@ -114,19 +114,21 @@ class PeerClient:
         except (PeerUnavailable, ValueError):
             return None
 
-    async def pages(self, path: str, query: Mapping[str, str],
+    async def pages(self, path: str, query: Mapping[str, str] | Sequence[tuple[str, str]],
                     cursors: Mapping[int, str] | None = None) -> dict[int, Any]:
         """Every shard's local page of a list route (JSON), fetched at once; a shard that did not
-        answer is left out (the caller says which)."""
+        answer is left out (the caller says which). `query` as pairs may repeat a name."""
+        pairs = list(query.items() if isinstance(query, Mapping) else query)
+
         async def one(shard: int) -> tuple[int, Any]:
-            q = {**query, "local": "true"}
+            q = [*pairs, ("local", "true")]
             if cursors and cursors.get(shard):
-                q["cursor"] = cursors[shard]
+                q.append(("cursor", cursors[shard]))
             try:
                 status, body, _ = await self.request("GET", shard, path, query=q)
-            except PeerUnavailable:
+                return shard, json.loads(body) if status == 200 else None
+            except (PeerUnavailable, ValueError):  # no answer, or not one of ours
                 return shard, None
-            return shard, json.loads(body) if status == 200 else None
         shards = [s for s in range(self.ring.count) if cursors is None or s in cursors]
         answers = await asyncio.gather(*(one(s) for s in shards))
         return {shard: page for shard, page in answers if page is not None}
