@@ -170,8 +170,9 @@ def test_a_bad_parameter_is_a_400_naming_it(simulator, exporter, tmp_path):
         assert headers["Content-Type"].startswith("application/json")
     sim_ids = sim.create("chat", 3, age_seconds=OLD)
     assert http("POST", f"{proc.url}/api/v1/jobs", {"kind": "chat", "ids": sim_ids}, AUTH)[0] == 202
-    cursor_for_created = jobs(proc.url, sort="created", limit=1)["next_cursor"]
-    assert cursor_for_created
+    # A cursor for sort=created (wait for the first answers: a job's `created` comes from the API)
+    cursor_for_created = wait_for(lambda: jobs(proc.url, sort="created", limit=1)["next_cursor"], 20,
+                                  what="a next page by created")
     status, body, _ = http("GET", f"{proc.url}/api/v1/jobs?sort=-duration&cursor={cursor_for_created}")
     assert status == 400 and json.loads(body)["parameter"] == "cursor"
     for query in ("created_after=-2h", "created_before=2030-01-01T00:00:00Z", "finished_after=1700000000"):
