@@ -248,7 +248,7 @@ class TrackedJobs:
                           retire=list(retire.items()), counters=self.agg.take_dirty())
             if batch:
                 try:
-                    await self.store.call(self.store.write, batch)
+                    await self.store.write_durably(batch)
                 except BaseException:
                     # A failed write, or a flush cancelled at shutdown: keep the changes for the
                     # next attempt (writing a row or a counter twice is harmless; losing it is not).
@@ -261,7 +261,7 @@ class TrackedJobs:
                 # A job that finished meanwhile is in the next batch, with its counts.
                 rows = [j.row() for j in polled[start:start + FLUSH_CHUNK] if j.final == OPEN]
                 try:
-                    await self.store.call(self.store.write, Batch(upserts=rows))
+                    await self.store.write_durably(Batch(upserts=rows))
                 except BaseException:
                     self._requeue(Batch(), polled[start:])
                     raise
