@@ -144,6 +144,7 @@ def run_exporter(config, config_path: str | None, listen: str | None, web_config
             return 1
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        log.debug("event loop: %s", "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio")
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(exporter.reload()))
