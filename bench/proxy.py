@@ -57,17 +57,22 @@ def _paced(url: str, body: str, rate: float, seconds: float, connections: int = 
     return figures
 
 
+def _proxying(workdir: Path, upstream: str, proxy_port: int) -> Exporter:
+    """An exporter whose only work is its proxy to `upstream` (its own polls an hour away)."""
+    return Exporter(workdir, f"""
+api: {{base_url: '{upstream}', max_requests_per_second: 0}}
+poll: {{interval_seconds: 3600, max_interval_seconds: 3600}}
+state: {{path: state.db}}
+proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
+""")
+
+
 def proxy(workdir: Path, seconds: int = 10, rate: float = 500, wrk_seconds: int = 5) -> dict[str, float]:
     """Rates with wrk (16 connections) and latency at about `rate`/s, direct and through the proxy,
     for result requests (read and applied) and creates (stored before the answer goes back)."""
     nginx = Nginx(http_extra=UUID_MAP, locations=CREATE_LOCATION)
     proxy_port = free_port()
-    exporter = Exporter(workdir, f"""
-api: {{base_url: 'http://127.0.0.1:{nginx.port}', max_requests_per_second: 0}}
-poll: {{interval_seconds: 3600, max_interval_seconds: 3600}}
-state: {{path: state.db}}
-proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
-""")
+    exporter = _proxying(workdir, f"http://127.0.0.1:{nginx.port}", proxy_port)
     figures: dict[str, float] = {}
     try:
         exporter.wait_ready()
@@ -146,12 +151,7 @@ def proxy_simulator(workdir: Path, wrk_seconds: int = 5) -> dict[str, float]:
     real job's, so the proxy also applies every answer it forwards."""
     sim = Simulator("--speed", "4")
     proxy_port = free_port()
-    exporter = Exporter(workdir, f"""
-api: {{base_url: '{sim.url}', max_requests_per_second: 0}}
-poll: {{interval_seconds: 3600, max_interval_seconds: 3600}}
-state: {{path: state.db}}
-proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
-""")
+    exporter = _proxying(workdir, sim.url, proxy_port)
     try:
         exporter.wait_ready()
         body = json.dumps({"id": sim.create("speech", 1)[0]})
