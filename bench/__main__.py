@@ -93,6 +93,12 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("result_added_p50_ms", "reported", None), ("result_added_p99_ms", "<= 2 ms at 500/s", lambda v: v <= 2),
         ("create_added_p50_ms", "reported", None), ("create_added_p99_ms", "<= 2 ms at 500/s", lambda v: v <= 2),
         ("result_direct_p99_ms", "reported", None), ("create_direct_p99_ms", "reported", None)]),
+    # Context for the row above, not a target: a Python upstream (the simulator) instead of nginx.
+    "proxy_simulator": (p.proxy_simulator, {"wrk_seconds": 5}, {"wrk_seconds": 3}, [
+        ("sim_proxy_rps", "reported (context: simulator upstream)", None),
+        ("sim_direct_rps", "reported (wrk straight to the simulator, same run)", None),
+        ("sim_rps_ratio", "reported (context; the target is on nginx, row proxy)", None),
+        ("wrk_errors", "0", lambda v: v == 0)]),
     "proxy_economy": (p.proxy_economy, {"jobs": 2000, "speed": 4}, {"jobs": 300, "speed": 10}, [
         ("own_requests_per_job", "<= 0.05", lambda v: v <= 0.05), ("app_requests_per_job", "reported", None),
         ("jobs_counted", "= jobs", None)]),

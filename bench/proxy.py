@@ -57,17 +57,22 @@ def _paced(url: str, body: str, rate: float, seconds: float, connections: int = 
     return figures
 
 
+def _proxying(workdir: Path, upstream: str, proxy_port: int) -> Exporter:
+    """An exporter whose only work is its proxy to `upstream` (its own polls an hour away)."""
+    return Exporter(workdir, f"""
+api: {{base_url: '{upstream}', max_requests_per_second: 0}}
+poll: {{interval_seconds: 3600, max_interval_seconds: 3600}}
+state: {{path: state.db}}
+proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
+""")
+
+
 def proxy(workdir: Path, seconds: int = 10, rate: float = 500, wrk_seconds: int = 5) -> dict[str, float]:
     """Rates with wrk (16 connections) and latency at about `rate`/s, direct and through the proxy,
     for result requests (read and applied) and creates (stored before the answer goes back)."""
     nginx = Nginx(http_extra=UUID_MAP, locations=CREATE_LOCATION)
     proxy_port = free_port()
-    exporter = Exporter(workdir, f"""
-api: {{base_url: 'http://127.0.0.1:{nginx.port}', max_requests_per_second: 0}}
-poll: {{interval_seconds: 3600, max_interval_seconds: 3600}}
-state: {{path: state.db}}
-proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
-""")
+    exporter = _proxying(workdir, f"http://127.0.0.1:{nginx.port}", proxy_port)
     figures: dict[str, float] = {}
     try:
         exporter.wait_ready()
@@ -138,3 +143,22 @@ proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
             "followed_to_the_end": stats.get("followed to the end", 0), "app_failures": stats.get("failed", 0),
             "observed_answers": metric(text, "distribute_proxy_observed_answers_total")}
 
+
+
+def proxy_simulator(workdir: Path, wrk_seconds: int = 5) -> dict[str, float]:
+    """Context for `proxy`, not its target: the same wrk rate comparison with the project's simulator
+    (a Python aiohttp server, like the proxy) as the upstream instead of nginx; the result polled is a
+    real job's, so the proxy also applies every answer it forwards."""
+    sim = Simulator("--speed", "4")
+    proxy_port = free_port()
+    exporter = _proxying(workdir, sim.url, proxy_port)
+    try:
+        exporter.wait_ready()
+        body = json.dumps({"id": sim.create("speech", 1)[0]})
+        direct = wrk(f"{sim.url}/async/speech/result", body, wrk_seconds)
+        via = wrk(f"http://127.0.0.1:{proxy_port}/async/speech/result", body, wrk_seconds)
+    finally:
+        exporter.stop()
+        sim.stop()
+    return {"sim_direct_rps": direct["rps"], "sim_proxy_rps": via["rps"], "sim_rps_ratio": via["rps"] / direct["rps"],
+            "wrk_errors": direct["non_2xx"] + direct["socket_errors"] + via["non_2xx"] + via["socket_errors"]}

@@ -9,6 +9,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any, Callable, Coroutine
 
 from exporter import __version__
 from exporter.config import AddressError, Config, ConfigError, check_peers, load_config
@@ -50,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("debug", "info", "warn", "warning", "error"), help="log level (default info)")
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json"),
                         help="log line format (default logfmt)")
+    parser.add_argument("--event-loop", dest="event_loop", default="auto", choices=("auto", "uvloop", "asyncio"),
+                        help="the event loop: uvloop when it is installed (auto, the default), or Python's own "
+                             "asyncio loop")
     parser.add_argument("--config.check", dest="config_check", action="store_true",
                         help="load and validate the config, print a one-line verdict, exit 0 if valid, else 1")
     parser.add_argument("--demo", action="store_true",
@@ -64,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(level, args.log_format)
     if args.demo:
         from exporter.demo import run_demo
-        return run_demo(args.listen, args.proxy_listen)
+        return run_demo(args.listen, args.proxy_listen, runner(args.event_loop))
     try:
         config = load_config(args.config_file)
     except ConfigError as exc:
@@ -103,7 +107,23 @@ def main(argv: list[str] | None = None) -> int:
         except AddressError as exc:
             log.error("--proxy.listen-address: %s", exc)
             return 1
-    return run_exporter(config, args.config_file, args.listen, args.web_config, shard, args.proxy_listen)
+    return run_exporter(config, args.config_file, args.listen, args.web_config, shard, args.proxy_listen,
+                        args.event_loop)
+
+
+def runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
+    """What runs the exporter's main coroutine: uvloop's loop when installed (auto) or asked for
+    (--event-loop uvloop: an error when missing), else asyncio's own. uvloop does the socket and
+    timer work in C: about a third less CPU per proxied request (README, Dependencies)."""
+    if choice != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if choice == "uvloop":
+                raise SystemExit("--event-loop uvloop: uvloop is not installed (pip install uvloop)") from None
+        else:
+            return uvloop.run
+    return asyncio.run
 
 
 def parse_shard(index: str | None, count: int | None, config, draining_ok: bool = False) -> tuple[int, int] | None:
@@ -141,7 +161,8 @@ def apply_peer_flags(config: Config, peers: str | None, template: str | None, co
 
 
 def run_exporter(config, config_path: str | None, listen: str | None, web_config: str | None = None,
-                 shard: tuple[int, int] | None = None, proxy_listen: str | None = None) -> int:
+                 shard: tuple[int, int] | None = None, proxy_listen: str | None = None,
+                 event_loop: str = "auto") -> int:
     from exporter.app import Exporter
     from exporter.http.webconfig import WebConfigError
 
@@ -154,6 +175,7 @@ def run_exporter(config, config_path: str | None, listen: str | None, web_config
             return 1
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        log.debug("event loop: %s", "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio")
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(exporter.reload()))
@@ -177,7 +199,7 @@ def run_exporter(config, config_path: str | None, listen: str | None, web_config
             log.warning("shutdown took longer than %gs; exiting anyway", STOP_SECONDS)
         return 0
 
-    return asyncio.run(serve())
+    return runner(event_loop)(serve())
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import logging
 import signal
 import tempfile
 from pathlib import Path
+from typing import Any, Callable, Coroutine
 
 from exporter.config import Config, JobGroup, PollConfig, StateConfig, WebConfig, ApiConfig
 from exporter.simulator.runner import SimulatorServer
@@ -29,7 +30,8 @@ def demo_config(api_url: str, ids_dir: Path, listen: str) -> Config:
                   state=StateConfig(path=":memory:"))
 
 
-def run_demo(listen: str | None, proxy_listen: str | None = None) -> int:
+def run_demo(listen: str | None, proxy_listen: str | None = None,
+             run: Callable[[Coroutine[Any, Any, int]], int] = asyncio.run) -> int:
     from exporter.app import Exporter
 
     async def serve() -> int:
@@ -64,4 +66,4 @@ def run_demo(listen: str | None, proxy_listen: str | None = None) -> int:
             await sim_server.stop()
             return 0
 
-    return asyncio.run(serve())
+    return run(serve())

@@ -112,6 +112,11 @@ def test_proxy_small(tmp_path):
     assert figures["creates_tracked"] > 0 and figures["create_proxy_p99_ms"] > 0
 
 
+def test_proxy_simulator_small(tmp_path):
+    figures = p.proxy_simulator(tmp_path, wrk_seconds=1)
+    assert figures["sim_proxy_rps"] > 0 and figures["sim_direct_rps"] > 0 and figures["wrk_errors"] == 0
+
+
 def test_proxy_economy_small(tmp_path):
     figures = p.proxy_economy(tmp_path, jobs=40, speed=20, app_poll=1, interval=5, create_rate=40)
     assert figures["jobs_counted"] == 40 and figures["followed_to_the_end"] == 40

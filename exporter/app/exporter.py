@@ -136,6 +136,7 @@ class Exporter:
     async def start(self) -> None:
         """Open the state, serve HTTP at once (not ready yet), load ids, then start polling."""
         await self.store.call(self.store.open)
+        await self.store.call(self.store.separate_checkpoints)
         self._register_collectors()
         await self._serve()
         await self.jobs.load()
@@ -246,6 +247,7 @@ class Exporter:
             await asyncio.sleep(self.config.state.flush_interval_seconds)
             try:
                 await self.jobs.flush()
+                await self.store.checkpoint()
             except Exception as exc:  # the disk is full or gone: keep the batch, say so, try again
                 self.status.state_write_errors += 1
                 log.error("cannot write the state file: %s", exc)

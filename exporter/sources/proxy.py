@@ -10,6 +10,7 @@ a bound) to be read, and the bytes forwarded are always the ones received.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
 import aiohttp
-from aiohttp import web
+from aiohttp import HttpVersion11, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
@@ -38,6 +39,7 @@ _OBSERVED_PATH = re.compile(r"^/async/(chat|images|speech)/(create|result)$")
 _GROUP = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,127}$")  # printable ASCII: a label value
 SMALL_BODY = 64 * 1024  # bodies up to this size (announced by Content-Length) are read whole and sent in one piece
 SHUTDOWN_SECONDS = 2.0  # in-flight requests get this long to finish at shutdown
+_REQUEST_DROP = frozenset({"host", GROUP_HEADER.lower()})
 
 
 @dataclass(frozen=True)
@@ -89,9 +91,12 @@ def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
     return {token.strip().lower() for value in headers.getall("Connection", []) for token in value.split(",")}
 
 
-def forwardable(headers: CIMultiDictProxy[str], drop: tuple[str, ...] = ()) -> CIMultiDict[str]:
-    """The fields of `headers` an intermediary passes on: no hop-by-hop field, none in `drop`."""
-    skip = HOP_BY_HOP | _connection_named(headers) | set(drop)
+def forwardable(headers: CIMultiDictProxy[str], drop: frozenset[str] = frozenset()) -> CIMultiDict[str]:
+    """The fields of `headers` an intermediary passes on: no hop-by-hop field, none in `drop`
+    (lower case)."""
+    skip = HOP_BY_HOP | drop
+    if "Connection" in headers:  # rare in HTTP/1.1 (keep-alive is the default): only then a set more
+        skip = skip | _connection_named(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lower = name.lower()
@@ -169,15 +174,17 @@ class Proxy:
             tee.parts = [data] if match else None
         elif request.body_exists:
             data = tee.chunks()
-        headers = forwardable(request.headers, ("host", GROUP_HEADER.lower()))
-        headers.add("Via", f"{request.version.major}.{request.version.minor} distribute-exporter")
-        url = URL(self.base_url().rstrip("/") + request.raw_path, encoded=True)
+        headers = forwardable(request.headers, _REQUEST_DROP)
+        version = request.version
+        headers.add("Via", "1.1 distribute-exporter" if version == HttpVersion11
+                    else f"{version.major}.{version.minor} distribute-exporter")
+        url = URL(self._base(self.base_url()) + request.raw_path, encoded=True)
         assert self._session is not None
         try:
             async with asyncio.timeout(cfg.timeout_seconds):
                 upstream = await self._session.request(
                     request.method, url, headers=headers, allow_redirects=False, compress=None, data=data,
-                    timeout=aiohttp.ClientTimeout(total=None, sock_read=cfg.timeout_seconds))
+                    timeout=self._timeout(cfg.timeout_seconds))
         except BodyTooLarge:
             return self._fail(endpoint, 413, "too_large", f"request body over {cfg.max_body_bytes} bytes")
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError):
@@ -194,6 +201,17 @@ class Proxy:
                 return await self._whole(request, upstream, endpoint, kind, tee, seconds)
             response, _ = await self._relay(request, upstream, endpoint, seconds)
             return response
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4)
+    def _base(base_url: str) -> str:
+        return base_url.rstrip("/")
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4)
+    def _timeout(seconds: float) -> aiohttp.ClientTimeout:
+        # One immutable timeout object per setting, not one per request.
+        return aiohttp.ClientTimeout(total=None, sock_read=seconds)
 
     def _group(self, request: web.Request) -> str:
         value = request.headers.get(GROUP_HEADER, "").strip()

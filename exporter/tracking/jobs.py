@@ -310,7 +310,7 @@ class TrackedJobs:
                           retire=list(retire.items()), counters=self.agg.take_dirty(), handoffs=handoffs)
             if batch:
                 try:
-                    await self.store.call(self.store.write, batch)
+                    await self.store.write_durably(batch)
                 except BaseException:
                     # A failed write, or a flush cancelled at shutdown: keep the changes for the
                     # next attempt (writing a row or a counter twice is harmless; losing it is not).
@@ -323,7 +323,7 @@ class TrackedJobs:
                 # A job that finished meanwhile is in the next batch, with its counts.
                 whole, updates = self._rows(j for j in polled[start:start + FLUSH_CHUNK] if j.final == OPEN)
                 try:
-                    await self.store.call(self.store.write, Batch(upserts=whole, updates=updates))
+                    await self.store.write_durably(Batch(upserts=whole, updates=updates))
                 except BaseException:
                     self._requeue(Batch(upserts=whole, updates=updates), polled[start:])
                     raise
