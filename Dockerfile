@@ -3,9 +3,11 @@
 
 FROM python:3.11.10-slim-bookworm AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# LICENSE: pyproject names it as the license file, so the wheel build needs it.
+COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
-RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+# The uvloop extra: 10-20% less CPU per proxied request and per poll (README, Dependencies).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[uvloop]"
 
 FROM python:3.11.10-slim-bookworm
 LABEL org.opencontainers.image.title="distribute-exporter" \
@@ -15,7 +17,8 @@ LABEL org.opencontainers.image.title="distribute-exporter" \
       org.opencontainers.image.source="https://github.com/distribute-exporter/distribute-exporter"
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1
 COPY --from=build /wheels /wheels
-RUN pip install --no-cache-dir --no-index --find-links=/wheels /wheels/distribute_exporter-*.whl \
+# Every wheel the build stage made: the exporter, its dependencies and uvloop.
+RUN pip install --no-cache-dir --no-index --find-links=/wheels /wheels/*.whl \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --user-group --home-dir /var/lib/distribute-exporter --create-home exporter
 COPY config.yaml /etc/distribute-exporter/config.yaml
