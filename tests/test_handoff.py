@@ -273,3 +273,33 @@ def test_sender_backs_off_per_owner_and_deletes_only_what_was_acknowledged(tmp_p
         await asyncio.get_running_loop().run_in_executor(None, store.shutdown)
 
     asyncio.run(run())
+
+
+def test_a_created_entry_delivered_again_after_the_job_finished_counts_nothing_twice(simulator, tmp_path):
+    """Hand-off delivery is at least once: a `created` entry sent again (its acknowledgement lost)
+    after the owner saw the job finish and wrote it must not track it afresh (a second count)."""
+    from exporter.sources.handoff import entry
+
+    sim = simulator("--seed", "22")
+    job_id = next(i for i in sim.create("chat", 16, age_seconds=OLD) if owner(i, 2) == 1)
+    ports = [free_port(), free_port()]
+    peers = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+    text = config_text(sim.url, "  []\n", poll="interval_seconds: 30, max_interval_seconds: 60, not_found_grace_seconds: 30")
+    other = ExporterProc(write_config(tmp_path, text), "--shard.index", "1", "--shard.count", "2",
+                         "--shard.peers", peers, env=ENV, port=ports[1])
+    try:
+        def send(item: str) -> None:
+            status, body, _ = http("POST", f"{other.url}/api/v1/handoff", {"entries": [json.loads(item)]},
+                                   headers=AUTH)
+            assert status == 200 and json.loads(body) == {"applied": 1, "invalid": 0}, body
+
+        created = entry("created", job_id, "chat", "g", "Llama-X", "proxy")
+        send(created)
+        send(entry("observed", job_id, "chat", "g", "Llama-X", "proxy", answer=result_body(sim.url, "chat", job_id)))
+        send(created)  # the same entry again: acknowledged, changes nothing
+        status, body, _ = http("GET", f"{other.url}/api/v1/jobs/{job_id}?local=true", headers=AUTH)
+        assert status == 200 and json.loads(body)["final"], body
+        assert total(other.samples("distribute_jobs_finished_total")) == 1
+        assert total(other.samples("distribute_jobs")) == 1
+    finally:
+        other.stop()

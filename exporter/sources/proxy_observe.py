@@ -34,10 +34,17 @@ class ProxyTracking:
         self._queue: asyncio.Queue[tuple[str, str, str, str | None, bytes]] = asyncio.Queue(OBSERVE_QUEUE)
 
     async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
-        """Track and durably store a job created through the proxy; never raises."""
+        """Track and durably store a job created through this replica's proxy; never raises."""
+        await self._created(job_id, kind, group, model, False)
+
+    async def created_elsewhere(self, job_id: str, kind: str, group: str, model: str | None) -> None:
+        """The same for a create another replica's proxy handed over (maybe again: a no-op then)."""
+        await self._created(job_id, kind, group, model, True)
+
+    async def _created(self, job_id: str, kind: str, group: str, model: str | None, handed: bool) -> None:
         try:
             await self.proxied.track_proxied(job_id, kind, group, model, self.clock(),
-                                             self.config().poll.interval_seconds)
+                                             self.config().poll.interval_seconds, handed)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the disk is full or gone: the flush keeps trying; the answer goes back
