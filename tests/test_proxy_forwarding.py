@@ -129,3 +129,17 @@ def test_a_failing_hook_never_changes_the_answer(simulator):
     assert made.status_code == 200 and made.json()["id"] in sim.truth()
     assert read.status_code == 200 and read.json()["id"] == made.json()["id"]
     assert stats.errors[("commit",)] == 1 and stats.errors[("observe",)] == 1
+
+
+def test_an_absolute_form_request_target_is_forwarded_to_the_api_by_its_path(tmp_path, exporter, upstream):
+    """RFC 9112 3.2.2: a server accepts the absolute form (sent by a client told to use the proxy as
+    an HTTP proxy). The API is still `api.base_url`: only the path and query pass, never the host."""
+    port = free_port()
+    exporter(proxy_config(tmp_path, upstream, port))
+    out = curl("-w", "\n%{http_code}", "--request-target", "http://elsewhere.invalid/headers/x?a=%2F&b=1",
+               "-H", f"authorization: {APP_KEY}", "-d", "body", f"http://127.0.0.1:{port}/")
+    body, code = out.stdout.decode().rsplit("\n", 1)
+    assert code == "200", body
+    seen = json.loads(body)
+    assert seen["path_qs"] == "/headers/x?a=%2F&b=1"
+    assert {k.lower(): v for k, v in seen["headers"]}["host"] == upstream.removeprefix("http://")

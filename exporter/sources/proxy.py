@@ -110,6 +110,14 @@ def _json_field(body: bytes | None, name: str) -> Any:
     return data.get(name) if isinstance(data, dict) else None
 
 
+def _target(request: web.Request) -> str:
+    """The path and query to ask the API for. An absolute-form target (RFC 9112 3.2.2: a client
+    told to use this listener as its HTTP proxy) names a host: only its path and query are used,
+    the API is always `api.base_url`, never a host the request names."""
+    target = request.raw_path
+    return target if target.startswith("/") else request.rel_url.raw_path_qs
+
+
 def _failure(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=json.dumps({"message": message}).encode(),
                         content_type="application/json")
@@ -171,7 +179,7 @@ class Proxy:
             data = tee.chunks()
         headers = forwardable(request.headers, ("host", GROUP_HEADER.lower()))
         headers.add("Via", f"{request.version.major}.{request.version.minor} distribute-exporter")
-        url = URL(self.base_url().rstrip("/") + request.raw_path, encoded=True)
+        url = URL(self.base_url().rstrip("/") + _target(request), encoded=True)
         assert self._session is not None
         try:
             async with asyncio.timeout(cfg.timeout_seconds):
