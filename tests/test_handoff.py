@@ -303,3 +303,47 @@ def test_a_created_entry_delivered_again_after_the_job_finished_counts_nothing_t
         assert total(other.samples("distribute_jobs")) == 1
     finally:
         other.stop()
+
+
+def test_peer_requests_follow_no_redirect_so_the_token_reaches_only_peers():
+    """A peer URL that answers with a redirect (an ingress sending elsewhere) must not carry the
+    registration token or the peer password to wherever the redirect points."""
+    from aiohttp import web
+
+    from exporter.config import Secret
+    from exporter.sources.peers import PeerAuth, PeerClient
+    from exporter.tracking.ownership import Ring
+
+    seen: list[dict[str, str]] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response({"applied": 0, "invalid": 0})
+
+    async def run() -> int:
+        other = web.AppRunner(web.Application())
+        other.app.router.add_route("*", "/{tail:.*}", elsewhere)
+        await other.setup()
+        other_site = web.TCPSite(other, "127.0.0.1", 0)
+        await other_site.start()
+        target = f"http://localhost:{other_site._server.sockets[0].getsockname()[1]}"  # another origin
+
+        async def redirect(request: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(target + request.path_qs)
+
+        peer = web.AppRunner(web.Application())
+        peer.app.router.add_route("*", "/{tail:.*}", redirect)
+        await peer.setup()
+        peer_site = web.TCPSite(peer, "127.0.0.1", 0)
+        await peer_site.start()
+        ring = Ring(0, 2, ("http://127.0.0.1:1", f"http://127.0.0.1:{peer_site._server.sockets[0].getsockname()[1]}"))
+        client = PeerClient(ring, lambda: PeerAuth(Secret("token-0123456789"), ("peer", Secret("peer-password"))), 5)
+        try:
+            return await client.hand_off(1, ['{"op": "registered"}'])
+        finally:
+            await client.close()
+            await peer.cleanup()
+            await other.cleanup()
+
+    status = asyncio.run(run())
+    assert seen == [] and status == 307  # not delivered: the sender keeps the entry and tries again

@@ -90,7 +90,8 @@ class PeerClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            async with self.session.request(method, url, data=body, headers=headers) as answer:
+            # No redirects: the token (and the peer password) go to the configured peers only.
+            async with self.session.request(method, url, data=body, headers=headers, allow_redirects=False) as answer:
                 data = await answer.content.read(MAX_ANSWER)
                 return answer.status, data, answer.content_type
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ssl.SSLError) as exc:
