@@ -143,3 +143,22 @@ def test_an_absolute_form_request_target_is_forwarded_to_the_api_by_its_path(tmp
     seen = json.loads(body)
     assert seen["path_qs"] == "/headers/x?a=%2F&b=1"
     assert {k.lower(): v for k, v in seen["headers"]}["host"] == upstream.removeprefix("http://")
+
+
+def test_a_create_answered_with_gzip_is_tracked_and_goes_back_compressed(tmp_path, exporter, upstream):
+    """Applications ask for gzip by default (requests, httpx, aiohttp): the API may compress its
+    answer. The application gets the very bytes the API sent; the exporter reads the id all the same."""
+    import gzip
+
+    from test_proxy import record
+    from upstream import GZIP_JOB_ID
+
+    port = free_port()
+    exp = exporter(proxy_config(tmp_path, upstream, port))
+    out = curl("-D", "-", "-o", str(tmp_path / "answer"), "-H", "Accept-Encoding: gzip",
+               "-H", "Content-Type: application/json", "-d", '{"model": "Llama-X"}',
+               f"http://127.0.0.1:{port}/async/chat/create")
+    assert b"200" in out.stdout.split(b"\r\n")[0] and b"content-encoding: gzip" in out.stdout.lower()
+    assert json.loads(gzip.decompress((tmp_path / "answer").read_bytes())) == {"id": GZIP_JOB_ID}
+    job = record(exp, GZIP_JOB_ID)  # committed before the answer went back: no waiting needed
+    assert job is not None and job["source"] == "proxy" and job["model"] == "Llama-X", job

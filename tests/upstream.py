@@ -7,7 +7,9 @@ bodies and headers, sends large or chunked answers, and hangs on request.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import hashlib
+import json
 import signal
 import sys
 
@@ -56,6 +58,19 @@ async def big(request: web.Request) -> web.StreamResponse:
     return web.Response(body=data, content_type="application/octet-stream")
 
 
+GZIP_JOB_ID = "5b0e3f8e-7a47-4c36-9d55-2f1c7f0e9a11"
+
+
+async def gzip_create(request: web.Request) -> web.Response:
+    """A create answered compressed, as an API behind a CDN does when the client accepts gzip."""
+    await request.read()
+    body = json.dumps({"id": GZIP_JOB_ID}).encode()
+    if "gzip" not in request.headers.get("Accept-Encoding", ""):
+        return web.Response(body=body, content_type="application/json")
+    return web.Response(body=gzip.compress(body), content_type="application/json",
+                        headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+
+
 async def hang(request: web.Request) -> web.Response:
     await asyncio.sleep(3600)
     return web.Response(text="late")
@@ -67,6 +82,7 @@ async def main() -> None:
     app.router.add_route("*", "/headers{tail:.*}", headers)
     app.router.add_get("/big", big)
     app.router.add_route("*", "/hang", hang)
+    app.router.add_post("/async/chat/create", gzip_create)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

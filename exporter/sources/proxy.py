@@ -15,6 +15,7 @@ import logging
 import re
 import ssl
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -116,6 +117,23 @@ def _target(request: web.Request) -> str:
     the API is always `api.base_url`, never a host the request names."""
     target = request.raw_path
     return target if target.startswith("/") else request.rel_url.raw_path_qs
+
+
+def _readable(body: bytes, headers: CIMultiDictProxy[str], limit: int) -> bytes | None:
+    """The answer as the hooks read it: inflated when the API compressed it (the application asked
+    for gzip, as most HTTP libraries do); None when it cannot be read within `limit` bytes. The
+    application always gets the bytes as the API sent them."""
+    encoding = headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib framing, told by the header
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        return None
+    return data if inflater.eof and len(data) <= limit else None
 
 
 def _failure(status: int, message: str) -> web.Response:
@@ -231,9 +249,11 @@ class Proxy:
         if size > self.observe_max:  # longer than announced or than a create's answer can be: stream on
             response, _ = await self._relay(request, upstream, endpoint, seconds, first=body)
             return response
-        if upstream.status == 200 and endpoint != "other":
+        seen = upstream.status == 200 and endpoint != "other"
+        readable = _readable(body, upstream.headers, self.observe_max) if seen else None
+        if readable is not None:
             try:
-                await self._tell_hooks(request, endpoint, kind, tee, body)
+                await self._tell_hooks(request, endpoint, kind, tee, readable)
             except Exception:  # the hooks promise not to raise; the answer goes back whatever they do
                 self.stats.error("commit" if endpoint == "create" else "observe")
                 log.exception("proxy hook failed on %s /async/%s/%s", request.method, kind, endpoint)
