@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from helpers import REPO, Proc, free_port, total
+from helpers import REPO, Proc, free_port, total, wait_for
 from test_proxy import APP_KEY, FAST_BODY, curl, proxy_config
 
 
@@ -162,3 +162,21 @@ def test_a_create_answered_with_gzip_is_tracked_and_goes_back_compressed(tmp_pat
     assert json.loads(gzip.decompress((tmp_path / "answer").read_bytes())) == {"id": GZIP_JOB_ID}
     job = record(exp, GZIP_JOB_ID)  # committed before the answer went back: no waiting needed
     assert job is not None and job["source"] == "proxy" and job["model"] == "Llama-X", job
+
+
+def test_result_answers_chunked_or_over_64_kib_are_applied_too(tmp_path, exporter, upstream):
+    """A result answer the API sends chunked (as it does behind a compressing CDN) or longer than the
+    proxy reads whole is streamed back, and applied all the same once it went back whole."""
+    from test_proxy import record
+    from upstream import RESULT_JOB_IDS
+
+    port = free_port()
+    exp = exporter(proxy_config(tmp_path, upstream, port))
+    for how, job_id in RESULT_JOB_IDS.items():
+        out = curl("-w", "\n%{http_code}", "-d", json.dumps({"id": job_id}),
+                   f"http://127.0.0.1:{port}/async/chat/result?how={how}")
+        body, code = out.stdout.decode().rsplit("\n", 1)
+        assert code == "200" and json.loads(body)["id"] == job_id
+    wait_for(lambda: all((record(exp, i) or {}).get("final") for i in RESULT_JOB_IDS.values()), 20, 0.05,
+             "both answers applied")
+    assert total(exp.samples("distribute_jobs_finished_total")) == 2

@@ -218,7 +218,9 @@ class Proxy:
             if endpoint == "create" and upstream.status == 200 or (
                     answer_length is not None and answer_length <= SMALL_BODY and request.method != "HEAD"):
                 return await self._whole(request, upstream, endpoint, kind, tee, seconds)
-            response, _ = await self._relay(request, upstream, endpoint, seconds)
+            # A result answered chunked or long: streamed back as it comes, applied once it went back whole.
+            observe = (kind, tee) if endpoint == "result" and upstream.status == 200 else None
+            response, _ = await self._relay(request, upstream, endpoint, seconds, observe=observe)
             return response
 
     def _group(self, request: web.Request) -> str:
@@ -249,17 +251,23 @@ class Proxy:
         if size > self.observe_max:  # longer than announced or than a create's answer can be: stream on
             response, _ = await self._relay(request, upstream, endpoint, seconds, first=body)
             return response
-        seen = upstream.status == 200 and endpoint != "other"
-        readable = _readable(body, upstream.headers, self.observe_max) if seen else None
-        if readable is not None:
-            try:
-                await self._tell_hooks(request, endpoint, kind, tee, readable)
-            except Exception:  # the hooks promise not to raise; the answer goes back whatever they do
-                self.stats.error("commit" if endpoint == "create" else "observe")
-                log.exception("proxy hook failed on %s /async/%s/%s", request.method, kind, endpoint)
+        if upstream.status == 200 and endpoint != "other":
+            await self._seen(request, endpoint, kind, tee, body, upstream.headers)
         self.stats.answered(endpoint, str(upstream.status), seconds)
         return web.Response(status=upstream.status, reason=upstream.reason, headers=forwardable(upstream.headers),
                             body=body)
+
+    async def _seen(self, request: web.Request, endpoint: str, kind: str, tee: _Tee, body: bytes,
+                    headers: CIMultiDictProxy[str]) -> None:
+        """Let the hooks see a 200 answer of a create or result; never raises."""
+        readable = _readable(body, headers, self.observe_max)
+        if readable is None:
+            return
+        try:
+            await self._tell_hooks(request, endpoint, kind, tee, readable)
+        except Exception:  # the hooks promise not to raise; the answer goes back whatever they do
+            self.stats.error("commit" if endpoint == "create" else "observe")
+            log.exception("proxy hook failed on %s /async/%s/%s", request.method, kind, endpoint)
 
     async def _tell_hooks(self, request: web.Request, endpoint: str, kind: str, tee: _Tee, body: bytes) -> None:
         group = self._group(request)
@@ -274,15 +282,25 @@ class Proxy:
             self.hooks.observed(normalise(job_id), kind, group, None, body)
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, endpoint: str,
-                     seconds: float, first: bytes = b"") -> tuple[web.StreamResponse, bool]:
-        """Stream the upstream's answer back as it is; answer (response, whether it all went out)."""
+                     seconds: float, first: bytes = b"",
+                     observe: tuple[str, _Tee] | None = None) -> tuple[web.StreamResponse, bool]:
+        """Stream the upstream's answer back as it is; answer (response, whether it all went out).
+        With `observe` (kind, request body), a copy within observe_max goes to the hooks after."""
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                       headers=forwardable(upstream.headers))
         self.stats.answered(endpoint, str(upstream.status), seconds)
+        kept: list[bytes] | None = [] if observe else None
+        size = 0
         chunk = first
         if not await self._send(response.prepare(request)):
             return response, False
         while True:
+            if chunk and kept is not None:
+                size += len(chunk)
+                if size <= self.observe_max:
+                    kept.append(chunk)
+                else:
+                    kept = None  # too long to be read: the exporter's own poll covers the job
             if chunk and not await self._send(response.write(chunk)):
                 return response, False
             try:
@@ -294,7 +312,11 @@ class Proxy:
                 return response, False
             if not chunk:
                 break
-        return response, await self._send(response.write_eof())
+        if not await self._send(response.write_eof()):
+            return response, False
+        if observe is not None and kept is not None:
+            await self._seen(request, endpoint, observe[0], observe[1], b"".join(kept), upstream.headers)
+        return response, True
 
     async def _send(self, step: Awaitable[Any]) -> bool:
         """Write to the application; False when it has hung up."""
