@@ -180,3 +180,22 @@ def test_result_answers_chunked_or_over_64_kib_are_applied_too(tmp_path, exporte
     wait_for(lambda: all((record(exp, i) or {}).get("final") for i in RESULT_JOB_IDS.values()), 20, 0.05,
              "both answers applied")
     assert total(exp.samples("distribute_jobs_finished_total")) == 2
+
+
+def test_answers_waiting_to_be_applied_are_bounded_in_bytes_too():
+    """Up to 50,000 answers of up to api.max_response_bytes each could hold gigabytes while the
+    state file is slow: past a byte budget an answer is dropped (counted), never queued."""
+    from exporter.metrics.proxy import ProxyStats
+    from exporter.sources.proxy_observe import OBSERVE_BYTES, ProxyTracking
+
+    async def run() -> tuple[int, ProxyStats, int]:
+        stats = ProxyStats()
+        tracking = ProxyTracking(None, lambda job, until: None, stats, lambda: None)  # type: ignore[arg-type]
+        body = b"x" * (1 << 20)
+        for n in range(OBSERVE_BYTES // len(body) + 10):
+            tracking.observed(f"id-{n}", "chat", "g", None, body)
+        return tracking._queue.qsize(), stats, tracking.queued_bytes
+
+    queued, stats, held = asyncio.run(run())
+    assert queued == OBSERVE_BYTES // (1 << 20) and held <= OBSERVE_BYTES
+    assert stats.errors[("dropped",)] == 10
