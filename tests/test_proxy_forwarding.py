@@ -199,3 +199,19 @@ def test_answers_waiting_to_be_applied_are_bounded_in_bytes_too():
     queued, stats, held = asyncio.run(run())
     assert queued == OBSERVE_BYTES // (1 << 20) and held <= OBSERVE_BYTES
     assert stats.errors[("dropped",)] == 10
+
+
+def test_a_base_url_holding_credentials_is_refused_without_showing_them(tmp_path):
+    """`https://user:password@host` in api.base_url would be shown on the status page and in logs,
+    and would make the proxy's HTTP library refuse every request that carries the application's
+    own Authorization header: refused at load, one line naming the key, the password never shown."""
+    import os
+    import subprocess
+
+    from helpers import write_config
+
+    config = write_config(tmp_path, "api: {base_url: 'https://user:s3cret-pass@api.example.test'}\njobs: []\n")
+    run = subprocess.run([sys.executable, "-m", "exporter", "--config.file", str(config)], capture_output=True,
+                         text=True, cwd=REPO, timeout=30, env=dict(os.environ))
+    assert run.returncode == 1 and "api.base_url" in run.stderr, run.stderr
+    assert "s3cret-pass" not in run.stderr and "Traceback" not in run.stderr, run.stderr
