@@ -105,7 +105,7 @@ class PeerClient:
 
     async def job(self, shard: int, job_id: str, method: str = "GET") -> tuple[int, bytes, str]:
         """The owner's own answer to GET (or DELETE) /api/v1/jobs/<id>."""
-        return await self.request(method, shard, f"/api/v1/jobs/{quote(job_id)}", query={"local": "true"})
+        return await self.request(method, shard, f"/api/v1/jobs/{quote(job_id, safe='')}", query={"local": "true"})
 
     async def status(self, shard: int) -> dict[str, Any] | None:
         """The peer's hand-off status (GET /api/v1/handoff); None when it gives none."""
