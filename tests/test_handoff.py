@@ -103,7 +103,8 @@ def test_peer_config_errors_name_the_key(tmp_path):
              "shard: {count: 2, peer_url_template: 'http://a:1'}": "shard.peer_url_template: must contain {index}",
              "shard: {count: 2, peers: ['a:1', 'b:1']}": "shard.peers[0]: must start with http",
              "shard: {count: 2, peers: ['http://a', 'http://b'], peer_url_template: 'http://{index}'}": "not both",
-             "shard: {count: 2, peers: ['http://a', 'http://b'], peer_cert_file: c.pem}": "shard.peer_cert_file"}
+             "shard: {count: 2, peers: ['http://a', 'http://b'], peer_cert_file: c.pem}": "shard.peer_cert_file",
+             "shard: {count: 2, peers: ['http://a', 'http://u:pw@b']}": "shard.peers[1]: must not hold"}
     for text, message in cases.items():
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             parse_config(text, env=ENV)

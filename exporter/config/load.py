@@ -221,6 +221,9 @@ def check_peers(shard: ShardConfig, count: int) -> None:
         where = f"shard.peers[{i}]" if shard.peers else "shard.peer_url_template"
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}: must start with http:// or https://, not {url[:80]!r}")
+        if "@" in urlsplit(url).netloc:  # credentials go in shard.peer_basic_auth_*, never in a URL
+            raise ConfigError(f"{where}: must not hold a user name or password (user@host); "
+                              "use shard.peer_basic_auth_username and shard.peer_basic_auth_password_file")
     if shard.peers and len(shard.peers) != count:
         raise ConfigError(f"shard.peers: lists {len(shard.peers)} URLs for {count} shards (shard.count); "
                           "give one per shard, in shard order")
