@@ -103,7 +103,8 @@ def test_peer_config_errors_name_the_key(tmp_path):
              "shard: {count: 2, peer_url_template: 'http://a:1'}": "shard.peer_url_template: must contain {index}",
              "shard: {count: 2, peers: ['a:1', 'b:1']}": "shard.peers[0]: must start with http",
              "shard: {count: 2, peers: ['http://a', 'http://b'], peer_url_template: 'http://{index}'}": "not both",
-             "shard: {count: 2, peers: ['http://a', 'http://b'], peer_cert_file: c.pem}": "shard.peer_cert_file"}
+             "shard: {count: 2, peers: ['http://a', 'http://b'], peer_cert_file: c.pem}": "shard.peer_cert_file",
+             "shard: {count: 2, peers: ['http://a', 'http://u:pw@b']}": "shard.peers[1]: must not hold"}
     for text, message in cases.items():
         with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
             parse_config(text, env=ENV)
@@ -273,3 +274,77 @@ def test_sender_backs_off_per_owner_and_deletes_only_what_was_acknowledged(tmp_p
         await asyncio.get_running_loop().run_in_executor(None, store.shutdown)
 
     asyncio.run(run())
+
+
+def test_a_created_entry_delivered_again_after_the_job_finished_counts_nothing_twice(simulator, tmp_path):
+    """Hand-off delivery is at least once: a `created` entry sent again (its acknowledgement lost)
+    after the owner saw the job finish and wrote it must not track it afresh (a second count)."""
+    from exporter.sources.handoff import entry
+
+    sim = simulator("--seed", "22")
+    job_id = next(i for i in sim.create("chat", 16, age_seconds=OLD) if owner(i, 2) == 1)
+    ports = [free_port(), free_port()]
+    peers = ",".join(f"http://127.0.0.1:{p}" for p in ports)
+    text = config_text(sim.url, "  []\n", poll="interval_seconds: 30, max_interval_seconds: 60, not_found_grace_seconds: 30")
+    other = ExporterProc(write_config(tmp_path, text), "--shard.index", "1", "--shard.count", "2",
+                         "--shard.peers", peers, env=ENV, port=ports[1])
+    try:
+        def send(item: str) -> None:
+            status, body, _ = http("POST", f"{other.url}/api/v1/handoff", {"entries": [json.loads(item)]},
+                                   headers=AUTH)
+            assert status == 200 and json.loads(body) == {"applied": 1, "invalid": 0}, body
+
+        created = entry("created", job_id, "chat", "g", "Llama-X", "proxy")
+        send(created)
+        send(entry("observed", job_id, "chat", "g", "Llama-X", "proxy", answer=result_body(sim.url, "chat", job_id)))
+        send(created)  # the same entry again: acknowledged, changes nothing
+        status, body, _ = http("GET", f"{other.url}/api/v1/jobs/{job_id}?local=true", headers=AUTH)
+        assert status == 200 and json.loads(body)["final"], body
+        assert total(other.samples("distribute_jobs_finished_total")) == 1
+        assert total(other.samples("distribute_jobs")) == 1
+    finally:
+        other.stop()
+
+
+def test_peer_requests_follow_no_redirect_so_the_token_reaches_only_peers():
+    """A peer URL that answers with a redirect (an ingress sending elsewhere) must not carry the
+    registration token or the peer password to wherever the redirect points."""
+    from aiohttp import web
+
+    from exporter.config import Secret
+    from exporter.sources.peers import PeerAuth, PeerClient
+    from exporter.tracking.ownership import Ring
+
+    seen: list[dict[str, str]] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        seen.append(dict(request.headers))
+        return web.json_response({"applied": 0, "invalid": 0})
+
+    async def run() -> int:
+        other = web.AppRunner(web.Application())
+        other.app.router.add_route("*", "/{tail:.*}", elsewhere)
+        await other.setup()
+        other_site = web.TCPSite(other, "127.0.0.1", 0)
+        await other_site.start()
+        target = f"http://localhost:{other_site._server.sockets[0].getsockname()[1]}"  # another origin
+
+        async def redirect(request: web.Request) -> web.Response:
+            raise web.HTTPTemporaryRedirect(target + request.path_qs)
+
+        peer = web.AppRunner(web.Application())
+        peer.app.router.add_route("*", "/{tail:.*}", redirect)
+        await peer.setup()
+        peer_site = web.TCPSite(peer, "127.0.0.1", 0)
+        await peer_site.start()
+        ring = Ring(0, 2, ("http://127.0.0.1:1", f"http://127.0.0.1:{peer_site._server.sockets[0].getsockname()[1]}"))
+        client = PeerClient(ring, lambda: PeerAuth(Secret("token-0123456789"), ("peer", Secret("peer-password"))), 5)
+        try:
+            return await client.hand_off(1, ['{"op": "registered"}'])
+        finally:
+            await client.close()
+            await peer.cleanup()
+            await other.cleanup()
+
+    status = asyncio.run(run())
+    assert seen == [] and status == 307  # not delivered: the sender keeps the entry and tries again

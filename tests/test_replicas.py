@@ -458,3 +458,18 @@ def test_peers_present_basic_auth_and_a_pinned_client_certificate(simulator, tmp
     finally:
         for proc in procs:
             proc.stop()
+
+
+def test_a_job_id_that_is_no_uuid_is_never_routed_to_a_peer(simulator, exporter, tmp_path):
+    """Reads need no token, but a replica asks the owner with the token (and peer credentials): an
+    id like `..%2F..%2F..%2Fapi%2Fv1%2Fhandoff` must not make it ask a peer for another route."""
+    from urllib.parse import quote
+
+    sim = simulator()
+    ports = [free_port(), free_port()]
+    replicas = Replicas(exporter, tmp_path, sim.url, 2, ports).start_all()
+    variants = ("../" * 3 + "api/v1/" + "./" * n + "handoff" for n in range(64))
+    sneaky = next(v for v in variants if owner(v, 2) == 1)
+    for route in ("/api/v1/jobs/", "/jobs/"):
+        status, body, _ = http("GET", f"{replicas.procs[0].url}{route}{quote(sneaky, safe='')}")
+        assert status == 404 and b"pending" not in body, body

@@ -210,3 +210,28 @@ def stored_ids(path) -> int:
     import sqlite3
     with sqlite3.connect(path) as db:
         return db.execute("SELECT count(*) FROM jobs").fetchone()[0]
+
+
+def test_rows_the_proxy_inbox_writes_keep_their_price_entry(tmp_path):
+    """The inbox's INSERT writes rows as a batch does: a priced job's entry is stored once in
+    price_entries and read back whole (it was stored as text and read back as nothing)."""
+    from exporter.tracking.job import FINISHED, Job
+    from exporter.tracking.store import StateStore
+
+    entry = json.dumps({"model": "Llama-X", "per_million_prompt_tokens": 0.1})
+    job = Job("5b0e3f8e-7a47-4c36-9d55-2f1c7f0e9a12", "chat", "g", "proxy", model="Llama-X",
+              first_tracked=1.0, next_due=2.0)
+    job.status, job.final, job.ended, job.price_entry, job.estimated_cost = "COMPLETED", FINISHED, 3.0, entry, 0.5
+    store = StateStore(str(tmp_path / "state.db"))
+    store.open()
+    try:
+        store.insert_new([job.row()])
+        assert store.get(job.id)["price_entry"] == entry
+    finally:
+        store.close()
+    reopened = StateStore(str(tmp_path / "state.db"))  # a fresh cache: read from the file itself
+    reopened.open()
+    try:
+        assert reopened.get(job.id)["price_entry"] == entry
+    finally:
+        reopened.close()

@@ -97,7 +97,8 @@ class Exporter:
         # Only with peers configured: without them every replica keeps to its own ids, as before.
         # The owner applies what the proxies of other replicas saw with the proxy's own hooks.
         self.replication = (Replication(config, self.ring, self.jobs, self.poller.schedule, lambda: self.config,
-                                        tracking.created, tracking.observed, tracking.apply_now)
+                                        tracking.created, tracking.observed, tracking.apply_now,
+                                        tracking.created_elsewhere)
                             if self.ring.routed else None)
         self.proxying.replication = self.replication
         self._tasks: list[asyncio.Task[Any]] = []

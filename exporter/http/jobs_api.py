@@ -20,7 +20,7 @@ from typing import Any, Awaitable, Callable, Protocol
 from aiohttp import web
 from multidict import MultiMapping
 
-from exporter.api.ids import normalise
+from exporter.api.ids import is_uuid4, normalise
 from exporter.http.jobs_params import (BadParameter, decode_cursor, encode_cursor, encode_shard_cursors, is_local,
                                        parse_query, record_position, shard_cursors)
 from exporter.http.pages import page
@@ -131,10 +131,11 @@ async def show(request: web.Request) -> web.Response:
 
 
 def _elsewhere(request: web.Request, job_id: str) -> bool:
-    """True when another shard owns `job_id` and answers for it (peers configured, no ?local=true)."""
+    """True when another shard owns `job_id` and answers for it (peers configured, no ?local=true).
+    Never for what is no job id: the owner is asked with the token, so a path must not ride along."""
     reader = request.app[READER]
     return reader.ask_owner is not None and request.query.get("local", "").lower() != "true" \
-        and not reader.owned([job_id])
+        and is_uuid4(job_id) and not reader.owned([job_id])
 
 
 async def _from_owner(reader: JobsReader, job_id: str) -> tuple[int, bytes, str]:

@@ -90,7 +90,8 @@ class PeerClient:
         if body is not None:
             headers["Content-Type"] = "application/json"
         try:
-            async with self.session.request(method, url, data=body, headers=headers) as answer:
+            # No redirects: the token (and the peer password) go to the configured peers only.
+            async with self.session.request(method, url, data=body, headers=headers, allow_redirects=False) as answer:
                 data = await answer.content.read(MAX_ANSWER)
                 return answer.status, data, answer.content_type
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ssl.SSLError) as exc:
@@ -104,7 +105,7 @@ class PeerClient:
 
     async def job(self, shard: int, job_id: str, method: str = "GET") -> tuple[int, bytes, str]:
         """The owner's own answer to GET (or DELETE) /api/v1/jobs/<id>."""
-        return await self.request(method, shard, f"/api/v1/jobs/{quote(job_id)}", query={"local": "true"})
+        return await self.request(method, shard, f"/api/v1/jobs/{quote(job_id, safe='')}", query={"local": "true"})
 
     async def status(self, shard: int) -> dict[str, Any] | None:
         """The peer's hand-off status (GET /api/v1/handoff); None when it gives none."""

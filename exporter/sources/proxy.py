@@ -16,6 +16,7 @@ import logging
 import re
 import ssl
 import time
+import zlib
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -115,6 +116,31 @@ def _json_field(body: bytes | None, name: str) -> Any:
     return data.get(name) if isinstance(data, dict) else None
 
 
+def _target(request: web.Request) -> str:
+    """The path and query to ask the API for. An absolute-form target (RFC 9112 3.2.2: a client
+    told to use this listener as its HTTP proxy) names a host: only its path and query are used,
+    the API is always `api.base_url`, never a host the request names."""
+    target = request.raw_path
+    return target if target.startswith("/") else request.rel_url.raw_path_qs
+
+
+def _readable(body: bytes, headers: CIMultiDictProxy[str], limit: int) -> bytes | None:
+    """The answer as the hooks read it: inflated when the API compressed it (the application asked
+    for gzip, as most HTTP libraries do); None when it cannot be read within `limit` bytes. The
+    application always gets the bytes as the API sent them."""
+    encoding = headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "x-gzip", "deflate"):
+        return None
+    inflater = zlib.decompressobj(32 + zlib.MAX_WBITS)  # gzip or zlib framing, told by the header
+    try:
+        data = inflater.decompress(body, limit + 1)
+    except zlib.error:
+        return None
+    return data if inflater.eof and len(data) <= limit else None
+
+
 def _failure(status: int, message: str) -> web.Response:
     return web.Response(status=status, body=json.dumps({"message": message}).encode(),
                         content_type="application/json")
@@ -178,7 +204,7 @@ class Proxy:
         version = request.version
         headers.add("Via", "1.1 distribute-exporter" if version == HttpVersion11
                     else f"{version.major}.{version.minor} distribute-exporter")
-        url = URL(self._base(self.base_url()) + request.raw_path, encoded=True)
+        url = URL(self._base(self.base_url()) + _target(request), encoded=True)
         assert self._session is not None
         try:
             async with asyncio.timeout(cfg.timeout_seconds):
@@ -199,7 +225,9 @@ class Proxy:
             if endpoint == "create" and upstream.status == 200 or (
                     answer_length is not None and answer_length <= SMALL_BODY and request.method != "HEAD"):
                 return await self._whole(request, upstream, endpoint, kind, tee, seconds)
-            response, _ = await self._relay(request, upstream, endpoint, seconds)
+            # A result answered chunked or long: streamed back as it comes, applied once it went back whole.
+            observe = (kind, tee) if endpoint == "result" and upstream.status == 200 else None
+            response, _ = await self._relay(request, upstream, endpoint, seconds, observe=observe)
             return response
 
     @staticmethod
@@ -242,14 +270,22 @@ class Proxy:
             response, _ = await self._relay(request, upstream, endpoint, seconds, first=body)
             return response
         if upstream.status == 200 and endpoint != "other":
-            try:
-                await self._tell_hooks(request, endpoint, kind, tee, body)
-            except Exception:  # the hooks promise not to raise; the answer goes back whatever they do
-                self.stats.error("commit" if endpoint == "create" else "observe")
-                log.exception("proxy hook failed on %s /async/%s/%s", request.method, kind, endpoint)
+            await self._seen(request, endpoint, kind, tee, body, upstream.headers)
         self.stats.answered(endpoint, str(upstream.status), seconds)
         return web.Response(status=upstream.status, reason=upstream.reason, headers=forwardable(upstream.headers),
                             body=body)
+
+    async def _seen(self, request: web.Request, endpoint: str, kind: str, tee: _Tee, body: bytes,
+                    headers: CIMultiDictProxy[str]) -> None:
+        """Let the hooks see a 200 answer of a create or result; never raises."""
+        readable = _readable(body, headers, self.observe_max)
+        if readable is None:
+            return
+        try:
+            await self._tell_hooks(request, endpoint, kind, tee, readable)
+        except Exception:  # the hooks promise not to raise; the answer goes back whatever they do
+            self.stats.error("commit" if endpoint == "create" else "observe")
+            log.exception("proxy hook failed on %s /async/%s/%s", request.method, kind, endpoint)
 
     async def _tell_hooks(self, request: web.Request, endpoint: str, kind: str, tee: _Tee, body: bytes) -> None:
         group = self._group(request)
@@ -264,15 +300,25 @@ class Proxy:
             self.hooks.observed(normalise(job_id), kind, group, None, body)
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, endpoint: str,
-                     seconds: float, first: bytes = b"") -> tuple[web.StreamResponse, bool]:
-        """Stream the upstream's answer back as it is; answer (response, whether it all went out)."""
+                     seconds: float, first: bytes = b"",
+                     observe: tuple[str, _Tee] | None = None) -> tuple[web.StreamResponse, bool]:
+        """Stream the upstream's answer back as it is; answer (response, whether it all went out).
+        With `observe` (kind, request body), a copy within observe_max goes to the hooks after."""
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                       headers=forwardable(upstream.headers))
         self.stats.answered(endpoint, str(upstream.status), seconds)
+        kept: list[bytes] | None = [] if observe else None
+        size = 0
         chunk = first
         if not await self._send(response.prepare(request)):
             return response, False
         while True:
+            if chunk and kept is not None:
+                size += len(chunk)
+                if size <= self.observe_max:
+                    kept.append(chunk)
+                else:
+                    kept = None  # too long to be read: the exporter's own poll covers the job
             if chunk and not await self._send(response.write(chunk)):
                 return response, False
             try:
@@ -284,7 +330,11 @@ class Proxy:
                 return response, False
             if not chunk:
                 break
-        return response, await self._send(response.write_eof())
+        if not await self._send(response.write_eof()):
+            return response, False
+        if observe is not None and kept is not None:
+            await self._seen(request, endpoint, observe[0], observe[1], b"".join(kept), upstream.headers)
+        return response, True
 
     async def _send(self, step: Awaitable[Any]) -> bool:
         """Write to the application; False when it has hung up."""

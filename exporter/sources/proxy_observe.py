@@ -21,6 +21,7 @@ from exporter.tracking.proxied import ProxiedJobs
 log = logging.getLogger("distribute.proxy")
 
 OBSERVE_QUEUE = 50_000  # answers waiting to be applied; past this they are dropped and counted
+OBSERVE_BYTES = 64 * 1024 * 1024  # ... and their bodies together: an answer may be up to max_response_bytes
 
 
 class ProxyTracking:
@@ -32,12 +33,20 @@ class ProxyTracking:
         self.config = config
         self.clock = clock
         self._queue: asyncio.Queue[tuple[str, str, str, str | None, bytes]] = asyncio.Queue(OBSERVE_QUEUE)
+        self.queued_bytes = 0
 
     async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
-        """Track and durably store a job created through the proxy; never raises."""
+        """Track and durably store a job created through this replica's proxy; never raises."""
+        await self._created(job_id, kind, group, model, False)
+
+    async def created_elsewhere(self, job_id: str, kind: str, group: str, model: str | None) -> None:
+        """The same for a create another replica's proxy handed over (maybe again: a no-op then)."""
+        await self._created(job_id, kind, group, model, True)
+
+    async def _created(self, job_id: str, kind: str, group: str, model: str | None, handed: bool) -> None:
         try:
             await self.proxied.track_proxied(job_id, kind, group, model, self.clock(),
-                                             self.config().poll.interval_seconds)
+                                             self.config().poll.interval_seconds, handed)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the disk is full or gone: the flush keeps trying; the answer goes back
@@ -46,15 +55,24 @@ class ProxyTracking:
 
     def observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
         """Queue a result answer the application got; never blocks, never raises."""
+        if self.queued_bytes + len(body) > OBSERVE_BYTES:
+            self.stats.error("dropped")  # the exporter's own poll covers the job
+            return
         try:
             self._queue.put_nowait((job_id, kind, group, model, body))
         except asyncio.QueueFull:
             self.stats.error("dropped")
+            return
+        self.queued_bytes += len(body)
+
+    def _next(self, item: tuple[str, str, str, str | None, bytes]) -> tuple[str, str, str, str | None, bytes]:
+        self.queued_bytes -= len(item[4])
+        return item
 
     async def run(self) -> None:
         """Apply queued answers until cancelled."""
         while True:
-            job_id, kind, group, model, body = await self._queue.get()
+            job_id, kind, group, model, body = self._next(await self._queue.get())
             try:
                 await self._apply(job_id, kind, group, model, body)
             except asyncio.CancelledError:
@@ -86,7 +104,7 @@ class ProxyTracking:
     async def drain(self) -> None:
         """Apply what is queued (at shutdown, before the last flush)."""
         while not self._queue.empty():
-            job_id, kind, group, model, body = self._queue.get_nowait()
+            job_id, kind, group, model, body = self._next(self._queue.get_nowait())
             try:
                 await self._apply(job_id, kind, group, model, body)
             except Exception:

@@ -27,9 +27,11 @@ class Replication:
 
     def __init__(self, config: Config, ring: Ring, jobs: TrackedJobs, schedule: Callable[[Job], None],
                  current: Callable[[], Config], local_created: Created | None = None,
-                 local_observed: Observed | None = None, apply_observed: ApplyObserved | None = None) -> None:
+                 local_observed: Observed | None = None, apply_observed: ApplyObserved | None = None,
+                 handed_created: Created | None = None) -> None:
         """`local_created`, `local_observed` (the proxy's two hooks as implemented here) and
-        `apply_observed` (the same as `local_observed`, done before it returns) replace the stand-ins."""
+        `apply_observed` (the same as `local_observed`, done before it returns) replace the stand-ins;
+        `handed_created` is `local_created` for a create handed over by a peer (which may come again)."""
         self.ring = ring
         self.stats = HandoffStats()
         self.outbox = Outbox(jobs.store)
@@ -37,7 +39,7 @@ class Replication:
         self.intake = Intake(jobs, schedule, lambda: current().poll.interval_seconds)
         self.sender = Sender(jobs.store, self.outbox, self.client, self.stats,
                              lambda: current().shard.handoff_max_backoff_seconds, jobs.flush)
-        self.owner_side = OwnerSide(self.intake, local_created, apply_observed)
+        self.owner_side = OwnerSide(self.intake, handed_created or local_created, apply_observed)
         self.router = Router(ring, jobs, self.outbox, self.owner_side, self.stats, self.sender.wake,
                              local_created or self.intake.created, local_observed or self.intake.observed)
         self.jobs = jobs

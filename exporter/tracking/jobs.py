@@ -126,6 +126,15 @@ class TrackedJobs:
         """The job if it is polled or has changes not yet written (a final one until the flush)."""
         return self.open.get(job_id) or self._pending.get(job_id)
 
+    async def held_or_held_before(self, job_id: str) -> bool:
+        """True when `job_id` is tracked here or was (finished, retired): tracking it afresh would
+        count it again. An id untracked or handed away counts as new, as in `track`."""
+        if self.in_memory(job_id) is not None or job_id in self._retire:
+            return True
+        if job_id in self._deleted or not self._file_has_more:
+            return False
+        return bool(await self.store.call(self.store.known, [job_id]))
+
     def adopt(self, job: Job) -> None:
         """Start tracking a new job built by the caller (an id no file can hold yet)."""
         self.open[job.id] = job

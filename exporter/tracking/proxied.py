@@ -77,10 +77,16 @@ class ProxiedJobs:
         self._settled: OrderedDict[str, None] = OrderedDict()
 
     async def track_proxied(self, job_id: str, kind: str, group: str, model: str | None, now: float,
-                            first_poll_in: float) -> None:
+                            first_poll_in: float, handed: bool = False) -> None:
         """Track a job created through the proxy and commit it; its first own poll is
-        `first_poll_in` seconds away, by when the application has usually asked for itself."""
+        `first_poll_in` seconds away, by when the application has usually asked for itself.
+
+        `handed`: the create came from another replica's proxy. Hand-offs arrive at least once, so
+        the same create may come again after the job finished here: then it changes nothing.
+        """
         jobs = self.jobs
+        if handed and jobs.in_memory(job_id) is None and await jobs.held_or_held_before(job_id):
+            return
         job = jobs.in_memory(job_id)
         if job is None:
             # A fresh id the API has just minted: nothing in the file can hold it, so no look-up.

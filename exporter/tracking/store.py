@@ -329,7 +329,10 @@ class StateStore:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.executemany(f"INSERT OR IGNORE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
-                                    rows)
+                                    list(self.prices.interned(self.db, rows)))
+        except BaseException:
+            self.prices.forget()  # ids handed out in the rolled-back transaction may not exist
+            raise
         finally:
             if not fsync:
                 self.db.execute("PRAGMA synchronous=FULL")
