@@ -4,8 +4,9 @@ proxy only the ids of its own shard, so that no job is counted by two replicas."
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -21,6 +22,11 @@ from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.proxied import ProxiedJobs
 
 log = logging.getLogger("distribute.exporter")
+
+# The longest a create's answer waits for its commit. A commit takes milliseconds; this bounds what a
+# stalled disk (or a lock held by another process) could do to the application, which would time out
+# and create the job again at the API. Past it the answer goes back and the commit finishes later.
+COMMIT_WAIT_SECONDS = 5.0
 
 
 class ProxyWiring:
@@ -58,11 +64,21 @@ class ProxyWiring:
 
     async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
         if self.replication is not None:
-            await self.replication.router.created(job_id, kind, group, model)
+            await self._bounded(self.replication.router.created(job_id, kind, group, model), job_id)
         elif self.owned([job_id]):
-            await self.tracking.created(job_id, kind, group, model)
+            await self._bounded(self.tracking.created(job_id, kind, group, model), job_id)
         else:
             self.stats.error("not_owned")
+
+    async def _bounded(self, commit: Awaitable[None], job_id: str) -> None:
+        """Wait for `commit` at most COMMIT_WAIT_SECONDS; it goes on (shielded) when the wait ends."""
+        task = asyncio.ensure_future(commit)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), COMMIT_WAIT_SECONDS)
+        except asyncio.TimeoutError:
+            self.stats.error("commit_late")
+            log.warning("proxied create answered before its commit (over %gs) job_id=%s", COMMIT_WAIT_SECONDS,
+                        job_id)
 
     def observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
         if self.replication is not None:

@@ -23,8 +23,8 @@ UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 # hung up; observe: an answer the exporter could not use or apply; commit: a create not stored before
 # its answer went back (the flush stores it later); dropped: observations over the queue's bound;
 # not_owned: an id of another shard, forwarded but not tracked here (several replicas).
-ERROR_REASONS = ("connect", "timeout", "too_large", "upstream_body", "client", "observe", "commit", "dropped",
-                 "not_owned")
+ERROR_REASONS = ("connect", "timeout", "too_large", "upstream_body", "client", "observe", "commit", "commit_late",
+                 "dropped", "not_owned")
 
 
 class ProxyStats:
