@@ -149,22 +149,33 @@ class TrackedJobs:
         self.agg.add_counts([(jobs[0].labels, len(jobs))])
         self.on_new(jobs)
 
-    async def untrack(self, job_id: str, now: float) -> bool:
-        """Stop tracking one id. A finished job stays a tombstone so it is never counted twice."""
+    async def _take_out(self, job_id: str) -> Job | None:
+        """Take a job out of memory and the gauges (and a final one out of the closed count); None
+        when it is not held here. What becomes of its row is the caller's to say."""
         job = self.open.pop(job_id, None) or self._pending.get(job_id)
         if job is None:
+            if job_id in self._deleted or job_id in self._retire:
+                return None
             row = await self.store.call(self.store.get, job_id)
-            if row is None or job_id in self._deleted or job_id in self._retire:
-                return False
+            if row is None:
+                return None
             job = Job.from_row(row)
         self._pending.pop(job_id, None)
         self.by_created.moved(job_id, job.created, None)
         self._unwritten.discard(job_id)
         self.agg.move(job.labels, None)
+        if job.final != OPEN:
+            self.agg.close(job.labels, -1)
+        return job
+
+    async def untrack(self, job_id: str, now: float) -> bool:
+        """Stop tracking one id. A finished job stays a tombstone so it is never counted twice."""
+        job = await self._take_out(job_id)
+        if job is None:
+            return False
         if job.final == OPEN:
             self._deleted.add(job_id)
         else:
-            self.agg.close(job.labels, -1)
             self._retire[job_id] = now
             self._file_has_more = True
         return True
@@ -254,21 +265,9 @@ class TrackedJobs:
     async def release(self, job_id: str) -> Job | None:
         """Take a job out of this replica without a tombstone (its new owner takes it, counted as it
         is: counters stay here, the gauge and the closed count drop). None when it is not here."""
-        job = self.open.pop(job_id, None) or self._pending.get(job_id)
-        if job is None:
-            if job_id in self._deleted or job_id in self._retire:
-                return None
-            row = await self.store.call(self.store.get, job_id)
-            if row is None:
-                return None
-            job = Job.from_row(row)
-        self._pending.pop(job_id, None)
-        self.by_created.moved(job_id, job.created, None)
-        self._unwritten.discard(job_id)
-        self.agg.move(job.labels, None)
-        if job.final != OPEN:
-            self.agg.close(job.labels, -1)
-        self._deleted.add(job_id)
+        job = await self._take_out(job_id)
+        if job is not None:
+            self._deleted.add(job_id)
         return job
 
     async def take_over(self, job: Job) -> bool:
