@@ -111,7 +111,13 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
          lambda v: v <= 2),
         ("sender_load_p99_ms", "reported (own ids with the sender busy - own ids alone)", None),
         ("own_alone_p99_ms", "reported", None), ("other_p99_ms", "reported", None),
-        ("handoffs_per_second", "reported (one replica's sender, backlog after its owner was down)", None)]),
+        ("handoffs_per_second", "reported (one replica's sender, backlog after its owner was down)", None),
+        ("proxy_create_added_p99_ms", "<= 2 ms (p99 proxied creates of another shard's ids - p99 own, one run, 500/s)",
+         lambda v: v <= 2),
+        ("proxy_create_own_p99_ms", "reported", None), ("proxy_create_other_p99_ms", "reported", None),
+        ("proxy_create_own_p50_ms", "reported", None), ("proxy_create_other_p50_ms", "reported", None),
+        ("proxy_creates_own", "reported (creates classed own)", None),
+        ("proxy_creates_other", "reported (creates classed another shard's)", None)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
 }
