@@ -101,23 +101,20 @@ def render_parts(registry: CollectorRegistry, renderer: TextRenderer) -> list[Pa
     for collector in list(registry._collector_to_names):  # the order registry.collect() uses
         families = getattr(collector, "families", None)
         version = getattr(collector, "version", None)
-        if families is not None and version is not None:
-            key = (id(collector), version())
-            cached = renderer.whole.get(key[0])
-            if cached is None or cached[0] != key:
-                cached = renderer.whole[key[0]] = (key, renderer.render(families()).encode())
-            parts.append(cached)
-        elif families is not None:
-            parts.append((None, renderer.render(families()).encode()))
-        elif version is not None:  # a Sampled prometheus_client collector
-            key = (id(collector), version())
-            cached = renderer.whole.get(key[0])
-            if cached is None or cached[0] != key:
-                cached = renderer.whole[key[0]] = (key, _generic(collector))
-            parts.append(cached)
-        else:
-            parts.append((None, _generic(collector)))
+        if version is None:
+            parts.append((None, _body(collector, families, renderer)))
+            continue
+        key = (id(collector), version())
+        cached = renderer.whole.get(key[0])
+        if cached is None or cached[0] != key:
+            cached = renderer.whole[key[0]] = (key, _body(collector, families, renderer))
+        parts.append(cached)
     return parts
+
+
+def _body(collector: object, families: object, renderer: TextRenderer) -> bytes:
+    """A collector's text: ours rendered by the TextRenderer, prometheus_client's by itself."""
+    return renderer.render(families()).encode() if families is not None else _generic(collector)  # type: ignore[operator]
 
 
 def _generic(collector: object) -> bytes:
