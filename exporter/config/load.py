@@ -204,11 +204,15 @@ def _check_cross_fields(config: Config) -> None:
             raise ConfigError(f"proxy.listen_address: {exc}") from None
     if not config.api.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"api.base_url: must start with http:// or https://, not {config.api.base_url!r}")
-    if "@" in urlsplit(config.api.base_url).netloc:
-        # Shown on the status page and in logs; the key belongs in api.api_key_file.
-        raise ConfigError("api.base_url: must not hold a user name or password (user@host); "
-                          "put the API key in api.api_key_file")
+    # Shown on the status page and in logs; the key belongs in api.api_key_file.
+    _no_credentials("api.base_url", config.api.base_url, "put the API key in api.api_key_file")
     check_peers(config.shard, config.shard.count)
+
+
+def _no_credentials(where: str, url: str, instead: str) -> None:
+    """ConfigError if the URL holds a user name or password (user@host): they would show in logs."""
+    if "@" in urlsplit(url).netloc:
+        raise ConfigError(f"{where}: must not hold a user name or password (user@host); {instead}")
 
 
 def check_peers(shard: ShardConfig, count: int) -> None:
@@ -221,9 +225,7 @@ def check_peers(shard: ShardConfig, count: int) -> None:
         where = f"shard.peers[{i}]" if shard.peers else "shard.peer_url_template"
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"{where}: must start with http:// or https://, not {url[:80]!r}")
-        if "@" in urlsplit(url).netloc:  # credentials go in shard.peer_basic_auth_*, never in a URL
-            raise ConfigError(f"{where}: must not hold a user name or password (user@host); "
-                              "use shard.peer_basic_auth_username and shard.peer_basic_auth_password_file")
+        _no_credentials(where, url, "use shard.peer_basic_auth_username and shard.peer_basic_auth_password_file")
     if shard.peers and len(shard.peers) != count:
         raise ConfigError(f"shard.peers: lists {len(shard.peers)} URLs for {count} shards (shard.count); "
                           "give one per shard, in shard order")
