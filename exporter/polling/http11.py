@@ -119,7 +119,7 @@ def _parse(buffer: bytearray, eof: bool, max_body: int) -> tuple[RawResponse, bo
     body_at = end + 4
     keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
     if code in (204, 304):
-        body, keep = b"", keep
+        body = b""
     elif "chunked" in headers.get("transfer-encoding", "").lower():
         body = _chunked(buffer, body_at, max_body)
     elif "content-length" in headers:
@@ -198,9 +198,7 @@ class Http11Transport:
                     return await self._exchange(origin, request)
         except TimeoutError:
             raise ApiTimeout("timed out") from None
-        except ssl.SSLError as exc:
-            raise ApiConnectError(type(exc).__name__) from None
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError included
             raise ApiConnectError(type(exc).__name__) from None
 
     async def _exchange(self, origin: tuple[str, str, int], request: bytes) -> RawResponse:
