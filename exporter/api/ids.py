@@ -8,13 +8,12 @@ from typing import Iterable
 
 # The exact pattern of the API's request schema (shared/distribute-api/README.md).
 UUID4_PATTERN = r"^[a-fA-F0-9]{8}-[a-fA-F0-9]{4}-4[a-fA-F0-9]{3}-[89abAB][a-fA-F0-9]{3}-[a-fA-F0-9]{12}$"
-_UUID4 = re.compile(UUID4_PATTERN)
 _UUID4_BARE = re.compile(UUID4_PATTERN[1:-1])  # for fullmatch: `$` would let a final newline through
 
 
 def is_uuid4(value: object) -> bool:
     """True when `value` is a string the API would accept as a job id."""
-    return isinstance(value, str) and _UUID4.match(value) is not None and not value.endswith("\n")
+    return isinstance(value, str) and _UUID4_BARE.fullmatch(value) is not None
 
 
 def all_uuid4(values: Iterable[object]) -> bool:
