@@ -189,7 +189,8 @@ def test_history_in_order_and_paging_while_jobs_finish(simulator, exporter, tmp_
     for kind in ("speech", "chat"):
         fresh += sim.create(kind, 8)
         assert http("POST", f"{proc.url}/api/v1/jobs", {"kind": kind, "ids": fresh[-8:]}, AUTH)[0] == 202
-    wait_for(lambda: all(j["created"] for j in jobs(proc.url, limit=100)["jobs"]), 20, what="first answers")
+    wait_for(lambda: len(listed := jobs(proc.url, limit=100)["jobs"]) == len(fresh) and all(j["created"] for j in listed),
+             20, what="first answers")  # every job listed: all() of an empty list would hold at once
     # Page through while jobs finish, one page per finished job: each must come exactly once.
     seen, cursor, finished_before = [], None, -1
     while True:

@@ -5,7 +5,6 @@ it tracks it, counts it once, and keeps doing so across kill -9 and a change of 
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 import signal
 import ssl
@@ -14,8 +13,6 @@ import urllib.request
 from collections import Counter
 from urllib.parse import urlencode
 from pathlib import Path
-
-import pytest
 
 from conftest import tool
 from exporter.tracking.shard import owner
@@ -339,7 +336,6 @@ def test_shrinking_3_to_2_the_removed_replica_hands_everything_over(simulator, e
     assert total(leaving.samples("distribute_jobs")) == 0
 
 
-PROXY = importlib.util.find_spec("exporter.sources.proxy") is not None
 CREATE_BODY = {"model": "Kokoro", "input": "hello", "voice": "nora"}  # a short speech job
 
 
@@ -349,7 +345,6 @@ def through(url: str, path: str, body: dict) -> dict | None:
     return json.loads(answer) if status == 200 else None
 
 
-@pytest.mark.skipif(not PROXY, reason="needs the pass-through proxy (issue 11, exporter.sources.proxy) merged in")
 def test_jobs_created_and_polled_through_the_balanced_proxy_count_once(simulator, exporter, tmp_path):
     sim = simulator("--seed", "23", "--speed", "20")
     ports, proxy_ports = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
