@@ -42,6 +42,16 @@ def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: floa
     raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_error!r})" if last_error else ""))
 
 
+def holds_for(condition, seconds: float, interval: float = 0.05, what: str = "condition") -> None:
+    """Check `condition` again and again for `seconds`: fail the first time it is false."""
+    deadline = time.monotonic() + seconds
+    checks = 0
+    while checks < 2 or time.monotonic() < deadline:
+        assert condition(), f"{what}: false after {checks} checks"
+        checks += 1
+        time.sleep(interval)
+
+
 def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None = None,
          timeout: float = 10.0, raw: bytes | None = None) -> tuple[int, bytes, dict[str, str]]:
     data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)

@@ -15,7 +15,7 @@ import pytest
 from exporter.config import ConfigError, load_config
 from exporter.config.pricing import PriceFileError, parse_prices
 from conftest import tool
-from helpers import REPO, http, parse_samples, wait_for, write_config
+from helpers import REPO, holds_for, http, parse_samples, wait_for, write_config
 from test_exporter import OLD, config_text
 
 TOKEN = "cost-token-1234"
@@ -86,16 +86,6 @@ def record(url: str, job_id: str) -> dict:
     status, body, _ = http("GET", f"{url}/api/v1/jobs/{job_id}", headers=AUTH)
     assert status == 200, body
     return json.loads(body)
-
-
-def holds_for(condition, seconds: float, interval: float = 0.05, what: str = "condition") -> None:
-    """Check `condition` again and again for `seconds`: fail the first time it is false."""
-    deadline = time.monotonic() + seconds
-    checks = 0
-    while checks < 2 or time.monotonic() < deadline:
-        assert condition(), f"{what}: false after {checks} checks"
-        checks += 1
-        time.sleep(interval)
 
 
 def priced_config(sim_url: str, groups: dict[str, tuple[str, list[str]]], price_file: str = "prices.yaml") -> str:

@@ -27,23 +27,24 @@ def test_the_import_contracts_are_kept():
     assert "0 broken" in result.stdout
 
 
-def test_a_deliberate_breach_of_the_layers_fails_the_contract(tmp_path):
-    """The contract is able to fail: tracking importing the HTTP layer breaks it."""
+def _lint_with(tmp_path: Path, module: str, added: str) -> subprocess.CompletedProcess[str]:
+    """import-linter over a copy of the tree where `module` (a path under exporter/) ends with `added`."""
     shutil.copytree(REPO / "exporter", tmp_path / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    store = tmp_path / "exporter" / "tracking" / "store.py"
-    store.write_text(store.read_text() + "\nfrom exporter.http.server import Site  # deliberate breach\n")
-    result = _lint(tmp_path)
+    path = tmp_path / "exporter" / module
+    path.write_text(path.read_text() + added)
+    return _lint(tmp_path)
+
+
+def test_a_deliberate_breach_of_the_layers_fails_the_contract(tmp_path):
+    """The contract is able to fail: tracking importing the HTTP layer breaks it."""
+    result = _lint_with(tmp_path, "tracking/store.py", "\nfrom exporter.http.server import Site  # deliberate breach\n")
     assert result.returncode != 0
     assert "BROKEN" in result.stdout and "exporter.tracking.store -> exporter.http.server" in result.stdout
 
 
 def test_a_cycle_between_sibling_modules_fails_the_contract(tmp_path):
-    shutil.copytree(REPO / "exporter", tmp_path / "exporter", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "pyproject.toml", tmp_path / "pyproject.toml")
-    migrations = tmp_path / "exporter" / "tracking" / "migrations.py"
-    migrations.write_text(migrations.read_text() + "\nif False:\n    from exporter.tracking import store  # cycle\n")
-    result = _lint(tmp_path)
+    result = _lint_with(tmp_path, "tracking/migrations.py", "\nif False:\n    from exporter.tracking import store  # cycle\n")
     assert result.returncode != 0 and "BROKEN" in result.stdout
 
 

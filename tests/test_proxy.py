@@ -17,8 +17,7 @@ import httpx
 import pytest
 
 from conftest import tool
-from helpers import REPO, ExporterProc, free_port, http, parse_samples, total, wait_for, write_config
-from test_cost import holds_for
+from helpers import REPO, ExporterProc, free_port, holds_for, http, parse_samples, total, wait_for, write_config
 from test_exporter import exporter_totals, truth_totals
 
 APP_KEY = "app-key-7f3a9c1e-never-to-be-seen"
