@@ -14,7 +14,7 @@ import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 from exporter.tracking import price_entries
 from exporter.tracking.migrations import HANDOFF_TABLE, SCHEMA_VERSION, migrate
@@ -205,13 +205,9 @@ class StateStore:
             self._checkpoint_db = None
 
     # -- reading ---------------------------------------------------------------------------------
-    def open_jobs(self) -> Iterator[dict[str, Any]]:
-        cursor = self.db.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE final = 0")
-        for row in cursor:
-            yield dict(zip(JOB_COLUMNS, row))
-
     def load_open_jobs(self) -> list[dict[str, Any]]:
-        return list(self.open_jobs())
+        return [dict(zip(JOB_COLUMNS, row))
+                for row in self.db.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE final = 0")]
 
     def closed_counts(self) -> list[tuple[tuple[str, str, str, str], int]]:
         """Jobs no longer polled, per (kind, group, model, status), counted the slow way (a scan):
