@@ -58,6 +58,8 @@ CREATE TABLE IF NOT EXISTS retired (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHO
 
 T = TypeVar("T")
 
+_INSERT = f"INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({','.join('?' * len(JOB_COLUMNS))})"  # whole rows
+
 
 def labels_key(labels: Iterable[str]) -> str:
     """The counters table's key for a label tuple: compact JSON, as SQLite's json_array writes it."""
@@ -289,16 +291,12 @@ class StateStore:
         with db:
             db.execute("BEGIN IMMEDIATE")
             if batch.upserts:
-                marks = ",".join("?" * len(JOB_COLUMNS))
-                db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
-                               self.prices.interned(db, batch.upserts))
+                db.executemany(f"INSERT OR REPLACE {_INSERT}", self.prices.interned(db, batch.upserts))
             if batch.updates:
                 updates = list(self.prices.interned(db, batch.updates))
                 changed = db.executemany(_UPDATE_SQL, ([row[i] for i in _UPDATED] for row in updates)).rowcount
                 if changed < len(updates):  # a row not there after all: write it whole
-                    marks = ",".join("?" * len(JOB_COLUMNS))
-                    db.executemany(f"INSERT OR IGNORE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
-                                   updates)
+                    db.executemany(f"INSERT OR IGNORE {_INSERT}", updates)
             if batch.deletes:
                 db.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i in batch.deletes))
             if batch.retire:
@@ -318,14 +316,12 @@ class StateStore:
         Without `fsync` the commit is in the WAL file (the OS has it: safe against a crash of this
         process) but not forced to the disk; the next commit with fsync (the next batch) covers it.
         """
-        marks = ",".join("?" * len(JOB_COLUMNS))
         if not fsync:
             self.db.execute("PRAGMA synchronous=NORMAL")
         try:
             with self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                self.db.executemany(f"INSERT OR IGNORE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
-                                    list(self.prices.interned(self.db, rows)))
+                self.db.executemany(f"INSERT OR IGNORE {_INSERT}", list(self.prices.interned(self.db, rows)))
         except BaseException:
             self.prices.forget()  # ids handed out in the rolled-back transaction may not exist
             raise
