@@ -181,7 +181,7 @@ class TrackedJobs:
         return True
 
     async def lookup(self, job_id: str) -> Job | None:
-        job = self.open.get(job_id) or self._pending.get(job_id)
+        job = self.in_memory(job_id)
         if job is not None:
             return job
         if job_id in self._deleted or job_id in self._retire:
@@ -273,11 +273,11 @@ class TrackedJobs:
     async def take_over(self, job: Job) -> bool:
         """Take a job another shard held, with its state, counting nothing again; False when this
         replica already has it final (or retired), or has it unfinished and the given state is too."""
-        current = self.open.get(job.id) or self._pending.get(job.id)
+        current = self.in_memory(job.id)
         if current is None:
             if self._file_has_more and job.id not in self._deleted and await self.store.call(self.store.known, [job.id]):
                 return False
-            if job.id in self._retire or (job.id in self.open or job.id in self._pending):
+            if job.id in self._retire or self.in_memory(job.id) is not None:
                 return False  # retired meanwhile, or arrived by another way during the await
         elif current.final != OPEN or job.final == OPEN:
             return False
