@@ -126,6 +126,10 @@ class TrackedJobs:
         """The job if it is polled or has changes not yet written (a final one until the flush)."""
         return self.open.get(job_id) or self._pending.get(job_id)
 
+    def dropped(self) -> set[str]:
+        """Ids untracked or retired since the last flush: their rows in the file no longer count."""
+        return self._deleted | set(self._retire) if self._deleted or self._retire else set()
+
     async def held_or_held_before(self, job_id: str) -> bool:
         """True when `job_id` is tracked here or was (finished, retired): tracking it afresh would
         count it again. An id untracked or handed away counts as new, as in `track`."""
@@ -383,7 +387,7 @@ class TrackedJobs:
         ids = {j.id for j in self.open.values() if j.source == source}
         ids.update(j.id for j in self._pending.values() if j.source == source and not j.final)
         stored = await self.store.call(self.store.ids_from_source, source)
-        return (ids | stored) - self._deleted - set(self._retire)
+        return (ids | stored) - self.dropped()
 
     async def count_by_source(self) -> dict[str, int]:
         await self.flush()
