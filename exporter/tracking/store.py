@@ -13,8 +13,9 @@ import json
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from exporter.tracking import price_entries
 from exporter.tracking.migrations import HANDOFF_TABLE, SCHEMA_VERSION, migrate
@@ -273,19 +274,26 @@ class StateStore:
         finally:
             os.close(fd)
 
+    @contextmanager
+    def relaxed(self, fsync: bool) -> Iterator[None]:
+        """Without `fsync`, commits made inside skip their fsync (a later one covers them)."""
+        if fsync:
+            yield
+            return
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
+
     def write(self, batch: Batch, fsync: bool = True) -> None:
         """Apply one batch in one transaction (without `fsync`: the caller syncs the WAL)."""
-        db = self.db
-        if not fsync:
-            db.execute("PRAGMA synchronous=NORMAL")
         try:
-            self._write(db, batch)
+            with self.relaxed(fsync):
+                self._write(self.db, batch)
         except BaseException:
             self.prices.forget()
             raise
-        finally:
-            if not fsync:
-                db.execute("PRAGMA synchronous=FULL")
 
     def _write(self, db: sqlite3.Connection, batch: Batch) -> None:
         with db:
@@ -316,18 +324,13 @@ class StateStore:
         Without `fsync` the commit is in the WAL file (the OS has it: safe against a crash of this
         process) but not forced to the disk; the next commit with fsync (the next batch) covers it.
         """
-        if not fsync:
-            self.db.execute("PRAGMA synchronous=NORMAL")
         try:
-            with self.db:
+            with self.relaxed(fsync), self.db:
                 self.db.execute("BEGIN IMMEDIATE")
                 self.db.executemany(f"INSERT OR IGNORE {_INSERT}", list(self.prices.interned(self.db, rows)))
         except BaseException:
             self.prices.forget()  # ids handed out in the rolled-back transaction may not exist
             raise
-        finally:
-            if not fsync:
-                self.db.execute("PRAGMA synchronous=FULL")
 
     def retire_ended_before(self, cutoff: float, now: float) -> list[tuple[tuple[str, str, str, str], int]]:
         """Drop jobs final since before `cutoff`, keeping their ids as tombstones; counts dropped."""
