@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-JobLabels = tuple[str, str, str, str]  # kind, group, model, status
+from exporter.tracking.aggregates import JobLabels
 
 
 @dataclass(frozen=True, slots=True)

@@ -126,6 +126,10 @@ class TrackedJobs:
         """The job if it is polled or has changes not yet written (a final one until the flush)."""
         return self.open.get(job_id) or self._pending.get(job_id)
 
+    def dropped(self) -> set[str]:
+        """Ids untracked or retired since the last flush: their rows in the file no longer count."""
+        return self._deleted | set(self._retire) if self._deleted or self._retire else set()
+
     async def held_or_held_before(self, job_id: str) -> bool:
         """True when `job_id` is tracked here or was (finished, retired): tracking it afresh would
         count it again. An id untracked or handed away counts as new, as in `track`."""
@@ -181,7 +185,7 @@ class TrackedJobs:
         return True
 
     async def lookup(self, job_id: str) -> Job | None:
-        job = self.open.get(job_id) or self._pending.get(job_id)
+        job = self.in_memory(job_id)
         if job is not None:
             return job
         if job_id in self._deleted or job_id in self._retire:
@@ -273,11 +277,11 @@ class TrackedJobs:
     async def take_over(self, job: Job) -> bool:
         """Take a job another shard held, with its state, counting nothing again; False when this
         replica already has it final (or retired), or has it unfinished and the given state is too."""
-        current = self.open.get(job.id) or self._pending.get(job.id)
+        current = self.in_memory(job.id)
         if current is None:
             if self._file_has_more and job.id not in self._deleted and await self.store.call(self.store.known, [job.id]):
                 return False
-            if job.id in self._retire or (job.id in self.open or job.id in self._pending):
+            if job.id in self._retire or self.in_memory(job.id) is not None:
                 return False  # retired meanwhile, or arrived by another way during the await
         elif current.final != OPEN or job.final == OPEN:
             return False
@@ -383,7 +387,7 @@ class TrackedJobs:
         ids = {j.id for j in self.open.values() if j.source == source}
         ids.update(j.id for j in self._pending.values() if j.source == source and not j.final)
         stored = await self.store.call(self.store.ids_from_source, source)
-        return (ids | stored) - self._deleted - set(self._retire)
+        return (ids | stored) - self.dropped()
 
     async def count_by_source(self) -> dict[str, int]:
         await self.flush()

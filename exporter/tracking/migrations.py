@@ -12,9 +12,7 @@ from typing import Callable
 
 def _to_2(db: sqlite3.Connection) -> None:
     # Version 1 had no `polls` column and no `retired` table (the table comes with the schema).
-    columns = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
-    if "polls" not in columns:
-        db.execute("ALTER TABLE jobs ADD COLUMN polls INTEGER NOT NULL DEFAULT 0")
+    add_column(db, "jobs", "polls", "INTEGER NOT NULL DEFAULT 0")
 
 
 def _to_3(db: sqlite3.Connection) -> None:
@@ -62,7 +60,6 @@ def add_column(db: sqlite3.Connection, table: str, column: str, definition: str)
     """ALTER TABLE ... ADD COLUMN unless the column is there already (a half-migrated copy)."""
     if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
-
 
 
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3, 5: _to_5, 6: _to_6, 7: _to_7}

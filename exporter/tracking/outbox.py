@@ -47,15 +47,9 @@ class Outbox:
         fsync of its own (it goes to disk with the next durable commit), for changes that only
         cost a harmless re-send if a power cut undoes them; a kill -9 keeps them either way."""
         db = self.store.db
-        if not durable:
-            db.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with db:
-                db.execute("BEGIN IMMEDIATE")
-                yield db
-        finally:
-            if not durable:
-                db.execute("PRAGMA synchronous=FULL")
+        with self.store.relaxed(durable), db:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
 
     def add(self, rows: list[tuple[str, int, str, float]]) -> None:
         """Store entries (job id, target, payload, next_try) in one transaction of their own."""

@@ -27,13 +27,13 @@ from exporter.tracking.query import DEFAULT_SORT, SORTS, JobQuery, Page, Positio
 async def find(jobs: TrackedJobs, q: JobQuery) -> Page:
     """One page of the jobs matching `q`: memory and file merged in order, memory winning."""
     want = q.limit + 1
-    finished = query_memory.finished_in_memory(jobs)
+    gone = jobs.dropped()
+    finished = query_memory.finished_in_memory(jobs, gone)
     merged: dict[str, tuple[Position, Job | None]] = {
         j.id: (pos, j) for pos, j in query_memory.valued(jobs, q, finished)}
     if q.unfinished is not True:
         # Rows the memory also holds may come back from the file: ask for that many more.
         store = jobs.store
-        gone = jobs._deleted | set(jobs._retire) if jobs._deleted or jobs._retire else set()
         for pos, job_id in await store.call(query_file.file_ids, store.db, q, want + len(finished)):
             if job_id not in merged and job_id not in finished and job_id not in gone \
                     and job_id not in jobs.open:

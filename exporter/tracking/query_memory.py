@@ -17,9 +17,9 @@ from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.query import SORTS, JobQuery, Position, has_filters, matches, open_may_match, position
 
 
-def finished_in_memory(jobs: TrackedJobs) -> dict[str, Job]:
-    """Finished jobs not (surely) in the file yet; the memory's copy is the newer one."""
-    gone = jobs._deleted | set(jobs._retire) if jobs._deleted or jobs._retire else set()
+def finished_in_memory(jobs: TrackedJobs, gone: set[str]) -> dict[str, Job]:
+    """Finished jobs not (surely) in the file yet, but for `gone` (TrackedJobs.dropped); the
+    memory's copy is the newer one."""
     return {j.id: j for batch in (jobs.writing, jobs._pending) for j in batch.values()
             if j.final != OPEN and j.id not in gone}
 

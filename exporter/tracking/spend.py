@@ -26,8 +26,7 @@ class SpendToday:
 
     def add(self, group: str, currency: str, cost: float | None, ended: float, now: float) -> None:
         """One finished job (cost None: unpriced); counted only if it ended today."""
-        if not self.start <= now < self.end:
-            self._roll(now)
+        self._roll(now)
         if self.start <= ended < self.end:
             row = self.rows.get((group, currency))
             if row is None:

@@ -13,6 +13,7 @@ import json
 import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -57,6 +58,8 @@ CREATE TABLE IF NOT EXISTS retired (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHO
 """ + price_entries.SCHEMA + HANDOFF_TABLE
 
 T = TypeVar("T")
+
+_INSERT = f"INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({','.join('?' * len(JOB_COLUMNS))})"  # whole rows
 
 
 def labels_key(labels: Iterable[str]) -> str:
@@ -205,13 +208,9 @@ class StateStore:
             self._checkpoint_db = None
 
     # -- reading ---------------------------------------------------------------------------------
-    def open_jobs(self) -> Iterator[dict[str, Any]]:
-        cursor = self.db.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE final = 0")
-        for row in cursor:
-            yield dict(zip(JOB_COLUMNS, row))
-
     def load_open_jobs(self) -> list[dict[str, Any]]:
-        return list(self.open_jobs())
+        return [dict(zip(JOB_COLUMNS, row))
+                for row in self.db.execute(f"SELECT {', '.join(JOB_COLUMNS)} FROM jobs WHERE final = 0")]
 
     def closed_counts(self) -> list[tuple[tuple[str, str, str, str], int]]:
         """Jobs no longer polled, per (kind, group, model, status), counted the slow way (a scan):
@@ -275,34 +274,37 @@ class StateStore:
         finally:
             os.close(fd)
 
+    @contextmanager
+    def relaxed(self, fsync: bool) -> Iterator[None]:
+        """Without `fsync`, commits made inside skip their fsync (a later one covers them)."""
+        if fsync:
+            yield
+            return
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self.db.execute("PRAGMA synchronous=FULL")
+
     def write(self, batch: Batch, fsync: bool = True) -> None:
         """Apply one batch in one transaction (without `fsync`: the caller syncs the WAL)."""
-        db = self.db
-        if not fsync:
-            db.execute("PRAGMA synchronous=NORMAL")
         try:
-            self._write(db, batch)
+            with self.relaxed(fsync):
+                self._write(self.db, batch)
         except BaseException:
             self.prices.forget()
             raise
-        finally:
-            if not fsync:
-                db.execute("PRAGMA synchronous=FULL")
 
     def _write(self, db: sqlite3.Connection, batch: Batch) -> None:
         with db:
             db.execute("BEGIN IMMEDIATE")
             if batch.upserts:
-                marks = ",".join("?" * len(JOB_COLUMNS))
-                db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
-                               self.prices.interned(db, batch.upserts))
+                db.executemany(f"INSERT OR REPLACE {_INSERT}", self.prices.interned(db, batch.upserts))
             if batch.updates:
                 updates = list(self.prices.interned(db, batch.updates))
                 changed = db.executemany(_UPDATE_SQL, ([row[i] for i in _UPDATED] for row in updates)).rowcount
                 if changed < len(updates):  # a row not there after all: write it whole
-                    marks = ",".join("?" * len(JOB_COLUMNS))
-                    db.executemany(f"INSERT OR IGNORE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
-                                   updates)
+                    db.executemany(f"INSERT OR IGNORE {_INSERT}", updates)
             if batch.deletes:
                 db.executemany("DELETE FROM jobs WHERE id = ?", ((i,) for i in batch.deletes))
             if batch.retire:
@@ -322,20 +324,13 @@ class StateStore:
         Without `fsync` the commit is in the WAL file (the OS has it: safe against a crash of this
         process) but not forced to the disk; the next commit with fsync (the next batch) covers it.
         """
-        marks = ",".join("?" * len(JOB_COLUMNS))
-        if not fsync:
-            self.db.execute("PRAGMA synchronous=NORMAL")
         try:
-            with self.db:
+            with self.relaxed(fsync), self.db:
                 self.db.execute("BEGIN IMMEDIATE")
-                self.db.executemany(f"INSERT OR IGNORE INTO jobs ({', '.join(JOB_COLUMNS)}) VALUES ({marks})",
-                                    list(self.prices.interned(self.db, rows)))
+                self.db.executemany(f"INSERT OR IGNORE {_INSERT}", list(self.prices.interned(self.db, rows)))
         except BaseException:
             self.prices.forget()  # ids handed out in the rolled-back transaction may not exist
             raise
-        finally:
-            if not fsync:
-                self.db.execute("PRAGMA synchronous=FULL")
 
     def retire_ended_before(self, cutoff: float, now: float) -> list[tuple[tuple[str, str, str, str], int]]:
         """Drop jobs final since before `cutoff`, keeping their ids as tombstones; counts dropped."""

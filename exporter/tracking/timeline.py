@@ -48,7 +48,6 @@ class Timeline:
     def __init__(self, jobs: JobAggregates, api: ApiAggregates, size: int = SAMPLES) -> None:
         self.jobs = jobs
         self.api = api
-        self.bounds = jobs.bounds
         self.ring: deque[Sample] = deque(maxlen=size)
 
     def sample(self, at: float) -> None:
