@@ -141,9 +141,10 @@ class Exporter:
         self._register_collectors()
         await self._serve()
         await self.jobs.load()
-        now = time.time()
-        today = self.job_agg.spend_today
-        today.restore(await self.store.call(self.store.spend_since, today.start_of_day(now)), now)
+        if self.config.prices is not None:  # only the status page's spend today reads it: a scan of today's jobs
+            now = time.time()
+            today = self.job_agg.spend_today
+            today.restore(await self.store.call(self.store.spend_since, today.start_of_day(now)), now)
         if self.replication is not None:
             await self.replication.start()
         self._declare_series(self.config)
