@@ -31,7 +31,7 @@ from exporter.tracking.ownership import Ring
 from exporter.sources.registration import Registrar
 from exporter.sources.registration import routes as registration_routes
 from exporter.sources.sync import ConfigSources
-from exporter.app.proxying import ProxyWiring
+from exporter.app.proxying import ProxyWiring, listen_url
 from exporter.sources.replication import Replication
 from exporter.sources.peers import merge_pages
 from exporter.metrics.handoff import HandoffCollector
@@ -170,10 +170,7 @@ class Exporter:
 
     @property
     def url(self) -> str:
-        host, _ = parse_listen_address(self.listen)
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        scheme = "https" if self.guard.ssl_context else "http"
-        return f"{scheme}://{shown}:{self.port}"
+        return listen_url(self.listen, self.guard.ssl_context is not None, self.port)
 
     async def _serve(self) -> None:
         host, port = parse_listen_address(self.listen)

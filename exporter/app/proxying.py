@@ -29,6 +29,13 @@ log = logging.getLogger("distribute.exporter")
 COMMIT_WAIT_SECONDS = 5.0
 
 
+def listen_url(listen: str, tls: bool, port: int) -> str:
+    """The URL a listener on `listen` is reached at (a wildcard host shown as 127.0.0.1)."""
+    host, _ = parse_listen_address(listen)
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    return f"{'https' if tls else 'http'}://{shown}:{port}"
+
+
 class ProxyWiring:
     def __init__(self, listen: str | None, jobs: TrackedJobs, poller: Poller, api_agg: ApiAggregates,
                  current: Callable[[], Config], owned: Callable[[list[str]], list[str]]) -> None:
@@ -92,9 +99,7 @@ class ProxyWiring:
     def url(self) -> str | None:
         if self.proxy is None or not self.listen:
             return None
-        host, _ = parse_listen_address(self.listen)
-        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-        return f"{'https' if self._tls else 'http'}://{shown}:{self.proxy.port}"
+        return listen_url(self.listen, self._tls, self.proxy.port)
 
     def overview(self) -> dict[str, Any] | None:
         """What the status page's proxy section shows; None when the proxy is off."""

@@ -227,8 +227,7 @@ class Proxy:
                 return await self._whole(request, upstream, endpoint, kind, tee, seconds)
             # A result answered chunked or long: streamed back as it comes, applied once it went back whole.
             observe = (kind, tee) if endpoint == "result" and upstream.status == 200 else None
-            response, _ = await self._relay(request, upstream, endpoint, seconds, observe=observe)
-            return response
+            return await self._relay(request, upstream, endpoint, seconds, observe=observe)
 
     @staticmethod
     @functools.lru_cache(maxsize=4)
@@ -267,8 +266,7 @@ class Proxy:
             return self._fail(endpoint, 502, "upstream_body", "the API broke off its answer")
         body = b"".join(parts)
         if size > self.observe_max:  # longer than announced or than a create's answer can be: stream on
-            response, _ = await self._relay(request, upstream, endpoint, seconds, first=body)
-            return response
+            return await self._relay(request, upstream, endpoint, seconds, first=body)
         if upstream.status == 200 and endpoint != "other":
             await self._seen(request, endpoint, kind, tee, body, upstream.headers)
         self.stats.answered(endpoint, str(upstream.status), seconds)
@@ -301,8 +299,8 @@ class Proxy:
 
     async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, endpoint: str,
                      seconds: float, first: bytes = b"",
-                     observe: tuple[str, _Tee] | None = None) -> tuple[web.StreamResponse, bool]:
-        """Stream the upstream's answer back as it is; answer (response, whether it all went out).
+                     observe: tuple[str, _Tee] | None = None) -> web.StreamResponse:
+        """Stream the upstream's answer back as it is (the application may hang up on the way).
         With `observe` (kind, request body), a copy within observe_max goes to the hooks after."""
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                       headers=forwardable(upstream.headers))
@@ -311,7 +309,7 @@ class Proxy:
         size = 0
         chunk = first
         if not await self._send(response.prepare(request)):
-            return response, False
+            return response
         while True:
             if chunk and kept is not None:
                 size += len(chunk)
@@ -320,21 +318,21 @@ class Proxy:
                 else:
                     kept = None  # too long to be read: the exporter's own poll covers the job
             if chunk and not await self._send(response.write(chunk)):
-                return response, False
+                return response
             try:
                 chunk = await upstream.content.readany()
             except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
                 self.stats.error("upstream_body")  # headers are out: a cut connection is the only signal left
                 if request.transport is not None:
                     request.transport.close()
-                return response, False
+                return response
             if not chunk:
                 break
         if not await self._send(response.write_eof()):
-            return response, False
+            return response
         if observe is not None and kept is not None:
             await self._seen(request, endpoint, observe[0], observe[1], b"".join(kept), upstream.headers)
-        return response, True
+        return response
 
     async def _send(self, step: Awaitable[Any]) -> bool:
         """Write to the application; False when it has hung up."""

@@ -26,22 +26,21 @@ class Replication:
     """Outbox, sender, router and the hand-off route of one replica among its peers."""
 
     def __init__(self, config: Config, ring: Ring, jobs: TrackedJobs, schedule: Callable[[Job], None],
-                 current: Callable[[], Config], local_created: Created | None = None,
-                 local_observed: Observed | None = None, apply_observed: ApplyObserved | None = None,
-                 handed_created: Created | None = None) -> None:
-        """`local_created`, `local_observed` (the proxy's two hooks as implemented here) and
-        `apply_observed` (the same as `local_observed`, done before it returns) replace the stand-ins;
-        `handed_created` is `local_created` for a create handed over by a peer (which may come again)."""
+                 current: Callable[[], Config], local_created: Created, local_observed: Observed,
+                 apply_observed: ApplyObserved, handed_created: Created) -> None:
+        """`local_created`, `local_observed`: the proxy's two hooks as implemented here;
+        `apply_observed` is `local_observed` done before it returns, and `handed_created` is
+        `local_created` for a create handed over by a peer (which may come again)."""
         self.ring = ring
         self.stats = HandoffStats()
         self.outbox = Outbox(jobs.store)
         self.client = PeerClient(ring, lambda: PeerAuth.from_config(current()), config.shard.handoff_timeout_seconds)
-        self.intake = Intake(jobs, schedule, lambda: current().poll.interval_seconds)
+        self.intake = Intake(jobs)
         self.sender = Sender(jobs.store, self.outbox, self.client, self.stats,
                              lambda: current().shard.handoff_max_backoff_seconds, jobs.flush)
-        self.owner_side = OwnerSide(self.intake, handed_created or local_created, apply_observed)
+        self.owner_side = OwnerSide(self.intake, handed_created, apply_observed)
         self.router = Router(ring, jobs, self.outbox, self.owner_side, self.stats, self.sender.wake,
-                             local_created or self.intake.created, local_observed or self.intake.observed)
+                             local_created, local_observed)
         self.jobs = jobs
         self.schedule = schedule
         self.current = current

@@ -9,56 +9,22 @@ entry is in the outbox (in the same transaction that deletes it).
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from typing import Awaitable, Callable
+from typing import Callable
 
 from exporter.sources.handoff import Sink, apply, entry, state_of
 from exporter.sources.intake import Created, Observed
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.outbox import HandoffStats, Outbox
+from exporter.tracking.proxied import GroupCommit
 from exporter.tracking.ownership import Ring
 
 log = logging.getLogger("distribute.handoff")
 
 Row = tuple[str, int, str, float]  # job id, target shard, payload, next_try
 MAX_HANDED_ANSWER = 256 * 1024  # base64 makes it a third larger; the owner's body limit is 1 MiB by default
-
-
-class GroupCommit:
-    """Rows added while one transaction runs are written together by the next: a burst of creates
-    costs about one disk write, and none waits for the flush interval or for a large batch."""
-
-    def __init__(self, write: Callable[[list[Row]], Awaitable[None]]) -> None:
-        self.write = write
-        self._rows: list[Row] = []
-        self._done: asyncio.Future[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
-
-    async def add(self, row: Row) -> None:
-        loop = asyncio.get_running_loop()
-        self._rows.append(row)
-        if self._done is None:
-            self._done = loop.create_future()
-        done = self._done
-        if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write_all())
-        await asyncio.shield(done)  # a caller that goes away must not cancel the others' write
-
-    async def _write_all(self) -> None:
-        while self._rows:
-            rows, done = self._rows, self._done
-            self._rows, self._done = [], None
-            assert done is not None
-            try:
-                await self.write(rows)
-            except Exception as exc:
-                done.set_exception(exc)
-                done.exception()  # retrieved, whoever waits
-                continue
-            done.set_result(None)
 
 
 class Router:
@@ -74,7 +40,7 @@ class Router:
         self.stats = stats
         self.wake = wake
         self.clock = clock
-        self._commit = GroupCommit(lambda rows: jobs.store.call(outbox.add, rows))
+        self._commit: GroupCommit[Row] = GroupCommit(lambda rows: jobs.store.call(outbox.add, rows), "handoff-commit")
 
     def _queue(self, job_id: str, payload: str) -> None:
         self.jobs.queue_handoff(job_id, self.ring.owner(job_id), payload, self.clock())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import Callable
+from typing import Awaitable, Callable, Generic, TypeVar
 
 from exporter.api.results import parse_result
 from exporter.tracking.jobs import Job, TrackedJobs
@@ -19,41 +19,42 @@ from exporter.tracking.jobs import Job, TrackedJobs
 log = logging.getLogger("distribute.proxy")
 
 SOURCE = "proxy"
+T = TypeVar("T")
 SETTLED_IDS = 100_000  # ids known final or not to be tracked, remembered so that answers need no look-up
 
 
-class CommitInbox:
-    """Group commit: ids queued while one transaction runs are written together by the next."""
+class GroupCommit(Generic[T]):
+    """Items added while one write runs are written together by the next: a burst costs about one
+    disk write, and none waits for the flush interval or for a large batch. The proxy's creates use
+    it (CommitInbox), and so do the hand-offs of creates another shard owns (sources/routing.py)."""
 
-    def __init__(self, jobs: TrackedJobs, fsync: Callable[[], bool] = lambda: True) -> None:
-        self.jobs = jobs
-        self.fsync = fsync
-        self._queued: dict[str, Job] = {}
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]], name: str = "group-commit") -> None:
+        self.write = write
+        self.name = name
+        self._queued: list[T] = []
         self._batch_done: asyncio.Future[None] | None = None
         self._writer: asyncio.Task[None] | None = None
-        self.batches = 0
 
-    async def commit(self, job: Job) -> None:
-        """Return once `job` has a row in the state file; raise what the write raised."""
+    async def add(self, item: T) -> None:
+        """Return once `item` is written; raise what the write raised."""
         loop = asyncio.get_running_loop()
-        self._queued[job.id] = job
+        self._queued.append(item)
         if self._batch_done is None:
             self._batch_done = loop.create_future()
         done = self._batch_done
         if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write_batches(), name="proxy-commit")
-        # Shielded: an application that hangs up must not cancel the write other creates wait on.
+            self._writer = loop.create_task(self._write_batches(), name=self.name)
+        # Shielded: a caller that goes away (an application that hangs up) must not cancel the write
+        # the others wait on.
         await asyncio.shield(done)
 
     async def _write_batches(self) -> None:
         while self._queued:
             queued, done = self._queued, self._batch_done
-            self._queued, self._batch_done = {}, None
+            self._queued, self._batch_done = [], None
             assert done is not None
             try:
-                # The row as it is now; a newer row a flush already wrote is left alone.
-                await self.jobs.store.call(self.jobs.store.insert_new, [j.row() for j in queued.values()],
-                                           self.fsync())
+                await self.write(queued)
             except BaseException as exc:  # noqa: B902 - the waiters get it; the flush retries the rows
                 if not done.done():
                     done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("commit cancelled"))
@@ -61,9 +62,26 @@ class CommitInbox:
                 if not isinstance(exc, Exception):
                     raise
                 continue
-            self.batches += 1
             if not done.done():
                 done.set_result(None)
+
+
+class CommitInbox(GroupCommit[Job]):
+    """Group commit of the proxy's creates into the state file."""
+
+    def __init__(self, jobs: TrackedJobs, fsync: Callable[[], bool] = lambda: True) -> None:
+        super().__init__(self._insert, "proxy-commit")
+        self.jobs = jobs
+        self.fsync = fsync
+
+    async def commit(self, job: Job) -> None:
+        """Return once `job` has a row in the state file; raise what the write raised."""
+        await self.add(job)
+
+    async def _insert(self, queued: list[Job]) -> None:
+        # The row as it is now (one per id); a newer row a flush already wrote is left alone.
+        rows = [j.row() for j in {j.id: j for j in queued}.values()]
+        await self.jobs.store.call(self.jobs.store.insert_new, rows, self.fsync())
 
 
 class ProxiedJobs:
@@ -128,4 +146,4 @@ class ProxiedJobs:
             self._settled.popitem(last=False)
 
 
-__all__ = ["CommitInbox", "ProxiedJobs", "SOURCE"]
+__all__ = ["CommitInbox", "GroupCommit", "ProxiedJobs", "SOURCE"]
