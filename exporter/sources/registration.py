@@ -142,7 +142,7 @@ def _check_body(body: Any) -> web.Response | None:
 def _elsewhere(registrar: Registrar, request: web.Request, job_id: str) -> bool:
     """True when another shard owns `job_id` and should answer (peers configured, not ?local=true);
     never for what is no job id (the owner is asked with the token: no path may ride along)."""
-    return (registrar.ask_owner is not None and request.query.get("local") != "true" and is_uuid4(job_id)
+    return (registrar.ask_owner is not None and request.query.get("local", "").lower() != "true" and is_uuid4(job_id)
             and not registrar.owned([job_id]))
 
 
