@@ -13,6 +13,7 @@ import uuid
 from pathlib import Path
 
 from bench.fixtures import prepare_state
+from exporter.tracking.migrations import SCHEMA_VERSION
 from bench.procs import Exporter, Nginx, Simulator, get, metric, wait_for, wrk
 
 Figures = dict[str, float]
@@ -60,7 +61,9 @@ state: {{path: state.db}}
 def scrape_latency(workdir: Path, jobs: int, scrapes: int = 200, cache: Path | None = None) -> Figures:
     """Median and p99 of /metrics (gzip, as Prometheus asks, and plain) over a prepared state; with
     it, start-up time and memory."""
-    state = (cache or workdir) / f"state-{jobs}.db"
+    # Keyed by schema version: a fixture cached by an older version would be migrated at every start
+    # and measured as start-up time.
+    state = (cache or workdir) / f"state-{jobs}-v{SCHEMA_VERSION}.db"
     if not state.exists():
         state.parent.mkdir(parents=True, exist_ok=True)
         prepare_state(state, jobs)
