@@ -185,18 +185,21 @@ def test_a_create_survives_kill_9_right_after_its_answer(tmp_path, simulator):
             return [a.json()["id"] for a in answers]
 
         ids = asyncio.run(creates())
-        exp.popen.send_signal(signal.SIGKILL)  # no flush, no shutdown: only what was committed
+        exp.popen.send_signal(signal.SIGKILL)  # no flush, no shutdown: only what was stored before each answer
         exp.popen.wait(10)
     finally:
         exp.stop()
-    with sqlite3.connect(tmp_path / "state.db") as db:
-        rows = dict(db.execute(f"SELECT id, source FROM jobs WHERE id IN ({','.join('?' * len(ids))})", ids))
-    assert rows == {i: "proxy" for i in ids}
+    assert list(tmp_path.glob("state.db-creates.*")), "the creates' journal is where they wait for a flush"
     again = ExporterProc(config, env={"DISTRIBUTE_EXPORTER_REGISTRATION_TOKEN": TOKEN})
     try:
         assert total(again.samples("distribute_jobs"), kind="speech") == 20
     finally:
         again.stop()
+    # Start-up took them into the state file itself (durably) and then dropped the journal.
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        rows = dict(db.execute(f"SELECT id, source FROM jobs WHERE id IN ({','.join('?' * len(ids))})", ids))
+    assert rows == {i: "proxy" for i in ids}
+    assert not list(tmp_path.glob("state.db-creates.*"))
 
 
 # -- failures ---------------------------------------------------------------------------------------------

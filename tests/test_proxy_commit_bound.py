@@ -10,13 +10,19 @@ from exporter.app.proxying import ProxyWiring
 
 
 class StalledTracking:
-    """Stands in for the proxy's tracking while the disk stalls: the commit ends only when released."""
+    """Stands in for the proxy's tracking while the disk stalls (proxy.fsync_creates): the create is
+    journaled at once, its fsync ends only when released."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
+        self.journaled: list[str] = []
         self.committed: list[str] = []
 
-    async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
+    def created_now(self, job_id: str, kind: str, group: str, model: str | None) -> bool:
+        self.journaled.append(job_id)
+        return False  # an fsync is due
+
+    async def synced(self, job_id: str, kind: str) -> None:
         await self.release.wait()
         self.committed.append(job_id)
 

@@ -72,10 +72,10 @@ class ProxyWiring:
     async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
         if self.replication is not None:
             await self._bounded(self.replication.router.created(job_id, kind, group, model), job_id)
-        elif self.owned([job_id]):
-            await self._bounded(self.tracking.created(job_id, kind, group, model), job_id)
-        else:
+        elif not self.owned([job_id]):
             self.stats.error("not_owned")
+        elif not self.tracking.created_now(job_id, kind, group, model):  # stored at once, unless an fsync is due
+            await self._bounded(self.tracking.synced(job_id, kind), job_id)
 
     async def _bounded(self, commit: Awaitable[None], job_id: str) -> None:
         """Wait for `commit` at most COMMIT_WAIT_SECONDS; it goes on (shielded) when the wait ends."""

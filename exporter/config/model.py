@@ -146,8 +146,9 @@ class ProxyConfig:
     track_results: bool = _opt(True)
     timeout_seconds: float = _opt(60.0, positive=True)
     max_body_bytes: int = _opt(64 * 1024 * 1024, min=1024)
-    # false: a create is committed (kill -9 safe) but forced to the disk by the next batch, within
-    # state.flush_interval_seconds; true: an fsync before each create's answer (slower on most disks).
+    # false: a create is in the create journal (kill -9 safe) before its answer, forced to the disk by
+    # the next batch, within state.flush_interval_seconds; true: the journal is fsynced before each
+    # create's answer (slower on most disks).
     fsync_creates: bool = _opt(False)
 
 

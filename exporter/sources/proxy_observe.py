@@ -35,23 +35,44 @@ class ProxyTracking:
         self._queue: asyncio.Queue[tuple[str, str, str, str | None, bytes]] = asyncio.Queue(OBSERVE_QUEUE)
         self.queued_bytes = 0
 
+    def created_now(self, job_id: str, kind: str, group: str, model: str | None) -> bool:
+        """Track and journal a job created through this replica's proxy, at once (no await): True
+        when its answer need wait for nothing more, False when it waits for `synced` first
+        (proxy.fsync_creates). Never raises."""
+        try:
+            self.proxied.store_created(job_id, kind, group, model, self.clock(), self.config().poll.interval_seconds)
+        except Exception as exc:  # the disk is full or gone: the job is tracked, the flush keeps trying
+            self._not_stored(job_id, kind, exc)
+            return True
+        return not self.proxied.must_sync
+
+    async def synced(self, job_id: str, kind: str) -> None:
+        """Wait for the fsync of what `created_now` journaled; never raises."""
+        try:
+            await self.proxied.synced()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self._not_stored(job_id, kind, exc)
+
     async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
         """Track and durably store a job created through this replica's proxy; never raises."""
-        await self._created(job_id, kind, group, model, False)
+        if not self.created_now(job_id, kind, group, model):
+            await self.synced(job_id, kind)
 
     async def created_elsewhere(self, job_id: str, kind: str, group: str, model: str | None) -> None:
         """The same for a create another replica's proxy handed over (maybe again: a no-op then)."""
-        await self._created(job_id, kind, group, model, True)
-
-    async def _created(self, job_id: str, kind: str, group: str, model: str | None, handed: bool) -> None:
         try:
             await self.proxied.track_proxied(job_id, kind, group, model, self.clock(),
-                                             self.config().poll.interval_seconds, handed)
+                                             self.config().poll.interval_seconds, True)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the disk is full or gone: the flush keeps trying; the answer goes back
-            self.stats.error("commit")
-            log.error("proxied create not stored before its answer job_id=%s kind=%s: %s", job_id, kind, exc)
+        except Exception as exc:
+            self._not_stored(job_id, kind, exc)
+
+    def _not_stored(self, job_id: str, kind: str, exc: Exception) -> None:
+        self.stats.error("commit")
+        log.error("proxied create not stored before its answer job_id=%s kind=%s: %s", job_id, kind, exc)
 
     def observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
         """Queue a result answer the application got; never blocks, never raises."""

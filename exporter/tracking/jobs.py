@@ -21,6 +21,7 @@ from exporter.tracking.exemplars import Exemplars
 from exporter.api.results import JobResult
 from exporter.config.pricing import PriceTable
 from exporter.tracking.cost import charge
+from exporter.tracking.create_journal import CreateJournal
 from exporter.tracking.job import FINISHED, GONE, OPEN, Job  # noqa: F401 (Job is part of this module's interface)
 from exporter.tracking.store import JOB_COLUMNS, Batch, StateStore
 
@@ -72,10 +73,12 @@ class TrackedJobs:
         self._file_has_more = True
         self.on_new: Callable[[list[Job]], None] = lambda jobs: None
         self.prices: PriceTable | None = None  # pricing.file: jobs finishing from now on use it
+        self.journal = CreateJournal(store.path)  # the proxy's creates until a flush wrote their rows
 
     # -- start-up --------------------------------------------------------------------------------
     async def load(self) -> None:
         """Read the state file: open jobs into memory, counts and counters into the aggregates."""
+        await self.store.call(self.journal.recover_into, self.store)  # creates a crash kept from a flush
         rows = await self.store.call(self.store.load_open_jobs)
         self._file_has_more = await self.store.call(self.store.has_closed)
         with _collector_paused():
@@ -311,6 +314,7 @@ class TrackedJobs:
             pending, deleted, retire, handoffs = self._pending, self._deleted, self._retire, self._handoffs
             self._pending, self._deleted, self._retire, self._handoffs = {}, set(), {}, []
             self.writing = pending
+            journaled = self.journal.rotate()  # every create appended so far is in `pending` or written
             # Rows of finished jobs go with the counters they changed, in one transaction. Rows of
             # jobs still polled carry no counts, so past the first FLUSH_CHUNK they may follow in
             # transactions of their own: a million new ids from a file then neither make one huge
@@ -340,6 +344,7 @@ class TrackedJobs:
                     self._requeue(Batch(upserts=whole, updates=updates), polled[start:])
                     raise
                 written += len(whole) + len(updates)
+            self.journal.retire(journaled)
             return written
 
     def _rows(self, polled: Iterable[Job]) -> tuple[list[tuple], list[tuple]]:

@@ -1,9 +1,10 @@
-"""Jobs the proxy saw: creates committed to the state file before their answer goes back (group
-commit), and result answers applied exactly as one of the exporter's own polls would apply them.
+"""Jobs the proxy saw: creates stored before their answer goes back, and result answers applied
+exactly as one of the exporter's own polls would apply them.
 
-A create's row is written by a small inbox of its own rather than by the periodic flush: every
-create waiting at the same moment shares one transaction (one fsync), so a burst of creates costs
-about one disk write, and none of them waits for the flush interval.
+A create is appended to the create journal on the event loop (tracking/create_journal.py: one
+`write()`, safe against a crash of this process once it returns), and its row goes into the state
+file with the next flush. With `proxy.fsync_creates` the answer also waits for an fsync of the
+journal; creates waiting at the same moment share it (group commit).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections import OrderedDict
 from typing import Awaitable, Callable, Generic, TypeVar
 
 from exporter.api.results import parse_result
+from exporter.tracking.create_journal import Entry
 from exporter.tracking.jobs import Job, TrackedJobs
 
 log = logging.getLogger("distribute.proxy")
@@ -26,7 +28,8 @@ SETTLED_IDS = 100_000  # ids known final or not to be tracked, remembered so tha
 class GroupCommit(Generic[T]):
     """Items added while one write runs are written together by the next: a burst costs about one
     disk write, and none waits for the flush interval or for a large batch. The proxy's creates use
-    it (CommitInbox), and so do the hand-offs of creates another shard owns (sources/routing.py)."""
+    it for their fsync (ProxiedJobs), and so do the hand-offs of creates another shard owns
+    (sources/routing.py)."""
 
     def __init__(self, write: Callable[[list[T]], Awaitable[None]], name: str = "group-commit") -> None:
         self.write = write
@@ -66,52 +69,55 @@ class GroupCommit(Generic[T]):
                 done.set_result(None)
 
 
-class CommitInbox(GroupCommit[Job]):
-    """Group commit of the proxy's creates into the state file."""
-
-    def __init__(self, jobs: TrackedJobs, fsync: Callable[[], bool] = lambda: True) -> None:
-        super().__init__(self._insert, "proxy-commit")
-        self.jobs = jobs
-        self.fsync = fsync
-
-    async def commit(self, job: Job) -> None:
-        """Return once `job` has a row in the state file; raise what the write raised."""
-        await self.add(job)
-
-    async def _insert(self, queued: list[Job]) -> None:
-        # The row as it is now (one per id); a newer row a flush already wrote is left alone.
-        rows = [j.row() for j in {j.id: j for j in queued}.values()]
-        await self.jobs.store.call(self.jobs.store.insert_new, rows, self.fsync())
-
-
 class ProxiedJobs:
     """What the proxy's creates and observed answers do to the tracked jobs."""
 
     def __init__(self, jobs: TrackedJobs, fsync: Callable[[], bool] = lambda: True) -> None:
         self.jobs = jobs
-        self.inbox = CommitInbox(jobs, fsync)
+        self.fsync = fsync
+        self._syncs: GroupCommit[None] = GroupCommit(self._sync, "proxy-fsync")
         # An application may read a final answer again and again: remember recent ids whose answers
         # change nothing, rather than ask the state file about each one.
         self._settled: OrderedDict[str, None] = OrderedDict()
 
     async def track_proxied(self, job_id: str, kind: str, group: str, model: str | None, now: float,
                             first_poll_in: float, handed: bool = False) -> None:
-        """Track a job created through the proxy and commit it; its first own poll is
-        `first_poll_in` seconds away, by when the application has usually asked for itself.
+        """Track a job created through the proxy and store it (`store_created`, then `synced`).
 
         `handed`: the create came from another replica's proxy. Hand-offs arrive at least once, so
         the same create may come again after the job finished here: then it changes nothing.
         """
-        jobs = self.jobs
-        if handed and jobs.in_memory(job_id) is None and await jobs.held_or_held_before(job_id):
+        if handed and self.jobs.in_memory(job_id) is None and await self.jobs.held_or_held_before(job_id):
             return
+        self.store_created(job_id, kind, group, model, now, first_poll_in)
+        await self.synced()
+
+    def store_created(self, job_id: str, kind: str, group: str, model: str | None, now: float,
+                      first_poll_in: float) -> None:
+        """Track a job created through the proxy and journal it: safe against a crash of this
+        process when this returns. Its first own poll is `first_poll_in` seconds away, by when the
+        application has usually asked for itself. Raises OSError when the journal cannot be written."""
+        jobs = self.jobs
         job = jobs.in_memory(job_id)
         if job is None:
             # A fresh id the API has just minted: nothing in the file can hold it, so no look-up.
             job = Job(job_id, kind, group, SOURCE, model=model or "", first_tracked=now,
                       next_due=now + first_poll_in)
             jobs.adopt(job)
-        await self.inbox.commit(job)
+        jobs.journal.append(Entry(job.id, job.kind, job.group, job.source, job.model, job.first_tracked, job.next_due))
+
+    @property
+    def must_sync(self) -> bool:
+        """True when a create's answer also waits for an fsync (`synced`)."""
+        return self.fsync()
+
+    async def synced(self) -> None:
+        """Return once what was journaled is on the disk, when proxy.fsync_creates asks for it."""
+        if self.fsync():
+            await self._syncs.add(None)
+
+    async def _sync(self, _waiting: list[None]) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.jobs.journal.sync)
 
     async def apply_observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes,
                              now: float, track_untracked: bool) -> Job | None:
@@ -146,4 +152,4 @@ class ProxiedJobs:
             self._settled.popitem(last=False)
 
 
-__all__ = ["CommitInbox", "GroupCommit", "ProxiedJobs", "SOURCE"]
+__all__ = ["GroupCommit", "ProxiedJobs", "SOURCE"]
