@@ -10,6 +10,7 @@ import os
 import random
 import re
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,6 +68,20 @@ proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
 """)
 
 
+def _bare_forwarder_rps(upstream_port: int, seconds: int) -> float:
+    """The ceiling: wrk's rate through bench/bare_forwarder.py (the least a Python process does to
+    forward a request) to the same upstream."""
+    port = free_port()
+    forwarder = subprocess.Popen([sys.executable, str(Path(__file__).with_name("bare_forwarder.py")),
+                                  str(upstream_port), str(port)], stdout=subprocess.PIPE)
+    try:
+        assert forwarder.stdout is not None and forwarder.stdout.readline().strip() == b"ready"
+        return wrk(f"http://127.0.0.1:{port}/async/speech/result", RESULT_BODY, seconds)["rps"]
+    finally:
+        forwarder.kill()
+        forwarder.wait()
+
+
 def proxy(workdir: Path, seconds: int = 10, rate: float = 500, wrk_seconds: int = 5) -> dict[str, float]:
     """Rates with wrk (16 connections) and latency at about `rate`/s, direct and through the proxy,
     for result requests (read and applied) and creates (stored before the answer goes back)."""
@@ -82,6 +97,8 @@ def proxy(workdir: Path, seconds: int = 10, rate: float = 500, wrk_seconds: int 
         figures["proxy_rps"] = via["rps"]
         figures["rps_ratio"] = figures["proxy_rps"] / figures["direct_rps"]
         figures["wrk_errors"] = via["non_2xx"] + via["socket_errors"]
+        figures["bare_forwarder_rps"] = _bare_forwarder_rps(nginx.port, wrk_seconds)
+        figures["bare_forwarder_ratio"] = figures["bare_forwarder_rps"] / figures["direct_rps"]
         failed = 0.0
         for path, body in (("result", RESULT_BODY), ("create", CREATE_BODY)):
             plain = _paced(f"{direct}/async/speech/{path}", body, rate, seconds)

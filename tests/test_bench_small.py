@@ -108,6 +108,7 @@ def test_simulator_throughput_small(tmp_path):
 def test_proxy_small(tmp_path):
     figures = p.proxy(tmp_path, seconds=2, rate=100, wrk_seconds=1)
     assert figures["proxy_rps"] > 0 and figures["direct_rps"] > 0 and figures["rps_ratio"] > 0
+    assert figures["bare_forwarder_rps"] > 0 and figures["bare_forwarder_ratio"] > 0
     assert figures["paced_failures"] == 0 and figures["wrk_errors"] == 0
     assert figures["creates_tracked"] > 0 and figures["create_proxy_p99_ms"] > 0
 

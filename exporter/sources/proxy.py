@@ -28,17 +28,13 @@ from yarl import URL
 from exporter.api.ids import is_uuid4, normalise
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
+from exporter.sources.proxy_fast import Client, close_idle
+from exporter.sources.proxy_upstream import Pools
+from exporter.sources.proxy_wire import GROUP_HEADER, HOP_BY_HOP, OBSERVED_PATH, SMALL_BODY
 
 log = logging.getLogger("distribute.proxy")
 
-GROUP_HEADER = "X-Distribute-Group"
-# RFC 9110 7.6.1: hop-by-hop fields, never forwarded (plus those the Connection field names, and
-# Expect: the listener has answered any 100-continue itself). Host is set from the upstream's URL.
-HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade",
-                        "proxy-connection", "proxy-authenticate", "proxy-authorization", "expect"})
-_OBSERVED_PATH = re.compile(r"^/async/(chat|images|speech)/(create|result)$")
 _GROUP = re.compile(r"^[\x21-\x7e][\x20-\x7e]{0,127}$")  # printable ASCII: a label value
-SMALL_BODY = 64 * 1024  # bodies up to this size (announced by Content-Length) are read whole and sent in one piece
 SHUTDOWN_SECONDS = 2.0  # in-flight requests get this long to finish at shutdown
 _REQUEST_DROP = frozenset({"host", GROUP_HEADER.lower()})
 
@@ -116,7 +112,7 @@ def _json_field(body: bytes | None, name: str) -> Any:
     return data.get(name) if isinstance(data, dict) else None
 
 
-def _target(request: web.Request) -> str:
+def _target(request: web.BaseRequest) -> str:
     """The path and query to ask the API for. An absolute-form target (RFC 9112 3.2.2: a client
     told to use this listener as its HTTP proxy) names a host: only its path and query are used,
     the API is always `api.base_url`, never a host the request names."""
@@ -124,11 +120,10 @@ def _target(request: web.Request) -> str:
     return target if target.startswith("/") else request.rel_url.raw_path_qs
 
 
-def _readable(body: bytes, headers: CIMultiDictProxy[str], limit: int) -> bytes | None:
+def _readable(body: bytes, encoding: str, limit: int) -> bytes | None:
     """The answer as the hooks read it: inflated when the API compressed it (the application asked
     for gzip, as most HTTP libraries do); None when it cannot be read within `limit` bytes. The
     application always gets the bytes as the API sent them."""
-    encoding = headers.get("Content-Encoding", "identity").strip().lower()
     if encoding == "identity":
         return body
     if encoding not in ("gzip", "x-gzip", "deflate"):
@@ -157,7 +152,11 @@ class Proxy:
         self.base_url = base_url
         self.observe_max = observe_max
         self.port = 0
-        self._runner: web.AppRunner | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._fallback: web.Server | None = None
+        self._clients: set[Client] = set()
+        self._pools = Pools()
+        self._sweeper: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
@@ -167,28 +166,45 @@ class Proxy:
             connector=aiohttp.TCPConnector(limit=1024, limit_per_host=0, ttl_dns_cache=60),
             auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar(), timeout=aiohttp.ClientTimeout(total=None),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
-        app = web.Application(client_max_size=0)
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=False,
-                                     shutdown_timeout=SHUTDOWN_SECONDS, max_line_size=65536,
-                                     max_field_size=65536)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=ssl_context)
-        await site.start()
-        server = site._server
-        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
+        # The aiohttp path, for connections the fast path hands over (proxy_fast.py). No request
+        # body is decompressed: the bytes forwarded are the bytes received.
+        self._fallback = web.Server(self.handle, handler_cancellation=False, access_log=None, max_line_size=65536,
+                                    max_field_size=65536, auto_decompress=False)
+        fallback = self._fallback
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: Client(self, self._pools, fallback, self._clients), host, port, ssl=ssl_context,
+            reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="proxy-idle")
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(15)
+            close_idle(self._clients)
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
+        """Stop listening; requests in flight get SHUTDOWN_SECONDS to finish (their answers go back
+        and are applied), then every connection is closed."""
+        if self._server is not None:
+            self._server.close()
+            deadline = time.monotonic() + SHUTDOWN_SECONDS
+            while any(c.busy for c in self._clients) and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            for client in list(self._clients):
+                client.close()
+        if self._fallback is not None:
+            await self._fallback.shutdown(SHUTDOWN_SECONDS)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._session is not None:
             await self._session.close()
+        self._pools.close()
 
     # -- one request ---------------------------------------------------------------------------------
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         started = time.monotonic()
         cfg = self.settings()
-        match = _OBSERVED_PATH.match(request.path) if request.method == "POST" else None
+        match = OBSERVED_PATH.match(request.path) if request.method == "POST" else None
         kind, endpoint = (match[1], match[2]) if match else ("", "other")
         length = request.content_length
         if length is not None and length > cfg.max_body_bytes:
@@ -240,8 +256,8 @@ class Proxy:
         # One immutable timeout object per setting, not one per request.
         return aiohttp.ClientTimeout(total=None, sock_read=seconds)
 
-    def _group(self, request: web.Request) -> str:
-        value = request.headers.get(GROUP_HEADER, "").strip()
+    def _group(self, value: str) -> str:
+        value = value.strip()
         return value if _GROUP.match(value) else self.settings().default_group
 
     def _fail(self, endpoint: str, status: int, reason: str, message: str) -> web.Response:
@@ -249,7 +265,7 @@ class Proxy:
         self.stats.answered(endpoint, str(status), None)
         return _failure(status, f"distribute-exporter proxy: {message}")
 
-    async def _whole(self, request: web.Request, upstream: aiohttp.ClientResponse, endpoint: str, kind: str,
+    async def _whole(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, endpoint: str, kind: str,
                      tee: _Tee, seconds: float) -> web.StreamResponse:
         """A small answer (and every 200 of a create): read it whole, let the hooks see it (a create's
         id is stored first), send the same bytes back in one piece."""
@@ -273,31 +289,36 @@ class Proxy:
         return web.Response(status=upstream.status, reason=upstream.reason, headers=forwardable(upstream.headers),
                             body=body)
 
-    async def _seen(self, request: web.Request, endpoint: str, kind: str, tee: _Tee, body: bytes,
+    async def _seen(self, request: web.BaseRequest, endpoint: str, kind: str, tee: _Tee, body: bytes,
                     headers: CIMultiDictProxy[str]) -> None:
-        """Let the hooks see a 200 answer of a create or result; never raises."""
-        readable = _readable(body, headers, self.observe_max)
+        await self.see(endpoint, kind, request.headers.get(GROUP_HEADER, ""), tee.kept(), body,
+                       headers.get("Content-Encoding", "identity").strip().lower())
+
+    async def see(self, endpoint: str, kind: str, group: str, request_body: bytes | None, answer: bytes,
+                  encoding: str) -> None:
+        """Let the hooks see a 200 answer of a create or result (both paths); never raises."""
+        readable = _readable(answer, encoding, self.observe_max)
         if readable is None:
             return
         try:
-            await self._tell_hooks(request, endpoint, kind, tee, readable)
+            await self._tell_hooks(endpoint, kind, self._group(group), request_body, readable)
         except Exception:  # the hooks promise not to raise; the answer goes back whatever they do
             self.stats.error("commit" if endpoint == "create" else "observe")
-            log.exception("proxy hook failed on %s /async/%s/%s", request.method, kind, endpoint)
+            log.exception("proxy hook failed on POST /async/%s/%s", kind, endpoint)
 
-    async def _tell_hooks(self, request: web.Request, endpoint: str, kind: str, tee: _Tee, body: bytes) -> None:
-        group = self._group(request)
+    async def _tell_hooks(self, endpoint: str, kind: str, group: str, request_body: bytes | None,
+                          body: bytes) -> None:
         if endpoint == "create":
-            job_id, model = _json_field(body, "id"), _json_field(tee.kept(), "model")
+            job_id, model = _json_field(body, "id"), _json_field(request_body, "model")
             if isinstance(job_id, str) and is_uuid4(job_id):
                 await self.hooks.created(normalise(job_id), kind, group,
                                          model[:128] if isinstance(model, str) and model else None)
             return
-        job_id = _json_field(tee.kept(), "id")
+        job_id = _json_field(request_body, "id")
         if isinstance(job_id, str) and is_uuid4(job_id):
             self.hooks.observed(normalise(job_id), kind, group, None, body)
 
-    async def _relay(self, request: web.Request, upstream: aiohttp.ClientResponse, endpoint: str,
+    async def _relay(self, request: web.BaseRequest, upstream: aiohttp.ClientResponse, endpoint: str,
                      seconds: float, first: bytes = b"",
                      observe: tuple[str, _Tee] | None = None) -> web.StreamResponse:
         """Stream the upstream's answer back as it is (the application may hang up on the way).

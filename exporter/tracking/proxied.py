@@ -126,12 +126,12 @@ class ProxiedJobs:
 
         Raises InvalidBody for an answer the exporter's own poll would not have used either.
         """
-        result = parse_result(body, kind)
         jobs = self.jobs
         job = jobs.open.get(job_id)
+        if job is None and (not track_untracked or job_id in self._settled or jobs.in_memory(job_id) is not None):
+            return None  # untracked by choice, or final already: counted once, by whoever saw it first
+        result = parse_result(body, kind)  # before tracking an id: an unusable answer tracks nothing
         if job is None:
-            if not track_untracked or job_id in self._settled or jobs.in_memory(job_id) is not None:
-                return None  # untracked by choice, or final already: counted once, by whoever saw it first
             accepted, _ = await jobs.track([job_id], kind, group, SOURCE, now)
             job = jobs.open.get(job_id) if accepted else None
             if job is None:

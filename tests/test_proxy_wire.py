@@ -1,0 +1,288 @@
+"""The proxy's fast path at the byte level: what it takes and what it leaves to aiohttp, the heads it
+writes, chunked bodies cut at every byte, and real exchanges with a scripted API over loopback
+(interim answers, trailers, answers framed by the connection's end, HEAD, pipelining, an API that
+breaks off, and a connection handed over to aiohttp halfway)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+
+from exporter.config import ProxyConfig
+from exporter.metrics.proxy import ProxyStats
+from exporter.sources.proxy import Proxy, ProxyHooks
+from exporter.sources.proxy_wire import SMALL_BODY, Chunked, ChunkError, parse_answer, parse_request, upstream_head
+
+# -- what the fast path takes ------------------------------------------------------------------------------
+
+
+def test_a_plain_request_is_taken_with_its_body_length_group_and_path():
+    request, size = parse_request(b"POST /async/chat/result?x=1 HTTP/1.1\r\nHost: p\r\nContent-Length: 12\r\n"
+                                  b"X-Distribute-Group:  team-a \r\nAuthorization: secret")
+    assert (request.method, request.path, size, request.group, request.close) == (
+        b"POST", "/async/chat/result?x=1", 12, "team-a", False)
+    absolute, _ = parse_request(b"GET http://elsewhere.example/v1/models?a=b HTTP/1.1\r\nHost: x")
+    assert absolute.path == "/v1/models?a=b"  # only its path and query: the API is always api.base_url
+    closing, _ = parse_request(b"GET / HTTP/1.1\r\nConnection: Close")
+    assert closing.close
+
+
+@pytest.mark.parametrize("head", [
+    b"GET / HTTP/1.0\r\nHost: x",                                     # HTTP/1.0: aiohttp's
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked",                  # a streamed body
+    b"POST / HTTP/1.1\r\nContent-Length: %d" % (SMALL_BODY + 1),       # a large one
+    b"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 3",
+    b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade",
+    b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3",      # repeated: smuggling's tool
+    b"POST / HTTP/1.1\r\nContent-Length: +3",
+    b"GET / HTTP/1.1\r\nX-A: 1\r\n folded",                            # obs-fold
+    b"GET / HTTP/1.1\r\nX-A: 1\nX-B: 2",                               # a bare LF
+    b"GET / HTTP/1.1\r\nX-A: a\x01b",                                  # a control character
+    b"GET / HTTP/1.1\r\nNo colon here",
+    b"GET  / HTTP/1.1",
+    b"GET * HTTP/1.1",
+])
+def test_anything_unusual_is_left_to_aiohttp(head):
+    assert parse_request(head) is None
+
+
+def test_the_head_sent_upstream_drops_hop_by_hop_fields_and_the_group_and_names_the_api():
+    request, _ = parse_request(b"POST /async/chat/create HTTP/1.1\r\nHost: proxy:9\r\nConnection: keep-alive, X-Private"
+                               b"\r\nX-Private: hop\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Authorization: Basic eA=="
+                               b"\r\nX-Distribute-Group: g\r\nauthorization: key\r\nX-Custom: Kept As Is\r\n"
+                               b"Via: 1.1 lb\r\nContent-Length: 2")
+    head = upstream_head(request, b"api.example:443", b"/base")
+    assert head == (b"POST /base/async/chat/create HTTP/1.1\r\nHost: api.example:443\r\nauthorization: key\r\n"
+                    b"X-Custom: Kept As Is\r\nVia: 1.1 lb\r\nContent-Length: 2\r\nVia: 1.1 distribute-exporter\r\n\r\n")
+
+
+# -- answers ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("head, method, framing, reusable", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5", b"POST", "length", True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5", b"HEAD", "none", True),
+    (b"HTTP/1.1 204 No Content", b"POST", "none", True),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9", b"GET", "none", True),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked", b"GET", "chunked", True),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip", b"GET", "close", False),
+    (b"HTTP/1.1 200 OK", b"GET", "close", False),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close", b"GET", "length", False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 5", b"GET", "length", False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\nConnection: keep-alive", b"GET", "length", True),
+])
+def test_an_answer_is_framed_as_http_says(head, method, framing, reusable):
+    answer = parse_answer(head, method)
+    assert (answer.framing, answer.reusable) == (framing, reusable)
+    assert answer.head.startswith(b"HTTP/1.1 ") and answer.head.endswith(b"\r\n\r\n")
+    assert (b"Connection: close\r\n" in answer.head) == (framing == "close")
+
+
+def test_the_answer_head_keeps_the_api_fields_and_drops_hop_by_hop_ones():
+    answer = parse_answer(b"HTTP/1.1 200 OK\r\nX-Upstream: yes\r\nConnection: keep-alive, X-Hop\r\nX-Hop: no\r\n"
+                          b"Keep-Alive: timeout=5\r\nContent-Encoding: GZIP\r\nContent-Length: 3", b"POST")
+    assert answer.head == (b"HTTP/1.1 200 OK\r\nX-Upstream: yes\r\nContent-Encoding: GZIP\r\nContent-Length: 3\r\n\r\n")
+    assert answer.encoding == "gzip"
+    assert parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4", b"GET") is None
+    assert parse_answer(b"HTTP/1.1 2000 OK", b"GET") is None
+    assert parse_answer(b"HTTP/1.1 103 Early Hints\r\nLink: </a>", b"GET").status == 103
+
+
+CHUNKED = (b"5;ext=1\r\nhello\r\n1A\r\n" + b"abcdefghijklmnopqrstuvwxyz" + b"\r\n0\r\nX-Trailer: t\r\n\r\n")
+
+
+def test_the_end_of_a_chunked_body_is_found_wherever_the_bytes_are_cut():
+    extra = b"HTTP/1.1 200 OK"  # what follows the body on the connection is not part of it
+    stream = CHUNKED + extra
+    for cut in range(len(stream) + 1):
+        for second_cut in (cut, (cut + len(stream)) // 2):
+            body = Chunked(1 << 20)
+            used_total, ended = 0, False
+            for piece in (stream[:cut], stream[cut:second_cut], stream[second_cut:]):
+                if ended or not piece:
+                    continue
+                used = body.feed(piece)
+                if used < 0:
+                    used_total += -1 - used
+                    ended = True
+                else:
+                    used_total += used
+            assert ended and used_total == len(CHUNKED), cut
+            assert body.decoded() == b"hello" + b"abcdefghijklmnopqrstuvwxyz"
+
+
+@pytest.mark.parametrize("bad", [b"zz\r\n", b"5\r\nhelloXY", b"5\nhello\r\n", b"1" * 9000])
+def test_a_broken_chunked_body_is_refused(bad):
+    with pytest.raises(ChunkError):
+        Chunked(0).feed(bad)
+
+
+def test_a_chunked_body_over_the_keep_bound_is_not_kept():
+    body = Chunked(4)
+    assert body.feed(CHUNKED) < 0 and body.decoded() is None
+
+
+# -- real exchanges over loopback -----------------------------------------------------------------------------
+
+SCRIPTS = {
+    # path: the answer's bytes, as the API would write them (in pieces: each piece one write)
+    "/interim": [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+    "/chunked": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n5\r\nhel",
+                 b"lo\r\n6\r\n world\r\n0\r\nX-T: 1\r\n", b"\r\n"],
+    "/until-close": [b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nall of ", b"it", None],
+    "/head": [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"],
+    "/cut": [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b", None],
+    "/no-head": [b"HTTP/1.1 200 O", None],
+    "/async/chat/result": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                           b"%x\r\n%s\r\n0\r\n\r\n"],
+}
+RESULT = json.dumps({"id": "0c2f5a34-8d7e-4b1a-a6f0-3e9d2c1b7a55", "status": "COMPLETED"}).encode()
+
+
+async def scripted_api(seen: list[bytes]) -> asyncio.AbstractServer:
+    """An API that answers each request with the pieces SCRIPTS names for its path (None: close)."""
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                seen.append(head)
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                body = await reader.readexactly(length)
+                if b"transfer-encoding: chunked" in head.lower():
+                    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+                        body += (await reader.readexactly(size + 2))[:-2]
+                    await reader.readuntil(b"\r\n")
+                path = head.split(b" ")[1].decode().split("?")[0]
+                for piece in SCRIPTS.get(path, [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body]):
+                    if piece is None:
+                        writer.close()
+                        return
+                    if path == "/async/chat/result" and b"%" in piece:
+                        piece = piece.replace(b"%x", b"%x" % len(RESULT)).replace(b"%s", RESULT)
+                    writer.write(piece)
+                    await writer.drain()
+                    await asyncio.sleep(0.01)  # separate packets: the proxy must join them
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    return await asyncio.start_server(serve, "127.0.0.1", 0)
+
+
+async def raw(port: int, data: bytes, until: bytes | None = None) -> bytes:
+    """Send `data` on one connection; read until `until` has arrived, or to the connection's end."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    got = b""
+    try:
+        while until is None or until not in got:
+            chunk = await asyncio.wait_for(reader.read(65536), 10)
+            if not chunk:
+                break
+            got += chunk
+    finally:
+        writer.close()
+    return got
+
+
+def exchanges(scenario) -> tuple[ProxyStats, list[bytes], list]:
+    observed: list = []
+
+    async def created(*args: object) -> None:
+        return None
+
+    async def run() -> tuple[ProxyStats, list[bytes]]:
+        seen: list[bytes] = []
+        api = await scripted_api(seen)
+        base = f"http://127.0.0.1:{api.sockets[0].getsockname()[1]}"
+        stats = ProxyStats()
+        proxy = Proxy(ProxyHooks(created, lambda *a: observed.append(a)), stats, ProxyConfig, lambda: base, 1 << 20)
+        await proxy.start("127.0.0.1", 0, None)
+        try:
+            await scenario(proxy.port)
+        finally:
+            await proxy.stop()
+            api.close()
+        return stats, seen
+
+    stats, seen = asyncio.run(run())
+    return stats, seen, observed
+
+
+def test_interim_trailers_until_close_and_head_answers_pass_and_the_connection_goes_on():
+    got: dict[str, bytes] = {}
+
+    async def scenario(port: int) -> None:
+        got["keep"] = await raw(port, b"GET /interim HTTP/1.1\r\nHost: p\r\n\r\nGET /chunked HTTP/1.1\r\nHost: p\r\n\r\n"
+                                      b"HEAD /head HTTP/1.1\r\nHost: p\r\n\r\nPOST /echo HTTP/1.1\r\nHost: p\r\n"
+                                      b"Content-Length: 4\r\n\r\nlast", until=b"last")
+        got["close"] = await raw(port, b"GET /until-close HTTP/1.1\r\nHost: p\r\n\r\n")
+        async with httpx.AsyncClient() as client:
+            answer = await client.get(f"http://127.0.0.1:{port}/chunked")
+            got["httpx"] = answer.content
+
+    stats, seen, _ = exchanges(scenario)
+    keep = got["keep"]
+    # Four answers on one connection, in order: the interim one dropped, the chunked one whole with
+    # its trailer, the HEAD without a body, the echo last.
+    assert keep.count(b"HTTP/1.1 200 OK\r\n") == 4 and b"103" not in keep
+    assert b"5\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n" in keep
+    assert keep.index(b"Content-Length: 5\r\n\r\nHTTP/1.1 200 OK") > 0  # nothing after the HEAD's head
+    assert keep.endswith(b"Content-Length: 4\r\n\r\nlast")
+    assert got["close"].endswith(b"\r\n\r\nall of it") and b"Connection: close" in got["close"]
+    assert got["httpx"] == b"hello world"
+    assert sum(stats.requests.values()) == 6 and stats.errors[("upstream_body",)] == 0
+
+
+def test_an_api_that_breaks_off_cuts_the_answer_or_gives_502_and_nothing_is_retried():
+    got: dict[str, bytes] = {}
+
+    async def scenario(port: int) -> None:
+        got["cut"] = await raw(port, b"GET /cut HTTP/1.1\r\nHost: p\r\n\r\n")
+        got["no-head"] = await raw(port, b"GET /no-head HTTP/1.1\r\nHost: p\r\n\r\n", until=b"}")
+
+    stats, seen, _ = exchanges(scenario)
+    assert got["cut"].endswith(b"only ten b")  # the head was out: the connection is cut, short of 100 bytes
+    assert got["no-head"].startswith(b"HTTP/1.1 502 Bad Gateway") and b"message" in got["no-head"]
+    assert stats.errors[("upstream_body",)] == 1 and stats.errors[("connect",)] == 1
+    assert len(seen) == 2  # once each
+
+
+def test_a_connection_handed_to_aiohttp_halfway_keeps_working_and_a_chunked_result_is_observed():
+    got: dict[str, bytes] = {}
+
+    async def scenario(port: int) -> None:
+        # A fast-path request, then a chunked one (aiohttp's) on the same connection, then a result.
+        got["both"] = await raw(port, b"POST /first HTTP/1.1\r\nHost: p\r\nContent-Length: 5\r\n\r\nfirst"
+                                      b"POST /second HTTP/1.1\r\nHost: p\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                      b"6\r\nsecond\r\n0\r\n\r\n", until=b"second")
+        body = json.dumps({"id": "0c2f5a34-8d7e-4b1a-a6f0-3e9d2c1b7a55"}).encode()
+        got["result"] = await raw(port, b"POST /async/chat/result HTTP/1.1\r\nHost: p\r\nX-Distribute-Group: gr\r\n"
+                                        b"Content-Length: %d\r\n\r\n%s" % (len(body), body), until=b"0\r\n\r\n")
+
+    stats, seen, observed = exchanges(scenario)
+    assert got["both"].count(b"HTTP/1.1 200") == 2 and got["both"].endswith(b"second")
+    assert b"\r\n\r\n" + RESULT in got["result"].replace(b"%x\r\n" % len(RESULT), b"")
+    assert [o[:3] for o in observed] == [("0c2f5a34-8d7e-4b1a-a6f0-3e9d2c1b7a55", "chat", "gr")]
+    assert json.loads(observed[0][4]) == json.loads(RESULT)  # the body as the hooks read it: decoded
+    assert not any(b"x-distribute-group" in s.lower() for s in seen)
+
+
+def test_keep_alive_connections_idle_too_long_are_closed_and_busy_ones_kept():
+    from exporter.sources import proxy_fast
+    from exporter.sources.proxy_wire import CLIENT_IDLE_SECONDS
+
+    class Stub:
+        def __init__(self, busy: bool, idle: float) -> None:
+            self.busy, self.last_active, self.closed = busy, proxy_fast.time.monotonic() - idle, False
+
+        def close(self) -> None:
+            self.closed = True
+
+    clients = [Stub(False, CLIENT_IDLE_SECONDS + 1), Stub(True, CLIENT_IDLE_SECONDS + 1), Stub(False, 1)]
+    proxy_fast.close_idle(set(clients))  # type: ignore[arg-type]
+    assert [c.closed for c in clients] == [True, False, False]
