@@ -71,7 +71,8 @@ class Pool:
         self.idle: list[Upstream] = []
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
 
-    async def connection(self) -> Upstream:
+    async def connection(self, timeout: float) -> Upstream:
+        """An idle connection, or a new one within `timeout` seconds (TimeoutError, OSError)."""
         now = time.monotonic()
         while self.idle:
             conn = self.idle.pop()
@@ -79,8 +80,9 @@ class Pool:
                 return conn
             conn.close()
         loop = asyncio.get_running_loop()
-        _, conn = await loop.create_connection(Upstream, self.host, self.port, ssl=self._ssl,
-                                               server_hostname=self.host if self.tls else None)
+        async with asyncio.timeout(timeout):
+            _, conn = await loop.create_connection(Upstream, self.host, self.port, ssl=self._ssl,
+                                                   server_hostname=self.host if self.tls else None)
         return conn
 
     def give_back(self, conn: Upstream) -> None:
