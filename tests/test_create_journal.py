@@ -131,3 +131,52 @@ def test_fsync_creates_waits_for_an_fsync_of_the_journal(tmp_path, monkeypatch):
             store.shutdown()
 
     asyncio.run(scenario())
+
+
+def test_a_create_appended_while_a_flush_writes_is_kept_until_a_flush_covers_it(tmp_path):
+    """The flush deletes only the segments its batch covers: a create journaled while its batch was
+    being written is in a newer segment, which must outlive that flush (and a crash right after)."""
+    path = str(tmp_path / "state.db")
+
+    async def scenario() -> None:
+        store, jobs = await opened(path)
+        proxied = ProxiedJobs(jobs, lambda: False)
+        proxied.store_created(IDS[0], "chat", "g", None, 10.0, 15.0)
+        writing, release = asyncio.Event(), asyncio.Event()
+        real = store.write_durably
+
+        async def slow_write(batch):  # type: ignore[no-untyped-def]
+            writing.set()
+            await release.wait()
+            await real(batch)
+
+        store.write_durably = slow_write  # type: ignore[method-assign]
+        flush = asyncio.create_task(jobs.flush())
+        await writing.wait()
+        proxied.store_created(IDS[1], "chat", "g", None, 10.0, 15.0)  # while the batch is written
+        release.set()
+        await flush
+        assert segments(tmp_path) == ["state.db-creates.2"]
+        store.shutdown()  # a crash: no further flush
+        store, jobs = await opened(path)
+        try:
+            assert sorted(jobs.open) == sorted(IDS[:2])
+        finally:
+            store.shutdown()
+
+    asyncio.run(scenario())
+
+
+def test_an_fsync_taken_before_a_segment_is_retired_still_succeeds(tmp_path):
+    """The fsync runs on a thread while the loop may retire (close) the segment: it works on
+    descriptors of its own, so it neither fails nor touches a file that reused the number."""
+    journal = CreateJournal(str(tmp_path / "state.db"))
+    journal.append(entry(IDS[0]))
+    sync = journal.syncer()
+    journal.retire(journal.rotate())
+    reused = os.open(tmp_path / "other", os.O_WRONLY | os.O_CREAT)  # may take the closed number
+    try:
+        sync()  # raised EBADF or EINVAL when it used the segment's own descriptor
+    finally:
+        os.close(reused)
+    assert segments(tmp_path) == []

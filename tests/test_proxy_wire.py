@@ -44,6 +44,10 @@ def test_a_plain_request_is_taken_with_its_body_length_group_and_path():
     b"GET / HTTP/1.1\r\nNo colon here",
     b"GET  / HTTP/1.1",
     b"GET * HTTP/1.1",
+    # a framing field named by Connection would be dropped while the body still went: the API would
+    # read the body as the next request on a pooled connection (smuggling)
+    b"POST / HTTP/1.1\r\nConnection: Content-Length\r\nContent-Length: 5",
+    b"GET / HTTP/1.1\r\nConnection: close, host\r\nHost: x",
 ])
 def test_anything_unusual_is_left_to_aiohttp(head):
     assert parse_request(head) is None
@@ -89,6 +93,9 @@ def test_the_answer_head_keeps_the_api_fields_and_drops_hop_by_hop_ones():
     assert parse_answer(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4", b"GET") is None
     assert parse_answer(b"HTTP/1.1 2000 OK", b"GET") is None
     assert parse_answer(b"HTTP/1.1 103 Early Hints\r\nLink: </a>", b"GET").status == 103
+    # The answer's own framing goes on with its body, even when Connection names it.
+    named = parse_answer(b"HTTP/1.1 200 OK\r\nConnection: Content-Length\r\nContent-Length: 3", b"GET")
+    assert b"Content-Length: 3\r\n" in named.head and named.framing == "length"
 
 
 CHUNKED = (b"5;ext=1\r\nhello\r\n1A\r\n" + b"abcdefghijklmnopqrstuvwxyz" + b"\r\n0\r\nX-Trailer: t\r\n\r\n")
@@ -114,7 +121,8 @@ def test_the_end_of_a_chunked_body_is_found_wherever_the_bytes_are_cut():
             assert body.decoded() == b"hello" + b"abcdefghijklmnopqrstuvwxyz"
 
 
-@pytest.mark.parametrize("bad", [b"zz\r\n", b"5\r\nhelloXY", b"5\nhello\r\n", b"1" * 9000])
+@pytest.mark.parametrize("bad", [b"zz\r\n", b"5\r\nhelloXY", b"5\nhello\r\n", b"1" * 9000, b"0x5\r\n", b"-5\r\n",
+                                 b"+5\r\n", b"5_0\r\n"])
 def test_a_broken_chunked_body_is_refused(bad):
     with pytest.raises(ChunkError):
         Chunked(0).feed(bad)
@@ -136,6 +144,8 @@ SCRIPTS = {
     "/head": [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"],
     "/cut": [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b", None],
     "/no-head": [b"HTTP/1.1 200 O", None],
+    "/empty": [b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
+    "/large": [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (8 << 20), b"x" * (8 << 20)],
     "/async/chat/result": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
                            b"%x\r\n%s\r\n0\r\n\r\n"],
 }
@@ -189,7 +199,7 @@ async def raw(port: int, data: bytes, until: bytes | None = None) -> bytes:
     return got
 
 
-def exchanges(scenario) -> tuple[ProxyStats, list[bytes], list]:
+def exchanges(scenario, timeout: float = 60.0) -> tuple[ProxyStats, list[bytes], list]:
     observed: list = []
 
     async def created(*args: object) -> None:
@@ -200,7 +210,8 @@ def exchanges(scenario) -> tuple[ProxyStats, list[bytes], list]:
         api = await scripted_api(seen)
         base = f"http://127.0.0.1:{api.sockets[0].getsockname()[1]}"
         stats = ProxyStats()
-        proxy = Proxy(ProxyHooks(created, lambda *a: observed.append(a)), stats, ProxyConfig, lambda: base, 1 << 20)
+        proxy = Proxy(ProxyHooks(created, lambda *a: observed.append(a)), stats,
+                      lambda: ProxyConfig(timeout_seconds=timeout), lambda: base, 1 << 20)
         await proxy.start("127.0.0.1", 0, None)
         try:
             await scenario(proxy.port)
@@ -286,3 +297,73 @@ def test_keep_alive_connections_idle_too_long_are_closed_and_busy_ones_kept():
     clients = [Stub(False, CLIENT_IDLE_SECONDS + 1), Stub(True, CLIENT_IDLE_SECONDS + 1), Stub(False, 1)]
     proxy_fast.close_idle(set(clients))  # type: ignore[arg-type]
     assert [c.closed for c in clients] == [True, False, False]
+
+
+def test_an_empty_answer_ends_at_once_and_the_connection_goes_on():
+    got: dict[str, float] = {}
+
+    async def scenario(port: int) -> None:
+        started = asyncio.get_running_loop().time()
+        answers = await raw(port, b"GET /empty HTTP/1.1\r\nHost: p\r\n\r\nPOST /echo HTTP/1.1\r\nHost: p\r\n"
+                                  b"Content-Length: 4\r\n\r\nnext", until=b"next")
+        got["seconds"] = asyncio.get_running_loop().time() - started
+        got["answers"] = answers.count(b"HTTP/1.1 200 OK")  # type: ignore[assignment]
+
+    stats, _, _ = exchanges(scenario, timeout=5)
+    # Both answered long before the 5 s timeout that an unfinished empty answer would have waited for.
+    assert got["answers"] == 2 and got["seconds"] < 4
+    assert stats.errors[("timeout",)] == 0 and stats.errors[("upstream_body",)] == 0
+
+
+def test_an_application_reading_slowly_gets_the_whole_answer_and_the_api_connection_is_not_pooled_paused():
+    """8 MiB through an application that stops reading for longer than proxy.timeout_seconds: the
+    proxy stops reading the API meanwhile (flow control), which is not the API's silence; afterwards
+    the same API connection serves the next request at once."""
+    got: dict[str, object] = {}
+
+    async def scenario(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=1 << 16)
+        writer.transport.set_write_buffer_limits(0)
+        writer.write(b"GET /large HTTP/1.1\r\nHost: p\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        writer.transport.pause_reading()
+        await asyncio.sleep(2.5)  # longer than the 1 s timeout, with the proxy's reads paused
+        writer.transport.resume_reading()
+        body = await asyncio.wait_for(reader.readexactly(8 << 20), 30)
+        got["whole"] = head.startswith(b"HTTP/1.1 200") and body == b"x" * (8 << 20)
+        started = asyncio.get_running_loop().time()
+        got["next"] = await raw(port, b"POST /echo HTTP/1.1\r\nHost: p\r\nContent-Length: 4\r\n\r\nnext",
+                                until=b"next")
+        got["next_seconds"] = asyncio.get_running_loop().time() - started
+        writer.close()
+
+    stats, seen, _ = exchanges(scenario, timeout=1)
+    assert got["whole"] is True
+    assert got["next"].startswith(b"HTTP/1.1 200 OK") and got["next_seconds"] < 0.9  # type: ignore[union-attr,operator]
+    assert stats.errors[("upstream_body",)] == 0 and stats.errors[("timeout",)] == 0
+
+
+def test_a_connection_paused_for_a_slow_application_is_resumed_before_it_is_pooled():
+    """The read that ends an answer may be the one that pauses the API connection (the application's
+    buffer just filled): pooled paused, the next request on it would wait for a read that never comes."""
+    from exporter.sources.proxy_upstream import Pool, Upstream
+
+    class Transport:
+        reading = True
+
+        def pause_reading(self) -> None:
+            self.reading = False
+
+        def resume_reading(self) -> None:
+            self.reading = True
+
+        def close(self) -> None:
+            pass
+
+    conn = Upstream()
+    conn.connection_made(Transport())  # type: ignore[arg-type]
+    conn.pause()
+    assert conn.transport.reading is False  # type: ignore[union-attr]
+    pool = Pool("http://127.0.0.1:9")
+    pool.give_back(conn)
+    assert pool.idle == [conn] and not conn.paused and conn.transport.reading is True  # type: ignore[union-attr]

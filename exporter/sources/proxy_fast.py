@@ -99,8 +99,8 @@ class Exchange:
         if answer.framing == "chunked":
             self.chunked = Chunked(self.keep)
         self._out(answer.head)
-        if answer.framing == "none":
-            self._end(answer.reusable)
+        if answer.framing == "none" or answer.framing == "length" and not self.left:
+            self._end(answer.reusable)  # nothing more to come: the next read may never happen
         return rest
 
     def _body(self, data: bytes) -> None:
@@ -205,6 +205,7 @@ class Client(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self.last_active = time.monotonic()  # not idle while a request arrives
         if not self.busy:
             self._next()
         elif len(self.buffer) > MAX_HEAD + SMALL_BODY and self.transport is not None:
@@ -323,7 +324,9 @@ class Client(asyncio.Protocol):
         (the application's connection is cut: the answer's head may be out already)."""
         while not exchange.done.done():
             await asyncio.wait((exchange.done,), timeout=timeout)
-            if not exchange.done.done() and time.monotonic() - exchange.last_data >= timeout:
+            # Silence counts only while the proxy reads: a paused read waits for the application.
+            if (not exchange.done.done() and not exchange.upstream.paused
+                    and time.monotonic() - exchange.last_data >= timeout):
                 exchange.upstream.close()
                 break
         return exchange.done.done() and not exchange.broken
@@ -347,12 +350,13 @@ class Client(asyncio.Protocol):
         self.transport.write(data)
 
     def pause_writing(self) -> None:
-        if self.exchange is not None and self.exchange.upstream.transport is not None:
-            self.exchange.upstream.transport.pause_reading()
+        if self.exchange is not None:
+            self.exchange.upstream.pause()
 
     def resume_writing(self) -> None:
-        if self.exchange is not None and self.exchange.upstream.transport is not None:
-            self.exchange.upstream.transport.resume_reading()
+        if self.exchange is not None:
+            self.exchange.last_data = time.monotonic()  # the wait was the application's, not the API's
+            self.exchange.upstream.resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

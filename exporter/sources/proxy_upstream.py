@@ -27,6 +27,7 @@ class Upstream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.exchange: AnswerReader | None = None
         self.closed = False
+        self.paused = False  # reading held back by the application's flow control (pause/resume)
         self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -52,6 +53,18 @@ class Upstream(asyncio.Protocol):
     def pause_writing(self) -> None:  # only small bodies go this way: nothing to hold back
         pass
 
+    def pause(self) -> None:
+        """Stop reading the API's answer while the application reads slowly (flow control)."""
+        if not self.paused and self.transport is not None and not self.closed:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.transport is not None and not self.closed:
+                self.transport.resume_reading()
+
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
@@ -69,6 +82,7 @@ class Pool:
         self.host_header = parts.netloc.rsplit("@", 1)[-1].encode("idna")
         self.prefix = parts.path.rstrip("/").encode("latin-1")
         self.idle: list[Upstream] = []
+        self.closed = False  # a pool replaced after api.base_url changed: what comes back is closed
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
 
     async def connection(self, timeout: float) -> Upstream:
@@ -86,13 +100,15 @@ class Pool:
         return conn
 
     def give_back(self, conn: Upstream) -> None:
-        if conn.closed or len(self.idle) >= POOL_IDLE_MAX:
+        conn.resume()  # an answer may have ended while the application was slow: never pool it paused
+        if conn.closed or self.closed or len(self.idle) >= POOL_IDLE_MAX:
             conn.close()
             return
         conn.idle_since = time.monotonic()
         self.idle.append(conn)
 
     def close(self) -> None:
+        self.closed = True
         for conn in self.idle:
             conn.close()
         self.idle.clear()

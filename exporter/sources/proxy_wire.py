@@ -33,6 +33,8 @@ _FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^
 _HAND_OVER = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 _DROP_REQUEST = frozenset(n.encode() for n in HOP_BY_HOP) | {b"host", GROUP_HEADER.lower().encode()}
 _DROP_ANSWER = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te"})
+_FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})  # never dropped as hop-by-hop
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
 
 
 @dataclass(slots=True)
@@ -82,14 +84,14 @@ def parse_request(head: bytes) -> tuple[Request, int] | None:
             group = value
         fields.append((name, value))
     size = int(length) if length is not None else 0
-    if size > SMALL_BODY:
-        return None
+    named = _named(fields)
+    if size > SMALL_BODY or named & _FRAMING:
+        return None  # a framing field named hop-by-hop would be dropped while its body went on: aiohttp's
     target = first.group(2)
     if not target.startswith(b"/"):  # absolute form (RFC 9112 3.2.2): only its path and query are used
         parts = urlsplit(target.decode("latin-1"))
         target = ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
-    return Request(first.group(1), target.decode("latin-1"), fields, b"", group.decode("latin-1"),
-                    _named(fields)), size
+    return Request(first.group(1), target.decode("latin-1"), fields, b"", group.decode("latin-1"), named), size
 
 
 def upstream_head(request: Request, host: bytes, prefix: bytes) -> bytes:
@@ -148,7 +150,7 @@ def parse_answer(head: bytes, method: bytes) -> Answer | None:
         elif lower == b"content-encoding":
             encoding = value.strip().lower()
         fields.append((name, value))
-    named = _named(fields)
+    named = _named(fields) - _FRAMING  # the answer's own framing is passed on with its body
     reusable = b"close" not in named and (lines[0].startswith(b"HTTP/1.1") or b"keep-alive" in named)
     if method == b"HEAD" or status in (204, 304) or status < 200:
         framing = "none"
@@ -242,10 +244,9 @@ class Chunked:
         if self.state == "trailer":
             return line == b"\r\n"
         size = line[:-2].split(b";", 1)[0].strip()
-        try:
-            self.left = int(size, 16)
-        except ValueError:
-            raise ChunkError("bad chunk size") from None
+        if not _HEX.fullmatch(size):
+            raise ChunkError("bad chunk size")
+        self.left = int(size, 16)
         self.state = "data" if self.left else "trailer"
         return False
 

@@ -22,6 +22,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from typing import Callable
 
 from exporter.tracking.job import Job
 from exporter.tracking.store import StateStore
@@ -116,22 +117,30 @@ class CreateJournal:
         self._open_fds[self._number] = fd
         self._new_segment = True
 
-    def sync(self) -> None:
-        """fsync what was appended (proxy.fsync_creates), and the directory entry of a new segment.
-        Runs on a thread; a segment retired meanwhile needs none (its rows are durable)."""
-        for number, fd in list(self._open_fds.items()):
+    def syncer(self) -> Callable[[], None]:
+        """What fsyncs everything appended so far (proxy.fsync_creates), and the directory entry of a
+        new segment: taken on the event loop, run on a thread. It works on duplicates of the
+        descriptors, so a segment retired (closed) meanwhile cannot turn into another file."""
+        fds = [os.dup(fd) for fd in self._open_fds.values()]
+        directory, self._new_segment = self._new_segment, False
+
+        def run() -> None:
             try:
-                os.fdatasync(fd)
-            except OSError as exc:
-                if exc.errno != errno.EBADF or number in self._open_fds:
-                    raise
-        if self._new_segment:
-            self._new_segment = False
-            directory = os.open(os.path.dirname(os.path.abspath(self.prefix)), os.O_RDONLY)
-            try:
-                os.fsync(directory)
+                for fd in fds:
+                    os.fdatasync(fd)
+                if directory:
+                    handle = os.open(os.path.dirname(os.path.abspath(self.prefix)), os.O_RDONLY)
+                    try:
+                        os.fsync(handle)
+                    finally:
+                        os.close(handle)
+            except OSError:
+                self._new_segment = self._new_segment or directory  # the next fsync tries again
+                raise
             finally:
-                os.close(directory)
+                for fd in fds:
+                    os.close(fd)
+        return run
 
     # -- the flush's two steps -------------------------------------------------------------------------
     def rotate(self) -> int:

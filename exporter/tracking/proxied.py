@@ -117,7 +117,7 @@ class ProxiedJobs:
             await self._syncs.add(None)
 
     async def _sync(self, _waiting: list[None]) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.jobs.journal.sync)
+        await asyncio.get_running_loop().run_in_executor(None, self.jobs.journal.syncer())
 
     async def apply_observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes,
                              now: float, track_untracked: bool) -> Job | None:
