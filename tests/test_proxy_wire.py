@@ -144,6 +144,9 @@ SCRIPTS = {
     "/head": [b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"],
     "/cut": [b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b", None],
     "/no-head": [b"HTTP/1.1 200 O", None],
+    "/stall": [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", b""],  # b"": silence
+    "/stream": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"] + [b"4\r\ndata\r\n"] * 300,
+    "/async/speech/create": [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (2 << 20), b"y" * (2 << 20)],
     "/empty": [b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"],
     "/large": [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (8 << 20), b"x" * (8 << 20)],
     "/async/chat/result": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
@@ -156,6 +159,7 @@ async def scripted_api(seen: list[bytes]) -> asyncio.AbstractServer:
     """An API that answers each request with the pieces SCRIPTS names for its path (None: close)."""
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        served = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -168,12 +172,22 @@ async def scripted_api(seen: list[bytes]) -> asyncio.AbstractServer:
                         body += (await reader.readexactly(size + 2))[:-2]
                     await reader.readuntil(b"\r\n")
                 path = head.split(b" ")[1].decode().split("?")[0]
-                for piece in SCRIPTS.get(path, [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body]):
+                served += 1
+                if path == "/once-per-connection" and served > 1:
+                    writer.close()  # as an API closing a keep-alive connection just as it is reused
+                    return
+                for number, piece in enumerate(SCRIPTS.get(path, [b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body])):
+                    if piece == b"":
+                        await asyncio.sleep(30)
                     if piece is None:
                         writer.close()
                         return
                     if path == "/async/chat/result" and b"%" in piece:
                         piece = piece.replace(b"%x", b"%x" % len(RESULT)).replace(b"%s", RESULT)
+                    if writer.is_closing() or reader.at_eof():
+                        seen.append(b"cut after %d" % number)  # the proxy let the connection go
+                        writer.close()
+                        return
                     writer.write(piece)
                     await writer.drain()
                     await asyncio.sleep(0.01)  # separate packets: the proxy must join them
@@ -284,18 +298,18 @@ def test_a_connection_handed_to_aiohttp_halfway_keeps_working_and_a_chunked_resu
 
 
 def test_keep_alive_connections_idle_too_long_are_closed_and_busy_ones_kept():
-    from exporter.sources import proxy_fast
+    from exporter.sources import proxy as proxy_module
     from exporter.sources.proxy_wire import CLIENT_IDLE_SECONDS
 
     class Stub:
         def __init__(self, busy: bool, idle: float) -> None:
-            self.busy, self.last_active, self.closed = busy, proxy_fast.time.monotonic() - idle, False
+            self.busy, self.last_active, self.closed = busy, proxy_module.time.monotonic() - idle, False
 
         def close(self) -> None:
             self.closed = True
 
     clients = [Stub(False, CLIENT_IDLE_SECONDS + 1), Stub(True, CLIENT_IDLE_SECONDS + 1), Stub(False, 1)]
-    proxy_fast.close_idle(set(clients))  # type: ignore[arg-type]
+    proxy_module.close_idle(set(clients))  # type: ignore[arg-type]
     assert [c.closed for c in clients] == [True, False, False]
 
 
@@ -367,3 +381,55 @@ def test_a_connection_paused_for_a_slow_application_is_resumed_before_it_is_pool
     pool = Pool("http://127.0.0.1:9")
     pool.give_back(conn)
     assert pool.idle == [conn] and not conn.paused and conn.transport.reading is True  # type: ignore[union-attr]
+
+
+def test_an_application_that_hangs_up_mid_answer_lets_the_api_go_and_a_silent_api_is_cut_after_the_timeout():
+    got: dict[str, object] = {}
+
+    async def scenario(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /stream HTTP/1.1\r\nHost: p\r\n\r\n")
+        await reader.readuntil(b"data")
+        writer.close()  # the application leaves after the first chunk (an SDK closing its stream)
+        await asyncio.sleep(1.0)
+        started = asyncio.get_running_loop().time()
+        got["stall"] = await raw(port, b"GET /stall HTTP/1.1\r\nHost: p\r\n\r\n")
+        got["stall_seconds"] = asyncio.get_running_loop().time() - started
+
+    stats, seen, _ = exchanges(scenario, timeout=1)
+    cut = [s for s in seen if s.startswith(b"cut after")]
+    assert cut and int(cut[0].split()[-1]) < 200, cut  # not all 300 chunks were produced for nobody
+    assert stats.errors[("client",)] == 1
+    # Silence is measured from the API's last byte: cut one timeout later, not up to two.
+    assert got["stall"].endswith(b"half") and 0.9 <= got["stall_seconds"] < 1.6  # type: ignore[union-attr,operator]
+    assert stats.errors[("upstream_body",)] == 1
+
+
+def test_a_pooled_connection_the_api_closed_is_retried_for_a_get_but_never_for_a_post():
+    got: dict[str, bytes] = {}
+
+    async def scenario(port: int) -> None:
+        for name, method in (("get1", b"GET"), ("get2", b"GET"), ("post1", b"POST"), ("post2", b"POST")):
+            got[name] = await raw(port, method + b" /once-per-connection HTTP/1.1\r\nHost: p\r\nContent-Length: 2"
+                                  b"\r\n\r\nhi", until=b"\r\n\r\n")
+
+    stats, seen, _ = exchanges(scenario)
+    assert got["get1"].startswith(b"HTTP/1.1 200") and got["get2"].startswith(b"HTTP/1.1 200")
+    # The GET's second connection was pooled; the API closes it as the POST goes out on it: a POST
+    # (a create) is never sent twice, the application gets the 502 and decides.
+    assert got["post1"].startswith(b"HTTP/1.1 502") and got["post2"].startswith(b"HTTP/1.1 200")
+    assert stats.errors[("connect",)] == 1
+    assert sum(1 for s in seen if s.startswith(b"POST")) == 2  # the first POST was sent once
+
+
+def test_a_create_answer_too_long_to_hold_is_streamed_and_counted():
+    got: dict[str, bytes] = {}
+
+    async def scenario(port: int) -> None:
+        got["create"] = await raw(port, b"POST /async/speech/create HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{}",
+                                  until=b"y" * 1000)
+        await asyncio.sleep(0.5)
+
+    stats, _, _ = exchanges(scenario)
+    assert got["create"].startswith(b"HTTP/1.1 200")
+    assert stats.requests[("create", "200")] == 1

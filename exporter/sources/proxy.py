@@ -28,9 +28,9 @@ from yarl import URL
 from exporter.api.ids import is_uuid4, normalise
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
-from exporter.sources.proxy_fast import Client, close_idle
+from exporter.sources.proxy_fast import Client
 from exporter.sources.proxy_upstream import Pools
-from exporter.sources.proxy_wire import GROUP_HEADER, HOP_BY_HOP, OBSERVED_PATH, SMALL_BODY
+from exporter.sources.proxy_wire import CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, OBSERVED_PATH, SMALL_BODY
 
 log = logging.getLogger("distribute.proxy")
 
@@ -134,6 +134,13 @@ def _readable(body: bytes, encoding: str, limit: int) -> bytes | None:
     except zlib.error:
         return None
     return data if inflater.eof and len(data) <= limit else None
+
+
+def close_idle(connections: set[Client]) -> None:
+    """Close keep-alive connections from applications that sent nothing for CLIENT_IDLE_SECONDS."""
+    now = time.monotonic()
+    for client in [c for c in connections if not c.busy and now - c.last_active > CLIENT_IDLE_SECONDS]:
+        client.close()
 
 
 def _failure(status: int, message: str) -> web.Response:

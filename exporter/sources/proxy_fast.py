@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
 from exporter.sources.proxy_upstream import Pool, Upstream
-from exporter.sources.proxy_wire import (CLIENT_IDLE_SECONDS, MAX_HEAD, OBSERVED_PATH, SMALL_BODY, Answer,
+from exporter.sources.proxy_wire import (MAX_HEAD, OBSERVED_PATH, SMALL_BODY, Answer,
                                          BoundedCopy, Chunked, ChunkError, Request, failure, parse_answer, parse_request, upstream_head)
 
 
@@ -38,6 +38,9 @@ class Forwarding(Protocol):
 
     async def see(self, endpoint: str, kind: str, group: str, request_body: bytes | None, answer: bytes,
                   encoding: str) -> None: ...
+
+
+_IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
 
 class Exchange:
@@ -58,11 +61,13 @@ class Exchange:
         self.held_size = 0
         self.kept: BoundedCopy | None = None
         self.last_data = time.monotonic()
+        self.got_bytes = False
         self.reusable = False
         self.broken = False
 
     def from_api(self, data: bytes) -> None:
         self.last_data = time.monotonic()
+        self.got_bytes = True
         if self.answer is None:
             self.buffer += data
             data = self._head()
@@ -198,6 +203,7 @@ class Client(asyncio.Protocol):
         self.closed = False
         self.last_active = time.monotonic()
         self.exchange: Exchange | None = None
+        self.write_paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -269,19 +275,30 @@ class Client(asyncio.Protocol):
         exchange: Exchange | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + cfg.timeout_seconds  # for the answer's head, connecting included
+        head = upstream_head(request, pool.host_header, pool.prefix) + request.body
         try:
-            upstream = await pool.connection(cfg.timeout_seconds)
-            exchange = Exchange(self, upstream, request.method, endpoint == "create",
-                                fwd.observe_max if endpoint != "other" else 0)
-            upstream.exchange = self.exchange = exchange
-            assert upstream.transport is not None
-            upstream.transport.write(upstream_head(request, pool.host_header, pool.prefix) + request.body)
-            # A timer rather than asyncio.timeout(): a tenth of this path's CPU went to the latter.
-            timer = loop.call_at(deadline, exchange.too_slow)
-            try:
-                await exchange.headed
-            finally:
-                timer.cancel()
+            for attempt in (1, 2):
+                upstream = await pool.connection(cfg.timeout_seconds, fresh=attempt == 2)
+                exchange = Exchange(self, upstream, request.method, endpoint == "create",
+                                    fwd.observe_max if endpoint != "other" else 0)
+                upstream.exchange = self.exchange = exchange
+                if self.write_paused:  # a pipelined request while the application still reads slowly
+                    upstream.pause()
+                assert upstream.transport is not None
+                upstream.transport.write(head)
+                # A timer rather than asyncio.timeout(): a tenth of this path's CPU went to the latter.
+                timer = loop.call_at(deadline, exchange.too_slow)
+                try:
+                    await exchange.headed
+                    break
+                except ConnectionError:
+                    # The API closed a pooled connection just as it was reused, before a byte came
+                    # back: an idempotent request is sent once more on a new one (as aiohttp does).
+                    if not (upstream.reused and not exchange.got_bytes and request.method in _IDEMPOTENT
+                            and attempt == 1 and not self.closed):
+                        raise
+                finally:
+                    timer.cancel()
         except TimeoutError:
             self.exchange = None
             if exchange is not None:
@@ -292,21 +309,25 @@ class Client(asyncio.Protocol):
             self.exchange = None
             if exchange is not None:
                 exchange.upstream.close()
+            if self.closed:
+                return True  # the application hung up (counted): the API connection was let go for it
             return self._fail(endpoint, 502, "Bad Gateway", "connect",
                               f"the API could not be reached ({type(exc).__name__})")
         answer = exchange.answer
         assert answer is not None
         seconds = time.monotonic() - started
-        if exchange.held is None:  # the head went back already
+        counted = exchange.held is None
+        if counted:  # the head went back already
             fwd.stats.answered(endpoint, str(answer.status), seconds)
         finished = await self._until_done(exchange, cfg.timeout_seconds)
         self.exchange = upstream.exchange = None
         if not finished:
             if exchange.held is None:
-                self.forwarding.stats.error("upstream_body")
+                if not self.closed:  # (an application that hung up was counted as such)
+                    self.forwarding.stats.error("upstream_body")
                 return True  # headers are out: a cut connection is the only signal left
             return self._fail(endpoint, 502, "Bad Gateway", "upstream_body", "the API broke off its answer")
-        if exchange.held is not None:
+        if not counted:
             fwd.stats.answered(endpoint, str(answer.status), seconds)
         if exchange.reusable and not exchange.broken:
             pool.give_back(upstream)
@@ -323,7 +344,9 @@ class Client(asyncio.Protocol):
         """Wait for the answer's end; False when the API stopped sending for `timeout` or broke off
         (the application's connection is cut: the answer's head may be out already)."""
         while not exchange.done.done():
-            await asyncio.wait((exchange.done,), timeout=timeout)
+            quiet = time.monotonic() - exchange.last_data
+            left = timeout if exchange.upstream.paused else max(timeout - quiet, 0.01)
+            await asyncio.wait((exchange.done,), timeout=left)
             # Silence counts only while the proxy reads: a paused read waits for the application.
             if (not exchange.done.done() and not exchange.upstream.paused
                     and time.monotonic() - exchange.last_data >= timeout):
@@ -350,10 +373,12 @@ class Client(asyncio.Protocol):
         self.transport.write(data)
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         if self.exchange is not None:
             self.exchange.upstream.pause()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         if self.exchange is not None:
             self.exchange.last_data = time.monotonic()  # the wait was the application's, not the API's
             self.exchange.upstream.resume()
@@ -363,16 +388,13 @@ class Client(asyncio.Protocol):
         self.connections.discard(self)
         if self.busy:
             self.forwarding.stats.error("client")  # the application hung up before its answer was out
-            self.resume_writing()  # the answer is read to its end all the same (a create's id is stored)
+            exchange = self.exchange
+            if exchange is not None and exchange.hold:
+                self.resume_writing()  # a create's answer is read to its end all the same: its id is stored
+            elif exchange is not None:
+                exchange.upstream.close()  # the API stops working (and billing) for nobody, as on aiohttp's path
 
     def close(self) -> None:
         self.closed = True
         if self.transport is not None:
             self.transport.close()
-
-
-def close_idle(connections: set[Client]) -> None:
-    """Close keep-alive connections from applications that sent nothing for CLIENT_IDLE_SECONDS."""
-    now = time.monotonic()
-    for client in [c for c in connections if not c.busy and now - c.last_active > CLIENT_IDLE_SECONDS]:
-        client.close()

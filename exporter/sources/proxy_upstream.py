@@ -28,6 +28,7 @@ class Upstream(asyncio.Protocol):
         self.exchange: AnswerReader | None = None
         self.closed = False
         self.paused = False  # reading held back by the application's flow control (pause/resume)
+        self.reused = False  # taken from the pool: the API may have closed it just now
         self.idle_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -85,12 +86,14 @@ class Pool:
         self.closed = False  # a pool replaced after api.base_url changed: what comes back is closed
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
 
-    async def connection(self, timeout: float) -> Upstream:
-        """An idle connection, or a new one within `timeout` seconds (TimeoutError, OSError)."""
+    async def connection(self, timeout: float, fresh: bool = False) -> Upstream:
+        """An idle connection (unless `fresh`), or a new one within `timeout` seconds (TimeoutError,
+        OSError)."""
         now = time.monotonic()
-        while self.idle:
+        while self.idle and not fresh:
             conn = self.idle.pop()
             if not conn.closed and now - conn.idle_since < UPSTREAM_IDLE_SECONDS:
+                conn.reused = True
                 return conn
             conn.close()
         loop = asyncio.get_running_loop()
