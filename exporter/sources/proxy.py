@@ -30,7 +30,8 @@ from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
 from exporter.sources.proxy_fast import Client
 from exporter.sources.proxy_upstream import Pools
-from exporter.sources.proxy_wire import CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, OBSERVED_PATH, SMALL_BODY
+from exporter.sources.proxy_wire import (CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, OBSERVED_PATH, SMALL_BODY,
+                                         BoundedCopy)
 
 log = logging.getLogger("distribute.proxy")
 
@@ -61,9 +62,9 @@ class _Tee:
     """Streams a body through, keeping a copy of it while it stays within `keep` bytes."""
 
     def __init__(self, content: aiohttp.StreamReader, limit: int, keep: int) -> None:
-        self.content, self.limit, self.keep = content, limit, keep
+        self.content, self.limit = content, limit
         self.size = 0
-        self.parts: list[bytes] | None = [] if keep else None
+        self.copy = BoundedCopy(keep)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         while True:
@@ -73,15 +74,11 @@ class _Tee:
             self.size += len(chunk)
             if self.size > self.limit:
                 raise BodyTooLarge()
-            if self.parts is not None:
-                if self.size <= self.keep:
-                    self.parts.append(chunk)
-                else:
-                    self.parts = None
+            self.copy.add(chunk)
             yield chunk
 
     def kept(self) -> bytes | None:
-        return b"".join(self.parts) if self.parts is not None else None
+        return self.copy.value()
 
 
 def _connection_named(headers: CIMultiDictProxy[str]) -> set[str]:
@@ -220,7 +217,7 @@ class Proxy:
         data: bytes | AsyncIterator[bytes] | None = None
         if length is not None and length <= SMALL_BODY:
             data = await request.read()  # small and whole: sent in one piece, no stream to drive
-            tee.parts = [data] if match else None
+            tee.copy.add(data)
         elif request.body_exists:
             data = tee.chunks()
         headers = forwardable(request.headers, _REQUEST_DROP)
@@ -333,18 +330,12 @@ class Proxy:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason,
                                       headers=forwardable(upstream.headers))
         self.stats.answered(endpoint, str(upstream.status), seconds)
-        kept: list[bytes] | None = [] if observe else None
-        size = 0
+        kept = BoundedCopy(self.observe_max if observe else 0)
         chunk = first
         if not await self._send(response.prepare(request)):
             return response
         while True:
-            if chunk and kept is not None:
-                size += len(chunk)
-                if size <= self.observe_max:
-                    kept.append(chunk)
-                else:
-                    kept = None  # too long to be read: the exporter's own poll covers the job
+            kept.add(chunk)
             if chunk and not await self._send(response.write(chunk)):
                 return response
             try:
@@ -358,8 +349,9 @@ class Proxy:
                 break
         if not await self._send(response.write_eof()):
             return response
-        if observe is not None and kept is not None:
-            await self._seen(request, endpoint, observe[0], observe[1], b"".join(kept), upstream.headers)
+        body = kept.value()
+        if observe is not None and body is not None:
+            await self._seen(request, endpoint, observe[0], observe[1], body, upstream.headers)
         return response
 
     async def _send(self, step: Awaitable[Any]) -> bool:
