@@ -140,25 +140,25 @@ class PeerClient:
 
 
 def merge_pages(pages: Mapping[int, Mapping[str, Any]], limit: int, key: Callable[[Any], Any],
-                cursor_of: Callable[[Any], str], started: Mapping[int, str] | None = None,
-                items: str = "jobs", next_key: str = "next_cursor") -> tuple[list[Any], dict[int, str]]:
+                cursor_of: Callable[[Any], str],
+                started: Mapping[int, str] | None = None) -> tuple[list[Any], dict[int, str]]:
     """One page of a list merged from every shard's own page (each fetched with the same filters,
     order and `limit`): the first `limit` items in `key` order, and each shard's cursor to go on
     from (a shard left out is done). A shard whose page was cut short continues after its last
     item taken (`cursor_of`), or from where it started (`started`, "" = the beginning) when none was
     taken; one whose page was taken whole continues from its own next cursor."""
     tagged = sorted(((key(item), shard, i, item) for shard, page in pages.items()
-                     for i, item in enumerate(page.get(items) or [])), key=lambda t: (t[0], t[1], t[2]))
+                     for i, item in enumerate(page.get("jobs") or [])), key=lambda t: (t[0], t[1], t[2]))
     taken = tagged[:limit]
     last: dict[int, Any] = {}
     for _, shard, _, item in taken:
         last[shard] = item
     cursors: dict[int, str] = {}
     for shard, page in pages.items():
-        count = len(page.get(items) or [])
+        count = len(page.get("jobs") or [])
         used = sum(1 for t in taken if t[1] == shard)
         if used < count:  # cut short: go on after what was shown (or from where it started)
             cursors[shard] = cursor_of(last[shard]) if shard in last else (started or {}).get(shard, "")
-        elif page.get(next_key):
-            cursors[shard] = page[next_key]
+        elif page.get("next_cursor"):
+            cursors[shard] = page["next_cursor"]
     return [t[3] for t in taken], cursors

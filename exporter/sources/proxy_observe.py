@@ -86,24 +86,25 @@ class ProxyTracking:
             return
         self.queued_bytes += len(body)
 
-    def _next(self, item: tuple[str, str, str, str | None, bytes]) -> tuple[str, str, str, str | None, bytes]:
-        self.queued_bytes -= len(item[4])
-        return item
-
     async def run(self) -> None:
         """Apply queued answers until cancelled."""
         while True:
-            job_id, kind, group, model, body = self._next(await self._queue.get())
-            try:
-                await self._apply(job_id, kind, group, model, body)
-            except asyncio.CancelledError:
-                raise
-            except InvalidBody as exc:
-                self.stats.error("observe")
-                log.debug("proxied answer not used job_id=%s kind=%s: %s", job_id, kind, exc)
-            except Exception:  # a bug must not stop the loop: the poller still covers the job
-                self.stats.error("observe")
-                log.exception("applying a proxied answer failed job_id=%s kind=%s", job_id, kind)
+            await self._apply_queued(await self._queue.get())
+
+    async def _apply_queued(self, item: tuple[str, str, str, str | None, bytes]) -> None:
+        """Apply one queued answer; a failure is counted and logged, never raised."""
+        self.queued_bytes -= len(item[4])
+        job_id, kind, group, model, body = item
+        try:
+            await self._apply(job_id, kind, group, model, body)
+        except asyncio.CancelledError:
+            raise
+        except InvalidBody as exc:
+            self.stats.error("observe")
+            log.debug("proxied answer not used job_id=%s kind=%s: %s", job_id, kind, exc)
+        except Exception:  # a bug must not stop the loop: the poller still covers the job
+            self.stats.error("observe")
+            log.exception("applying a proxied answer failed job_id=%s kind=%s", job_id, kind)
 
     async def apply_now(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
         """Apply an answer before returning (an owner applying what another replica's proxy saw,
@@ -125,8 +126,4 @@ class ProxyTracking:
     async def drain(self) -> None:
         """Apply what is queued (at shutdown, before the last flush)."""
         while not self._queue.empty():
-            job_id, kind, group, model, body = self._next(self._queue.get_nowait())
-            try:
-                await self._apply(job_id, kind, group, model, body)
-            except Exception:
-                self.stats.error("observe")
+            await self._apply_queued(self._queue.get_nowait())

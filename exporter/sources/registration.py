@@ -110,9 +110,10 @@ async def register(request: web.Request) -> web.Response:
         handed = registrar.hand_off([i for i in dict.fromkeys(ids) if i not in mine], kind, group)
     # 202 only once the ids are durably stored, here or in the outbox (the same transaction)
     await registrar.jobs.flush()
+    if registrar.hand_off is not None:  # `track` saw only the owned ids: count the others' repeats too
+        duplicates = len(ids) - len(accepted) - handed
     answer = {"accepted": len(accepted) + handed, "duplicates": duplicates}
     if registrar.hand_off is not None:
-        answer["duplicates"] = len(ids) - len(accepted) - handed
         answer["handed_off"] = handed
     elif registrar.sharded():
         answer["not_owned"] = len(ids) - len(owned)
