@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Mapping
 from email.utils import parsedate_to_datetime
 
+from exporter import KINDS
 from exporter.api.results import InvalidBody, JobResult, parse_result
 from exporter.polling.http11 import Http11Transport
 from exporter.polling.transport import (ApiConnectError, ApiError, ApiTimeout, BodyTooLarge, RawResponse,  # noqa: F401
@@ -137,18 +138,14 @@ class ApiClient:
         if api_key:
             self._headers["authorization"] = api_key  # the raw key, as the API documents
         self._transport = transport
-        self._urls: dict[str, str] = {}
-
-    def _url(self, kind: str) -> str:
-        url = self._urls[kind] = f"{self._base}/async/{kind}/result"
-        return url
+        self._urls = {kind: f"{self._base}/async/{kind}/result" for kind in KINDS}
 
     async def fetch(self, kind: str, job_id: str) -> tuple[JobResult, Answer]:
         """The job's current state. Raises NotFound or an ApiError; each carries `.answer`."""
         started = time.perf_counter()
         code = "error"
         try:
-            raw = await self._transport.post(self._urls.get(kind) or self._url(kind), _request_body(job_id),
+            raw = await self._transport.post(self._urls[kind], _request_body(job_id),
                                              self._headers)
             code = str(raw.status)
             return parse_result(raw.body, kind) if raw.status == 200 else _refuse(raw), \
