@@ -73,13 +73,15 @@ def exporter_requests(sim, job_id: str) -> int:
 
 
 def follow(client: httpx.Client, proxy: str, kind: str, job_id: str, every: float = 0.2) -> dict:
-    """Poll a job through the proxy until it is final, as an application would."""
+    """Poll a job through the proxy until it is final (within 60 s), as an application would."""
+    deadline = time.monotonic() + 60
     while True:
         answer = client.post(f"{proxy}/async/{kind}/result", json={"id": job_id})
         assert answer.status_code == 200, answer.text
         body = answer.json()
         if body["status"] in ("COMPLETED", "ERROR"):
             return body
+        assert time.monotonic() < deadline, f"{job_id} not final after 60 s: {body['status']}"
         time.sleep(every)
 
 
@@ -130,8 +132,10 @@ def test_each_answer_through_the_proxy_pushes_the_own_poll_back(proxied):
     sim, exp, proxy = proxied(poll=1)
     with httpx.Client(headers={"authorization": APP_KEY}) as client:
         ids = [client.post(f"{proxy}/async/speech/create", json=FAST_BODY).json()["id"] for _ in range(2)]
-        finals = {}
+        finals: dict[str, dict] = {}
+        deadline = time.monotonic() + 60
         while len(finals) < len(ids):
+            assert time.monotonic() < deadline, f"not final after 60 s: {set(ids) - set(finals)}"
             for job_id in ids:
                 if job_id not in finals:
                     answer = client.post(f"{proxy}/async/speech/result", json={"id": job_id}).json()

@@ -36,9 +36,11 @@ def test_a_stalled_commit_stops_holding_the_answer_and_still_finishes(monkeypatc
         wiring.replication = None
         wiring.owned = lambda ids: ids
         wiring.tracking = StalledTracking()
-        # The answer is released by the bound, not by the commit (which has not happened yet).
+        # The answer is released by the bound (0.2 s), not by the commit (which has not happened yet).
+        started = asyncio.get_running_loop().time()
         await asyncio.wait_for(wiring.created("id-1", "chat", "g", None), 5)
-        assert wiring.tracking.committed == []
+        assert asyncio.get_running_loop().time() - started < 2  # the bound, not wait_for's 5 s
+        assert wiring.tracking.journaled == ["id-1"] and wiring.tracking.committed == []
         assert wiring.stats.errors[("commit_late",)] == 1
         # The commit goes on after the answer went back.
         wiring.tracking.release.set()

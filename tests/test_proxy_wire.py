@@ -213,7 +213,17 @@ async def raw(port: int, data: bytes, until: bytes | None = None) -> bytes:
     return got
 
 
-def exchanges(scenario, timeout: float = 60.0) -> tuple[ProxyStats, list[bytes], list]:
+async def until(condition, what: str, seconds: float = 10.0) -> None:
+    """Wait for `condition()` to hold, failing after `seconds`."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def exchanges(scenario, timeout: float = 60.0, live: dict | None = None) -> tuple[ProxyStats, list[bytes], list]:
+    """Run `scenario(port)` against a proxy in front of the scripted API; `live` (if given) holds
+    the proxy's stats and the heads the API saw while it runs."""
     observed: list = []
 
     async def created(*args: object) -> None:
@@ -224,6 +234,8 @@ def exchanges(scenario, timeout: float = 60.0) -> tuple[ProxyStats, list[bytes],
         api = await scripted_api(seen)
         base = f"http://127.0.0.1:{api.sockets[0].getsockname()[1]}"
         stats = ProxyStats()
+        if live is not None:
+            live.update(stats=stats, seen=seen)
         proxy = Proxy(ProxyHooks(created, lambda *a: observed.append(a)), stats,
                       lambda: ProxyConfig(timeout_seconds=timeout), lambda: base, 1 << 20)
         await proxy.start("127.0.0.1", 0, None)
@@ -385,18 +397,19 @@ def test_a_connection_paused_for_a_slow_application_is_resumed_before_it_is_pool
 
 def test_an_application_that_hangs_up_mid_answer_lets_the_api_go_and_a_silent_api_is_cut_after_the_timeout():
     got: dict[str, object] = {}
+    live: dict = {}
 
     async def scenario(port: int) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(b"GET /stream HTTP/1.1\r\nHost: p\r\n\r\n")
         await reader.readuntil(b"data")
         writer.close()  # the application leaves after the first chunk (an SDK closing its stream)
-        await asyncio.sleep(1.0)
+        await until(lambda: any(s.startswith(b"cut after") for s in live["seen"]), "the API let go")
         started = asyncio.get_running_loop().time()
         got["stall"] = await raw(port, b"GET /stall HTTP/1.1\r\nHost: p\r\n\r\n")
         got["stall_seconds"] = asyncio.get_running_loop().time() - started
 
-    stats, seen, _ = exchanges(scenario, timeout=1)
+    stats, seen, _ = exchanges(scenario, timeout=1, live=live)
     cut = [s for s in seen if s.startswith(b"cut after")]
     assert cut and int(cut[0].split()[-1]) < 200, cut  # not all 300 chunks were produced for nobody
     assert stats.errors[("client",)] == 1
@@ -424,12 +437,14 @@ def test_a_pooled_connection_the_api_closed_is_retried_for_a_get_but_never_for_a
 
 def test_a_create_answer_too_long_to_hold_is_streamed_and_counted():
     got: dict[str, bytes] = {}
+    live: dict = {}
 
     async def scenario(port: int) -> None:
         got["create"] = await raw(port, b"POST /async/speech/create HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n{}",
                                   until=b"y" * 1000)
-        await asyncio.sleep(0.5)
+        # Counted once the whole answer went through the proxy.
+        await until(lambda: live["stats"].requests[("create", "200")] >= 1, "the create counted")
 
-    stats, _, _ = exchanges(scenario)
+    stats, _, _ = exchanges(scenario, live=live)
     assert got["create"].startswith(b"HTTP/1.1 200")
     assert stats.requests[("create", "200")] == 1
