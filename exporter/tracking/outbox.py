@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, ContextManager
 
 from exporter.tracking.store import StateStore
 
@@ -41,15 +40,10 @@ class Outbox:
     def __init__(self, store: StateStore) -> None:
         self.store = store
 
-    @contextmanager
-    def _transaction(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction: the connection autocommits each statement otherwise. Not `durable`: no
-        fsync of its own (it goes to disk with the next durable commit), for changes that only
-        cost a harmless re-send if a power cut undoes them; a kill -9 keeps them either way."""
-        db = self.store.db
-        with self.store.relaxed(durable), db:
-            db.execute("BEGIN IMMEDIATE")
-            yield db
+    def _transaction(self, durable: bool = True) -> ContextManager[sqlite3.Connection]:
+        """One transaction of the store's. Not `durable`: for changes that only cost a harmless
+        re-send if a power cut undoes them."""
+        return self.store.transaction(durable)
 
     def add(self, rows: list[tuple[str, int, str, float]]) -> None:
         """Store entries (job id, target, payload, next_try) in one transaction of their own."""

@@ -286,18 +286,23 @@ class StateStore:
         finally:
             self.db.execute("PRAGMA synchronous=FULL")
 
-    def write(self, batch: Batch, fsync: bool = True) -> None:
-        """Apply one batch in one transaction (without `fsync`: the caller syncs the WAL)."""
+    @contextmanager
+    def transaction(self, fsync: bool = True) -> Iterator[sqlite3.Connection]:
+        """One write transaction (the connection autocommits each statement otherwise); without
+        `fsync` its commit is not forced to the disk (the next forced one covers it; a kill -9 keeps
+        it either way). If it rolls back, price-entry ids it handed out are forgotten: they may not
+        exist."""
         try:
-            with self.relaxed(fsync):
-                self._write(self.db, batch)
+            with self.relaxed(fsync), self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                yield self.db
         except BaseException:
             self.prices.forget()
             raise
 
-    def _write(self, db: sqlite3.Connection, batch: Batch) -> None:
-        with db:
-            db.execute("BEGIN IMMEDIATE")
+    def write(self, batch: Batch, fsync: bool = True) -> None:
+        """Apply one batch in one transaction (without `fsync`: the caller syncs the WAL)."""
+        with self.transaction(fsync) as db:
             if batch.upserts:
                 db.executemany(f"INSERT OR REPLACE {_INSERT}", self.prices.interned(db, batch.upserts))
             if batch.updates:
@@ -324,19 +329,12 @@ class StateStore:
         Without `fsync` the commit is in the WAL file (the OS has it: safe against a crash of this
         process) but not forced to the disk; the next commit with fsync (the next batch) covers it.
         """
-        try:
-            with self.relaxed(fsync), self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                self.db.executemany(f"INSERT OR IGNORE {_INSERT}", list(self.prices.interned(self.db, rows)))
-        except BaseException:
-            self.prices.forget()  # ids handed out in the rolled-back transaction may not exist
-            raise
+        with self.transaction(fsync) as db:
+            db.executemany(f"INSERT OR IGNORE {_INSERT}", list(self.prices.interned(db, rows)))
 
     def retire_ended_before(self, cutoff: float, now: float) -> list[tuple[tuple[str, str, str, str], int]]:
         """Drop jobs final since before `cutoff`, keeping their ids as tombstones; counts dropped."""
-        db = self.db
-        with db:
-            db.execute("BEGIN IMMEDIATE")
+        with self.transaction() as db:
             counts = [((k, g, m, s), n) for k, g, m, s, n in db.execute(
                 "SELECT kind, grp, model, status, count(*) FROM jobs WHERE final != 0 AND ended < ? "
                 "GROUP BY kind, grp, model, status", (cutoff,))]
@@ -366,11 +364,6 @@ class StateStore:
             return
         columns = JOB_COLUMNS[:len(first)]
         marks = ",".join("?" * len(columns))
-        try:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                self.db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(columns)}) VALUES ({marks})",
-                                    self.prices.interned(self.db, itertools.chain([first], rows)))
-        except BaseException:
-            self.prices.forget()
-            raise
+        with self.transaction() as db:
+            db.executemany(f"INSERT OR REPLACE INTO jobs ({', '.join(columns)}) VALUES ({marks})",
+                           self.prices.interned(db, itertools.chain([first], rows)))
