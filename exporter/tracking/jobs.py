@@ -282,16 +282,12 @@ class TrackedJobs:
         replica already has it final (or retired), or has it unfinished and the given state is too."""
         current = self.in_memory(job.id)
         if current is None:
-            if self._file_has_more and job.id not in self._deleted and await self.store.call(self.store.known, [job.id]):
-                return False
-            if job.id in self._retire or self.in_memory(job.id) is not None:
-                return False  # retired meanwhile, or arrived by another way during the await
+            if await self.held_or_held_before(job.id) or job.id in self._retire or self.in_memory(job.id) is not None:
+                return False  # held before; or retired, or arrived by another way, during the await
         elif current.final != OPEN or job.final == OPEN:
             return False
         else:
-            self.open.pop(job.id, None)
-            self.by_created.moved(job.id, current.created, None)
-            self.agg.move(current.labels, None)
+            await self._take_out(job.id)  # held here and open: out of memory and the gauges, no await
         self._deleted.discard(job.id)
         self._unwritten.add(job.id)  # the row here, if any, is the old one: written whole
         self.agg.move(None, job.labels)
