@@ -15,32 +15,19 @@ Observed = Callable[[str, str, str, str | None, bytes], None]  # ... and the ans
 ApplyObserved = Callable[[str, str, str, str | None, bytes], Awaitable[None]]
 
 
-class Intake:
-    def __init__(self, jobs: TrackedJobs, clock: Callable[[], float] = time.time) -> None:
+class OwnerSide:
+    """The hand-off route's sink: what the owner does with an id registered or held elsewhere, with
+    the proxy's hooks for a handed-off create or answer (so it is applied exactly as a local one)."""
+
+    def __init__(self, jobs: TrackedJobs, created: Created, apply_observed: ApplyObserved,
+                 clock: Callable[[], float] = time.time) -> None:
         self.jobs = jobs
+        self._created = created
+        self._observe = apply_observed
         self.clock = clock
 
     async def registered(self, job_id: str, kind: str, group: str) -> None:
         await self.jobs.track([job_id], kind, group, "api", self.clock())
-
-    async def take_over(self, job: Job) -> bool:
-        return await self.jobs.take_over(job)
-
-    async def flush(self) -> int:
-        return await self.jobs.flush()
-
-
-class OwnerSide:
-    """The hand-off route's sink: the Intake, with the proxy's hooks for a handed-off create or
-    answer (so it is applied exactly as a local one)."""
-
-    def __init__(self, intake: Intake, created: Created, apply_observed: ApplyObserved) -> None:
-        self.intake = intake
-        self._created = created
-        self._observe = apply_observed
-
-    async def registered(self, job_id: str, kind: str, group: str) -> None:
-        await self.intake.registered(job_id, kind, group)
 
     async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
         await self._created(job_id, kind, group, model)
@@ -49,7 +36,7 @@ class OwnerSide:
         await self._observe(job_id, kind, group, model, body)
 
     async def take_over(self, job: Job) -> bool:
-        return await self.intake.take_over(job)
+        return await self.jobs.take_over(job)
 
     async def flush(self) -> int:
-        return await self.intake.flush()
+        return await self.jobs.flush()

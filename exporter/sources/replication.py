@@ -12,7 +12,7 @@ from exporter.config import Config
 from exporter.sources.handoff import HandoffRoute
 from exporter.sources.handoff import routes as handoff_routes
 from exporter.sources.handoff_sender import Sender
-from exporter.sources.intake import ApplyObserved, Created, Intake, Observed, OwnerSide
+from exporter.sources.intake import ApplyObserved, Created, Observed, OwnerSide
 from exporter.sources.peers import PeerAuth, PeerClient
 from exporter.sources.routing import Router
 from exporter.tracking.jobs import Job, TrackedJobs
@@ -35,10 +35,9 @@ class Replication:
         self.stats = HandoffStats()
         self.outbox = Outbox(jobs.store)
         self.client = PeerClient(ring, lambda: PeerAuth.from_config(current()), config.shard.handoff_timeout_seconds)
-        self.intake = Intake(jobs)
         self.sender = Sender(jobs.store, self.outbox, self.client, self.stats,
                              lambda: current().shard.handoff_max_backoff_seconds, jobs.flush)
-        self.owner_side = OwnerSide(self.intake, handed_created, apply_observed)
+        self.owner_side = OwnerSide(jobs, handed_created, apply_observed)
         self.router = Router(ring, jobs, self.outbox, self.owner_side, self.stats, self.sender.wake,
                              local_created, local_observed)
         self.jobs = jobs
