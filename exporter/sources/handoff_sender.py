@@ -94,8 +94,10 @@ class Sender:
         by_target: dict[int, list[Entry]] = defaultdict(list)
         for e in due:
             by_target[e.target].append(e)
+        if not due:
+            return 0  # nothing left or changed here (the router counts what it queues): no recount
         results = await asyncio.gather(*(self._deliver(t, es) for t, es in by_target.items()))
-        self.stats.pending = await self.store.call(self.outbox.count)
+        self.stats.pending = await self.store.call(self.outbox.count)  # exact again after deliveries
         return sum(results)
 
     async def _deliver(self, target: int, entries: list[Entry]) -> int:
