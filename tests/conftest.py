@@ -44,3 +44,21 @@ def tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: run the README's test command, which installs it")
     return path
+
+
+@pytest.fixture(scope="session")
+def pg_server():
+    """One PostgreSQL cluster for the test session (tests/pg.py), removed at the end."""
+    from pg import PgServer
+
+    server = PgServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_db(pg_server):
+    """A fresh database of its own for one test: (url, password file)."""
+    name = pg_server.new_database()
+    yield pg_server.url(name), str(pg_server.password_file)
+    pg_server.drop_database(name)

@@ -1,0 +1,102 @@
+"""Connecting to the state database: the URL checked, the password from a file or libpq's usual
+places (never from the URL, never in a log line), sessions that cannot sit idle in a transaction,
+and a start that waits for a database that is not up yet."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger("distribute.state")
+
+# A session left "idle in transaction" (a replica stopped between statements) holds its row locks
+# until the server ends it: a claimed job must not stay locked for longer than this.
+IDLE_IN_TRANSACTION_MS = 30_000
+CONNECT_TIMEOUT = 10.0
+BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
+
+
+class StateDatabaseError(Exception):
+    """A state database that cannot be used as configured (one line, no password)."""
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that is not postgresql:// or that carries a password (one line)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgresql", "postgres"):
+        raise StateDatabaseError(f"state.url: {parts.scheme or '(none)'}:// is not postgresql://")
+    if parts.password is not None:
+        raise StateDatabaseError("state.url: a password in the URL is refused; put it in "
+                                 "state.password_file or PGPASSWORD / PGPASSFILE")
+
+
+def where(url: str) -> str:
+    """host:port/dbname of `url`, for log lines (no user, no password, no query)."""
+    parts = urlsplit(url)
+    host = parts.hostname or "(PGHOST or local socket)"
+    port = f":{parts.port}" if parts.port else ""
+    return f"{host}{port}{parts.path or ''}"
+
+
+def read_password(password_file: str | None) -> str | None:
+    """The password from `password_file` (its first line), or None for libpq's PGPASSWORD/PGPASSFILE."""
+    if not password_file:
+        return None
+    try:
+        text = Path(password_file).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StateDatabaseError(f"state.password_file {password_file}: cannot read it ({exc.strerror})") from None
+    return text.splitlines()[0] if text else ""
+
+
+async def create_pool(url: str, password_file: str | None = None, max_size: int = 10) -> Any:
+    """One pool of sessions to the state database (raises what asyncpg raises when it is down)."""
+    import asyncpg  # the optional `postgres` extra: only a replica configured with state.url needs it
+
+    check_url(url)
+    return await asyncpg.create_pool(
+        dsn=url, password=read_password(password_file), min_size=1, max_size=max_size,
+        timeout=CONNECT_TIMEOUT, command_timeout=60,
+        server_settings={"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
+                         "application_name": "distribute-exporter"})
+
+
+async def create_pool_waiting(url: str, password_file: str | None = None, max_size: int = 10) -> Any:
+    """`create_pool`, retried with back-off while the database cannot be reached: one log line when
+    it cannot (naming the host, never the password), one when it can again."""
+    delay, failed = BACKOFF_FIRST, False
+    while True:
+        try:
+            pool = await create_pool(url, password_file, max_size)
+        except StateDatabaseError:
+            raise
+        except (OSError, asyncio.TimeoutError, ConnectionError) as exc:
+            reason = type(exc).__name__
+        except Exception as exc:  # asyncpg's own: the server is starting, shutting down, refusing
+            if _is_permanent(exc):
+                raise StateDatabaseError(f"state database {where(url)}: {_one_line(exc)}") from None
+            reason = type(exc).__name__
+        else:
+            if failed:
+                log.info("state database %s reachable; starting", where(url))
+            return pool
+        if not failed:
+            log.warning("state database %s not reachable (%s); not ready, retrying with back-off",
+                        where(url), reason)
+            failed = True
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, BACKOFF_MAX)
+
+
+def _is_permanent(exc: Exception) -> bool:
+    """Errors that waiting does not cure: a wrong password, an unknown database or role."""
+    name = type(exc).__name__
+    return name in ("InvalidPasswordError", "InvalidAuthorizationSpecificationError",
+                    "InvalidCatalogNameError", "ClientConfigurationError")
+
+
+def _one_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

@@ -1,0 +1,84 @@
+"""The PostgreSQL schema and its forward migrations, applied at start under a transaction-scoped
+advisory lock: replicas starting together migrate once, the others wait and find it done. A
+database whose schema is newer than this version knows is refused, never rewritten.
+
+Times are Unix seconds (double precision) taken from the database's clock (`NOW`), as in the
+SQLite file, so rows copy across unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+MIGRATION_LOCK = 0x4449_5354_0000_0001  # "DIST" + 1: the key of the advisory lock
+NOW = "extract(epoch from statement_timestamp())::float8"
+
+_V1 = """
+CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE IF NOT EXISTS jobs (
+    id text PRIMARY KEY, kind text NOT NULL, grp text NOT NULL, source text NOT NULL,
+    status text NOT NULL DEFAULT 'UNKNOWN', model text NOT NULL DEFAULT '',
+    created float8, finished float8,
+    final smallint NOT NULL DEFAULT 0,     -- 0 polled, 1 COMPLETED/ERROR, 2 NOT_FOUND
+    ended float8,
+    prompt_tokens bigint NOT NULL DEFAULT 0, completion_tokens bigint NOT NULL DEFAULT 0,
+    results bigint NOT NULL DEFAULT 0, tool_calls bigint NOT NULL DEFAULT 0, choices text,
+    first_tracked float8 NOT NULL, last_polled float8, next_due float8 NOT NULL,
+    interval float8 NOT NULL DEFAULT 0, errors integer NOT NULL DEFAULT 0, polls integer NOT NULL DEFAULT 0,
+    last_answer_code integer, history text NOT NULL DEFAULT '', duration float8,
+    estimated_cost float8, price_entry text,
+    epoch bigint NOT NULL DEFAULT 0        -- bumped by each claim: an answer from an older one is stale
+);
+-- The claim's scan: unfinished jobs by due time (rows leave the index when they become final).
+CREATE INDEX IF NOT EXISTS jobs_due ON jobs (next_due) WHERE final = 0;
+CREATE INDEX IF NOT EXISTS jobs_ended ON jobs (ended) WHERE final <> 0;
+CREATE INDEX IF NOT EXISTS jobs_source ON jobs (source);
+CREATE INDEX IF NOT EXISTS jobs_fin_created ON jobs (created) WHERE final <> 0;
+-- Job-derived counters, additive: family, labels (compact JSON array), value.
+CREATE TABLE IF NOT EXISTS counters (
+    family text NOT NULL, labels text NOT NULL, value float8 NOT NULL, PRIMARY KEY (family, labels)
+);
+-- Ids that were tracked and retired: never tracked (and counted) again.
+CREATE TABLE IF NOT EXISTS retired (id text PRIMARY KEY, at float8 NOT NULL);
+-- One row per live replica, renewed by its heartbeat: the rate limit is shared by their number.
+CREATE TABLE IF NOT EXISTS replicas (name text PRIMARY KEY, seen float8 NOT NULL);
+-- Periodic work done by one replica at a time: the holder until `until` (no session lock, so it
+-- works through a transaction-pooling PgBouncer).
+CREATE TABLE IF NOT EXISTS leaders (task text PRIMARY KEY, holder text NOT NULL, until float8 NOT NULL);
+-- SQLite files already copied by `state export` (their hand-off entries are applied once).
+CREATE TABLE IF NOT EXISTS imports (source text PRIMARY KEY, at float8 NOT NULL);
+"""
+
+Execute = Callable[[str], Awaitable[Any]]
+MIGRATIONS: dict[int, str] = {1: _V1}
+SCHEMA_VERSION = max(MIGRATIONS)
+
+
+class SchemaError(Exception):
+    """A database this version cannot use (one line)."""
+
+
+async def migrate(conn: Any) -> int:
+    """Create or bring the schema up to SCHEMA_VERSION in one transaction under the advisory lock;
+    answer the version found (0: an empty database)."""
+    async with conn.transaction():
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        found = await _version(conn)
+        if found > SCHEMA_VERSION:
+            raise SchemaError(f"state database schema {found} is newer than this version reads "
+                              f"(up to {SCHEMA_VERSION}); run the newer exporter or another database")
+        for target in sorted(MIGRATIONS):
+            if found < target:
+                await conn.execute(MIGRATIONS[target])
+        if found < SCHEMA_VERSION:
+            await conn.execute("INSERT INTO meta VALUES ('schema_version', $1) ON CONFLICT (key) "
+                               "DO UPDATE SET value = EXCLUDED.value", str(SCHEMA_VERSION))
+    return found
+
+
+async def _version(conn: Any) -> int:
+    exists = await conn.fetchval("SELECT to_regclass('meta') IS NOT NULL")
+    if not exists:
+        return 0
+    value = await conn.fetchval("SELECT value FROM meta WHERE key = 'schema_version'")
+    return int(value) if value is not None else 0

@@ -1,0 +1,218 @@
+"""The PostgreSQL store: every replica reads and writes the same rows, the database decides.
+
+- Any replica registers any id (`ON CONFLICT DO NOTHING`): the first insert wins, the others are
+  duplicates.
+- Due jobs are claimed with `FOR UPDATE SKIP LOCKED`; the claim moves `next_due` forward by a
+  jittered lease and bumps `epoch`. A replica that dies holds nothing: its jobs come due again when
+  the lease runs out. An answer is applied only under the epoch it was claimed with, so a late one
+  (a replica paused past its lease) changes nothing.
+- A final answer, whoever brings it (a claim, a proxy), is applied in one transaction that locks the
+  row, checks it is not final yet, writes it final and adds its counters: counted exactly once.
+- Every time comes from the database's clock (`NOW`).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from exporter.api.results import JobResult
+from exporter.config.pricing import PriceTable
+from exporter.tracking import finishing
+from exporter.tracking.aggregates import JobAggregates
+from exporter.tracking.contract import Applied, Claim
+from exporter.tracking.job import OPEN, Job
+from exporter.tracking.pg.schema import NOW, migrate
+from exporter.tracking.store import JOB_COLUMNS, labels_key
+
+_COLUMNS = ", ".join(JOB_COLUMNS)
+LEASE_JITTER = 0.25  # a lease runs 1x to 1.25x its length: a dead replica's jobs come back spread out
+
+
+def _job(row: Any) -> Job:
+    return Job.from_row({c: row[c] for c in JOB_COLUMNS})
+
+
+class PgJobStore:
+    """The JobStore on a pool of asyncpg sessions (see connect.py)."""
+
+    def __init__(self, pool: Any, duration_buckets: Iterable[float], prices: PriceTable | None = None) -> None:
+        self.pool = pool
+        self.bounds = tuple(float(b) for b in duration_buckets)
+        self.prices = prices
+
+    async def migrate(self) -> int:
+        async with self.pool.acquire() as conn:
+            return await migrate(conn)
+
+    async def now(self) -> float:
+        return await self.pool.fetchval(f"SELECT {NOW}")
+
+    # -- ids -------------------------------------------------------------------------------------
+    async def register(self, ids: Iterable[str], kind: str, group: str, source: str) -> tuple[list[str], int]:
+        ids = list(ids)
+        fresh = sorted(set(ids))  # key order: concurrent registrations lock in the same order
+        rows = await self.pool.fetch(
+            f"INSERT INTO jobs (id, kind, grp, source, first_tracked, next_due) "
+            f"SELECT i, $2, $3, $4, {NOW}, {NOW} FROM unnest($1::text[]) AS i "
+            f"WHERE NOT EXISTS (SELECT 1 FROM retired r WHERE r.id = i) "
+            f"ON CONFLICT (id) DO NOTHING RETURNING id", fresh, kind, group, source)
+        accepted = {r["id"] for r in rows}
+        ordered = [i for i in dict.fromkeys(ids) if i in accepted]
+        return ordered, len(ids) - len(ordered)
+
+    async def get(self, job_id: str) -> Job | None:
+        row = await self.pool.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)
+        return _job(row) if row else None
+
+    # -- polling ---------------------------------------------------------------------------------
+    async def claim(self, limit: int, lease: float) -> list[Claim]:
+        rows = await self.pool.fetch(
+            f"WITH due AS (SELECT id FROM jobs WHERE final = 0 AND next_due <= {NOW} "
+            f"ORDER BY next_due LIMIT $1 FOR UPDATE SKIP LOCKED) "
+            f"UPDATE jobs j SET next_due = {NOW} + $2 * (1 + random() * {LEASE_JITTER}), epoch = j.epoch + 1 "
+            f"FROM due WHERE j.id = due.id RETURNING {', '.join('j.' + c for c in JOB_COLUMNS)}, j.epoch, {NOW} AS at",
+            limit, lease)
+        return [Claim(_job(r), r["epoch"], r["at"]) for r in rows]
+
+    async def apply(self, claim: Claim, result: JobResult, delay: float) -> Applied:
+        if finishing.is_final(result.status):
+            return await self._finish(claim.job.id, result, None)
+        job = claim.job
+        history = job.history
+        if result.status != job.status:
+            job.note_status(result.status, claim.now())
+            history = job.history
+        done = await self.pool.fetchval(
+            f"UPDATE jobs SET status = $3, model = CASE WHEN $4 = '' THEN model ELSE $4 END, created = $5, "
+            f"finished = $6, last_polled = {NOW}, polls = polls + 1, history = $7, interval = $8, errors = 0, "
+            f"last_answer_code = 200, next_due = {NOW} + $8 "
+            f"WHERE id = $1 AND epoch = $2 AND final = 0 RETURNING 1",
+            job.id, claim.epoch, result.status, result.model, result.created, result.finished, history, delay)
+        return Applied.MOVED if done else await self._why_not(job.id)
+
+    async def apply_error(self, claim: Claim, code: int | None, delay: float) -> Applied:
+        """A failed poll: counted on the job, due again after `delay` (under the claim's epoch)."""
+        done = await self.pool.fetchval(
+            f"UPDATE jobs SET errors = errors + 1, polls = polls + 1, last_polled = {NOW}, "
+            f"last_answer_code = $3, next_due = {NOW} + $4 WHERE id = $1 AND epoch = $2 AND final = 0 RETURNING 1",
+            claim.job.id, claim.epoch, code, delay)
+        return Applied.MOVED if done else await self._why_not(claim.job.id)
+
+    async def apply_final(self, job_id: str, result: JobResult) -> Applied:
+        return await self._finish(job_id, result, None)
+
+    async def not_found(self, claim: Claim, grace: float, delay: float) -> Applied:
+        """A 404: within `grace` of being tracked the job is asked again later, past it NOT_FOUND
+        (counted once, as a final answer is)."""
+        if claim.now() - claim.job.first_tracked < grace:
+            return await self.apply_error(claim, 404, delay)
+        return await self._finish(claim.job.id, None, claim.epoch)
+
+    async def _finish(self, job_id: str, result: JobResult | None, epoch: int | None) -> Applied:
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(f"SELECT {_COLUMNS}, epoch, {NOW} AS at FROM jobs WHERE id = $1 FOR UPDATE",
+                                      job_id)
+            if row is None:
+                return Applied.UNKNOWN
+            if row["final"] != OPEN:
+                return Applied.ALREADY_FINAL
+            if epoch is not None and row["epoch"] != epoch:
+                return Applied.STALE
+            job, now = _job(row), row["at"]
+            status = result.status if result is not None else "NOT_FOUND"
+            if status != job.status:
+                job.note_status(status, now)
+            deltas = finishing.finish(job, result, self.bounds, self.prices, now)
+            await conn.execute(
+                "UPDATE jobs SET status = $2, model = $3, created = $4, finished = $5, final = $6, ended = $7, "
+                "prompt_tokens = $8, completion_tokens = $9, results = $10, tool_calls = $11, choices = $12, "
+                f"last_polled = {NOW}, polls = polls + 1, history = $13, duration = $14, estimated_cost = $15, "
+                "price_entry = $16, last_answer_code = $17 WHERE id = $1",
+                job.id, job.status, job.model, job.created, job.finished, job.final, job.ended,
+                job.prompt_tokens, job.completion_tokens, job.results, job.tool_calls,
+                json.dumps(job.choices) if job.choices else None, job.history, job.duration,
+                job.estimated_cost, job.price_entry, 200 if result is not None else 404)
+            await add_counters(conn, deltas)
+        return Applied.FINAL
+
+    async def _why_not(self, job_id: str) -> Applied:
+        final = await self.pool.fetchval("SELECT final FROM jobs WHERE id = $1", job_id)
+        if final is None:
+            return Applied.UNKNOWN
+        return Applied.ALREADY_FINAL if final != OPEN else Applied.STALE
+
+    async def defer(self, job_id: str, delay: float) -> None:
+        """Push an unfinished job's next own poll to at least `delay` from now (the application
+        fetched its answer through a proxy)."""
+        await self.pool.execute(f"UPDATE jobs SET next_due = greatest(next_due, {NOW} + $2) "
+                                "WHERE id = $1 AND final = 0", job_id, delay)
+
+    # -- facts -----------------------------------------------------------------------------------
+    async def facts(self) -> JobAggregates:
+        agg = JobAggregates(self.bounds)
+        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            counters = await conn.fetch("SELECT family, labels, value FROM counters")
+            open_counts = await conn.fetch("SELECT kind, grp, model, status, count(*) AS n FROM jobs "
+                                           "WHERE final = 0 GROUP BY 1, 2, 3, 4")
+            oldest = await conn.fetch("SELECT DISTINCT ON (kind, grp) kind, grp, created, id FROM jobs "
+                                      "WHERE final = 0 AND created IS NOT NULL ORDER BY kind, grp, created")
+        finishing.restore(agg, ((r["family"], tuple(json.loads(r["labels"])), r["value"]) for r in counters))
+        agg.add_counts(list(agg.closed.items()))
+        agg.add_counts(((r["kind"], r["grp"], r["model"], r["status"]), r["n"]) for r in open_counts)
+        for r in oldest:
+            agg.note_unfinished(r["kind"], r["grp"], r["created"], r["id"])
+        if self.prices is not None:
+            agg.currency = self.prices.currency
+        return agg
+
+    @staticmethod
+    def is_current(job_id: str, created: float) -> bool:
+        return True  # `facts` reads only the current oldest job of each (kind, group)
+
+    # -- periodic work ---------------------------------------------------------------------------
+    async def retire_ended_before(self, age: float) -> int:
+        """Drop jobs final for longer than `age` seconds, keeping tombstones; counters keep totals."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                f"WITH gone AS (DELETE FROM jobs WHERE final <> 0 AND ended < {NOW} - $1 "
+                "RETURNING id, kind, grp, model, status), "
+                f"tomb AS (INSERT INTO retired SELECT id, {NOW} FROM gone ON CONFLICT DO NOTHING) "
+                "SELECT kind, grp, model, status, count(*) AS n FROM gone GROUP BY 1, 2, 3, 4", age)
+            await add_counters(conn, [("closed", (r["kind"], r["grp"], r["model"], r["status"]), -float(r["n"]))
+                                      for r in rows])
+        return sum(r["n"] for r in rows)
+
+    async def heartbeat(self, name: str, ttl: float) -> int:
+        """Renew this replica's row and answer how many replicas are live (seen within `ttl`)."""
+        return await self.pool.fetchval(
+            f"WITH beat AS (INSERT INTO replicas VALUES ($1, {NOW}) ON CONFLICT (name) "
+            f"DO UPDATE SET seen = EXCLUDED.seen) "
+            f"SELECT 1 + count(*) FROM replicas WHERE seen > {NOW} - $2 AND name <> $1", name, ttl)
+
+    async def leave(self, name: str) -> None:
+        await self.pool.execute("DELETE FROM replicas WHERE name = $1", name)
+
+    async def lead(self, task: str, holder: str, term: float) -> bool:
+        """Take or keep the lead of `task` for `term` seconds; False while another holder's is unexpired."""
+        got = await self.pool.fetchval(
+            f"INSERT INTO leaders VALUES ($1, $2, {NOW} + $3) ON CONFLICT (task) DO UPDATE "
+            f"SET holder = EXCLUDED.holder, until = EXCLUDED.until "
+            f"WHERE leaders.until < {NOW} OR leaders.holder = EXCLUDED.holder RETURNING holder", task, holder, term)
+        return got == holder
+
+
+async def add_counters(conn: Any, deltas: list[finishing.Delta]) -> None:
+    """Add `deltas` to the shared counters, in key order (two transactions adding to the same rows
+    lock them in the same order: no deadlock)."""
+    if not deltas:
+        return
+    merged: dict[tuple[str, str], float] = {}
+    for family, labels, value in deltas:
+        key = (family, labels_key(labels))
+        merged[key] = merged.get(key, 0.0) + value
+    keys = sorted(merged)
+    await conn.execute(
+        "INSERT INTO counters (family, labels, value) SELECT * FROM unnest($1::text[], $2::text[], $3::float8[]) "
+        "ON CONFLICT (family, labels) DO UPDATE SET value = counters.value + EXCLUDED.value",
+        [k[0] for k in keys], [k[1] for k in keys], [merged[k] for k in keys])
