@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["state"]:  # distribute-exporter state export ...
+        from exporter.state_command import main as state_main
+        return state_main(argv[1:])
     args = build_parser().parse_args(argv)
     level = "warning" if args.log_level == "warn" else args.log_level
     setup_logging(level, args.log_format)

@@ -17,6 +17,8 @@ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-li
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 # chromium: the status page drawn in a real browser (tests/test_status_page.py).
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+# postgresql: the shared state store's tests run a real server (tests/pg.py: initdb as postgres).
+compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
