@@ -125,7 +125,8 @@ class Exporter:
 
     @staticmethod
     def _secrets(config: Config) -> list[str | None]:
-        return [s.reveal() if s else None for s in (config.api_key, config.registration_token, config.peer_password)]
+        return [s.reveal() if s else None for s in (config.api_key, config.registration_token, config.peer_password,
+                                                              config.state_password)]
 
     def _make_client(self, config: Config) -> ApiClient:
         key = config.api_key.reveal() if config.api_key else None
