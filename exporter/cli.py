@@ -15,6 +15,7 @@ from exporter import __version__
 from exporter.config import AddressError, Config, ConfigError, check_peers, check_state, load_config
 from exporter.config.addresses import parse_listen_address
 from exporter.logs import setup_logging
+import exporter.tracking.pg  # noqa: F401 - registers the PostgreSQL backend when its driver is installed
 from exporter.tracking.backends import BackendMissing, backend_for
 from exporter.tracking.store import StateError
 
@@ -190,8 +191,13 @@ def run_exporter(config, config_path: str | None, listen: str | None, web_config
 
     async def serve() -> int:
         try:
-            exporter = Exporter(config, config_path, listen, web_config=web_config, shard=shard,
-                                proxy_listen=proxy_listen)
+            if config.state.url:  # several replicas sharing PostgreSQL (app/shared.py)
+                from exporter.app.shared import SharedExporter
+                exporter = SharedExporter(config, config_path, listen, web_config=web_config,
+                                          proxy_listen=proxy_listen)
+            else:
+                exporter = Exporter(config, config_path, listen, web_config=web_config, shard=shard,
+                                    proxy_listen=proxy_listen)
         except WebConfigError as exc:
             log.error("cannot load the web config: %s", exc)
             return 1

@@ -1,0 +1,122 @@
+"""Several replicas on one real PostgreSQL behind a round-robin nginx, against the simulator: each
+id tracked once, every replica's /metrics/jobs the same and equal to the simulator's truth, a
+replica killed with -9 costs nothing, and PostgreSQL stopped (-m immediate) and started again is
+recovered from without help."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections import Counter
+
+import pytest
+
+from helpers import ExporterProc, free_port, http, parse_samples, wait_for, write_config
+from test_exporter import OLD
+from test_replicas import Balancer
+
+TOKEN = "pg-replica-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ENV = {"DISTRIBUTE_EXPORTER_REGISTRATION_TOKEN": TOKEN}
+
+
+def replica_config(folder, sim_url: str, url: str, password_file: str, proxy_port: int | None = None) -> object:
+    folder.mkdir(exist_ok=True)
+    proxy = f"proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}\n" if proxy_port else ""
+    return write_config(folder, proxy + (
+        f"api: {{base_url: '{sim_url}', max_requests_per_second: 0, timeout_seconds: 2}}\n"
+        "poll: {interval_seconds: 0.3, max_interval_seconds: 1, not_found_grace_seconds: 30}\n"
+        f"state: {{url: '{url}', password_file: '{password_file}', retention_seconds: 100000000}}\n"
+        "jobs: []\n"))
+
+
+def job_facts(url: str) -> dict[str, dict]:
+    status, body, _ = http("GET", f"{url}/metrics/jobs")
+    assert status == 200, body
+    text = body.decode()
+    return {name: {k: v for k, v in parse_samples(text, name).items() if v}
+            for name in ("distribute_jobs_finished_total", "distribute_tokens_total", "distribute_results_total",
+                         "distribute_jobs")}
+
+
+def truth_finished(sim, ids: list[str]) -> Counter:
+    truth = sim.truth()
+    return Counter((truth[i]["kind"], truth[i]["model"], truth[i]["status"]) for i in ids
+                   if truth[i]["status"] in ("COMPLETED", "ERROR"))
+
+
+def finished_of(facts: dict) -> Counter:
+    return Counter({(dict(k)["kind"], dict(k)["model"], dict(k)["status"]): v
+                    for k, v in facts["distribute_jobs_finished_total"].items()})
+
+
+def register(url: str, kind: str, ids: list[str]) -> tuple[int, int]:
+    accepted = duplicates = 0
+    for start in range(0, len(ids), 10):
+        status, body, _ = http("POST", f"{url}/api/v1/jobs", {"kind": kind, "group": "g", "ids": ids[start:start + 10]},
+                               AUTH)
+        assert status == 202, body
+        answer = json.loads(body)
+        accepted, duplicates = accepted + answer["accepted"], duplicates + answer["duplicates"]
+    return accepted, duplicates
+
+
+@pytest.mark.slow
+def test_three_replicas_share_the_work_count_once_and_survive_kill_and_a_database_restart(
+        simulator, exporter, tmp_path, pg_db, pg_server):
+    url, password_file = pg_db
+    sim = simulator("--seed", "41")
+    ports = [free_port() for _ in range(3)]
+    procs: dict[int, ExporterProc] = {}
+
+    def start(i: int) -> ExporterProc:
+        procs[i] = exporter(replica_config(tmp_path / f"r{i}", sim.url, url, password_file), env=ENV, port=ports[i])
+        return procs[i]
+    for i in range(3):
+        start(i)
+    balancer = Balancer(tmp_path / "nginx", ports)
+    try:
+        ids = sim.create("chat", 30, age_seconds=OLD) + sim.create("images", 10, age_seconds=OLD)
+        assert register(balancer.url, "chat", ids[:30]) == (30, 0)
+        assert register(balancer.url, "images", ids[30:]) == (10, 0)
+        assert register(balancer.url, "chat", ids[:30]) == (0, 30)  # any replica knows every id
+        truth = truth_finished(sim, ids)
+        assert sum(truth.values()) == len(ids)
+        for proc in procs.values():
+            wait_for(lambda: finished_of(job_facts(proc.url)) == truth, 60, 0.3, what=f"{proc.url} totals = truth")
+        answers = [job_facts(p.url) for p in procs.values()]
+        assert answers[0] == answers[1] == answers[2]
+        # The list reads the database: the same page from any replica.
+        pages = [json.loads(http("GET", f"{p.url}/api/v1/jobs?limit=100")[1]) for p in procs.values()]
+        assert len(pages[0]["jobs"]) == len(ids) and pages[0] == pages[1] == pages[2]
+
+        # kill -9 in the middle of polling: the others finish its jobs (the leases run out).
+        more = sim.create("speech", 20, age_seconds=OLD)
+        assert register(balancer.url, "speech", more) == (20, 0)
+        procs[1].stop(signal.SIGKILL)
+        every = ids + more
+        truth = truth_finished(sim, every)
+        wait_for(lambda: finished_of(job_facts(procs[0].url)) == truth, 90, 0.3, what="jobs of the killed replica")
+
+        # PostgreSQL stopped at once, then started again: replicas keep answering, say they are not
+        # ready, and recover by themselves; nothing acknowledged is lost or counted twice.
+        pg_server.stop("immediate")
+        for i in (0, 2):
+            wait_for(lambda: http("GET", f"{procs[i].url}/-/ready", timeout=3)[0] == 503, 30,
+                     what="not ready while the database is away")
+            assert http("GET", f"{procs[i].url}/-/healthy", timeout=3)[0] == 200
+            assert http("GET", f"{procs[i].url}/metrics", timeout=3)[0] == 200
+        pg_server.start()
+        pg_server.wait_up()
+        start(1)  # a replica started again joins the others (ExporterProc waits until it is ready)
+        for i in (0, 2):
+            wait_for(lambda: http("GET", f"{procs[i].url}/-/ready", timeout=3)[0] == 200, 60,
+                     what="ready again once the database is back")
+        late = sim.create("images", 10, age_seconds=OLD)
+        assert register(balancer.url, "images", late) == (10, 0)
+        truth = truth_finished(sim, every + late)
+        for proc in procs.values():
+            wait_for(lambda: finished_of(job_facts(proc.url)) == truth, 90, 0.3, what="totals after the restart")
+        assert job_facts(procs[0].url) == job_facts(procs[1].url) == job_facts(procs[2].url)
+    finally:
+        balancer.stop()
