@@ -120,3 +120,92 @@ def test_three_replicas_share_the_work_count_once_and_survive_kill_and_a_databas
         assert job_facts(procs[0].url) == job_facts(procs[1].url) == job_facts(procs[2].url)
     finally:
         balancer.stop()
+
+
+CREATE_BODY = {"model": "Kokoro", "input": "hello", "voice": "nora"}  # a short speech job
+
+
+def through(url: str, path: str, body: dict) -> dict | None:
+    status, answer, _ = http("POST", f"{url}{path}", body)
+    return json.loads(answer) if status == 200 else None
+
+
+def proxy_errors(proc: ExporterProc, reason: str) -> float:
+    return sum(v for k, v in proc.samples("distribute_proxy_errors_total").items() if dict(k)["reason"] == reason)
+
+
+@pytest.mark.slow
+def test_creates_through_any_replicas_proxy_are_stored_once_and_survive_the_database_going_away(
+        simulator, exporter, tmp_path, pg_db, pg_server):
+    url, password_file = pg_db
+    name = url.rsplit("/", 1)[1]
+    sim = simulator("--seed", "43", "--speed", "20")
+    ports, proxy_ports = [free_port() for _ in range(3)], [free_port() for _ in range(3)]
+    procs = []
+    for i in range(3):
+        config = replica_config(tmp_path / f"r{i}", sim.url, url, password_file, proxy_ports[i])
+        text = config.read_text().replace("interval_seconds: 0.3, max_interval_seconds: 1",
+                                          "interval_seconds: 10, max_interval_seconds: 20")
+        config.write_text(text)
+        procs.append(exporter(config, env=ENV, port=ports[i]))
+    balancer = Balancer(tmp_path / "nginx-proxy", proxy_ports)
+    try:
+        ids = [wait_for(lambda: through(balancer.url, "/async/speech/create", CREATE_BODY), 10,
+                        what="a create through the proxy")["id"] for _ in range(24)]
+        # Committed before each answer: every id is in the database already, once.
+        stored = pg_server.psql("SELECT count(*), count(DISTINCT id) FROM jobs WHERE source = 'proxy'", db=name)
+        assert stored.strip() == f"{len(ids)}|{len(ids)}"
+        left = set(ids)
+
+        def one_pass() -> bool:
+            for job_id in sorted(left):
+                if (through(balancer.url, "/async/speech/result", {"id": job_id}) or {}).get("status") in (
+                        "COMPLETED", "ERROR"):
+                    left.discard(job_id)
+            return not left
+        wait_for(one_pass, 60, 0.2, what="every job final through the proxy")
+        truth = truth_finished(sim, ids)
+        for proc in procs:
+            wait_for(lambda: finished_of(job_facts(proc.url)) == truth, 60, 0.3, what="proxied finals counted once")
+        by_agent = json.loads(http("GET", f"{sim.url}/__admin/stats?agents=1")[1])["by_id_agent"]
+        own = sum(n for job_id in ids for agent, n in by_agent.get(job_id, {}).items()
+                  if agent.startswith("distribute-exporter/"))
+        assert own / len(ids) <= 0.05, own
+
+        # The database goes away: creates are still answered (journaled, counted in commit_late)
+        # and reach the database once it is back.
+        pg_server.stop("immediate")
+        status, body, _ = http("POST", f"http://127.0.0.1:{proxy_ports[0]}/async/speech/create", CREATE_BODY,
+                               timeout=30)
+        assert status == 200, body
+        late_id = json.loads(body)["id"]
+        assert proxy_errors(procs[0], "commit_late") == 1
+        pg_server.start()
+        pg_server.wait_up()
+        wait_for(lambda: pg_server.psql(f"SELECT count(*) FROM jobs WHERE id = '{late_id}'", db=name).strip() == "1",
+                 60, 0.3, what="the journaled create stored once the database is back")
+    finally:
+        balancer.stop()
+
+
+def test_a_replica_whose_database_is_down_at_start_is_alive_not_ready_and_says_so_once(simulator, tmp_path,
+                                                                                       pg_server):
+    from pg import PASSWORD
+
+    sim = simulator("--seed", "44")
+    port = free_port()
+    url = f"postgresql://postgres@127.0.0.1:{port}/nothing"
+    proc = ExporterProc(replica_config(tmp_path / "r", sim.url, url, str(pg_server.password_file)), env=ENV,
+                        wait_ready=False)
+    try:
+        wait_for(lambda: http("GET", f"{proc.url}/-/healthy", timeout=2)[0] == 200, 30, what="alive")
+        assert http("GET", f"{proc.url}/-/ready", timeout=2)[0] == 503
+        assert http("GET", f"{proc.url}/metrics", timeout=2)[0] == 200
+        wait_for(lambda: "not reachable" in proc.log(), 30, what="the log line")
+        assert proc.popen.poll() is None
+    finally:
+        proc.stop()
+    log = proc.log_path.read_text()
+    lines = [line for line in log.splitlines() if "state database" in line]
+    assert len(lines) == 1 and f"127.0.0.1:{port}/nothing" in lines[0], lines
+    assert PASSWORD not in log and "Traceback" not in log
