@@ -129,7 +129,6 @@ class ExporterCollector(FamilyCollector):
         distribute_exporter_poll_loop_restarts_total 0.0
         distribute_exporter_polls_total 1523.0
         distribute_exporter_tracked_jobs{state="polled"} 120.0
-        distribute_exporter_shard_info{count="1",index="0"} 1.0
     """
 
     def __init__(self, status: "ExporterStatus") -> None:
@@ -158,8 +157,6 @@ class ExporterCollector(FamilyCollector):
         yield Family("distribute_exporter_http_connections_rejected", "counter",
                      "HTTP connections closed at once because web.max_connections were open.", (),
                      {(): s.connections_rejected})
-        yield Family("distribute_exporter_shard_info", "gauge", "Always 1; which shard of the ids this replica "
-                     "tracks.", ("index", "count"), {(str(s.shard_index), str(s.shard_count)): 1})
 
 
 class ExporterStatus:
@@ -171,8 +168,6 @@ class ExporterStatus:
         self.invalid_id_lines = 0
         self.state_write_errors = 0
         self.connections_rejected = 0
-        self.shard_index = 0
-        self.shard_count = 1
         self.poll_restarts: Callable[[], int] = lambda: 0
         self.polls: Callable[[], int] = lambda: 0
         self.tracked: Callable[[], tuple[int, int]] = lambda: (0, 0)
