@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import PlatformCollector, ProcessCollector
 
 from exporter import KINDS, __version__
 from exporter.tracking.aggregates import ApiAggregates, JobAggregates
 from exporter.polling.client import ApiClient, Transport, make_transport
-from exporter.metrics.collectors import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector, Sampled
+from exporter.metrics.collectors import (ApiCollector, BuildInfoCollector, ExporterCollector, ExporterStatus,
+                                         JobsCollector, Sampled)
+from exporter.metrics.facts import MetricsFacts
 from exporter.metrics.exposition import GzipParts, TextRenderer
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import MASK
@@ -80,7 +82,7 @@ class Exporter:
         self.client = self._make_client(config)
         self.poller = Poller(self.jobs, self.client, self.limiter, self.api_agg, config.poll,
                              config.api.max_concurrency)
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.facts = MetricsFacts()  # SQLite: /metrics serves the job facts too
         self.renderer = TextRenderer()
         self.gzip_parts = GzipParts()
         self.sources = ConfigSources(self.jobs, self._invalid_id_line)
@@ -118,7 +120,7 @@ class Exporter:
         self._declare_series(self.config)
         self.poller.schedule_all()
         await self.sources.sync(self.config, initial=True)
-        await self.proxying.start(self.registry, self.guard.ssl_context)
+        await self.proxying.start(self.facts.everything, self.guard.ssl_context)
         # What start-up loaded lives long: keep full collections from scanning it over and over (a
         # million jobs take a quarter of a second per scan). Refcounting still frees finished jobs.
         gc.freeze()
@@ -141,7 +143,7 @@ class Exporter:
     async def _serve(self) -> None:
         host, port = parse_listen_address(self.listen)
         limits = self.config.web
-        site = Site(self.registry, self.renderer, self.gzip_parts, lambda: self.ready, self.reload,
+        site = Site(self.facts.everything, self.facts.jobs, self.renderer, self.gzip_parts, lambda: self.ready, self.reload,
                     self.overview, limits.max_request_body_bytes)
         registrar = Registrar(lambda: self.config.registration_token, self.jobs)
         reader = JobsReader(lambda query: queries.find(self.jobs, query), self.jobs.lookup)
@@ -166,12 +168,13 @@ class Exporter:
         s.poll_restarts = lambda: self.poller.restarts
         s.polls = lambda: self.poller.polls
         s.tracked = lambda: (len(self.jobs.open), self.jobs.closed_total)
-        for collector in (JobsCollector(self.job_agg, self.jobs.is_current, self.jobs.exemplars),
-                          ApiCollector(self.api_agg),
-                          ExporterCollector(s)):
-            self.registry.register(collector)
-        self.registry.register(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
-        self.registry.register(Sampled(PlatformCollector(registry=None), float("inf")))
+        facts = self.facts
+        facts.add_job_facts(JobsCollector(self.job_agg, self.jobs.is_current, self.jobs.exemplars))
+        facts.add_process_facts(ApiCollector(self.api_agg))
+        facts.add_to_both(BuildInfoCollector())
+        facts.add_process_facts(ExporterCollector(s))
+        facts.add_process_facts(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
+        facts.add_process_facts(Sampled(PlatformCollector(registry=None), float("inf")))
 
     def _declare_series(self, config: Config) -> None:
         for kind, group in config.groups():
