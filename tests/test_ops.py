@@ -28,7 +28,7 @@ RUNBOOKS = REPO / "docs" / "runbooks.md"
 RUNBOOK_BASE = "https://github.com/distribute-exporter/distribute-exporter/blob/main/docs/runbooks.md"
 # Alerts the other open issues add to prometheus/alerts.yaml (see ../shared/decisions.md and the brief):
 # their runbook sections are written already, so the runbook test covers them the moment they land.
-ANNOUNCED = {"DistributeJobsUnpriced", "DistributeSpendHigh", "DistributeHandoffBacklogGrowing",
+ANNOUNCED = {"DistributeJobsUnpriced", "DistributeSpendHigh",
              "DistributeProxyUpstreamFailing"}
 # Level-2 sections of docs/runbooks.md that are not about one alert.
 GENERAL_SECTIONS = {"Tools for every alert", "Silencing an alert"}

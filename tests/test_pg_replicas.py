@@ -13,7 +13,7 @@ import pytest
 
 from helpers import ExporterProc, free_port, http, parse_samples, wait_for, write_config
 from test_exporter import OLD
-from test_replicas import Balancer
+from balancer import Balancer
 
 TOKEN = "pg-replica-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -111,3 +111,35 @@ def test_without_a_backend_the_exporter_refuses_to_start_in_one_line(tmp_path):
     run = _cli("--config.file", str(plain), "--web.listen-address", "127.0.0.1:0",
                "--state.url", "postgresql://exporter@127.0.0.1:1/d", cwd=tmp_path, without_driver=True)
     assert run.returncode == 1 and "PostgreSQL backend not available in this build" in run.stderr
+
+
+# ---- the hash ring is gone: its keys and flags are refused, pointing at what replaces them ----------
+
+RING_ADVICE = ("state.url", "docs/replicas.md#migrating-from-the-hash-ring")
+
+
+@pytest.mark.parametrize("text", ["shard: {index: 0, count: 3}", "shard: {}",
+                                  "shard:\n  peer_url_template: 'http://e-{index}:9877'"])
+def test_shard_keys_are_refused_in_one_line_by_the_real_cli(tmp_path, text):
+    config = write_config(tmp_path, text + "\n")
+    check = _cli("--config.check", "--config.file", str(config))
+    assert check.returncode == 1 and check.stdout.count("\n") == 1, check.stdout
+    assert check.stdout.startswith("invalid: shard: ") and all(a in check.stdout for a in RING_ADVICE)
+    start = _cli("--config.file", str(config), "--web.listen-address", "127.0.0.1:0", cwd=tmp_path)
+    lines = [line for line in start.stderr.splitlines() if line.strip()]
+    assert start.returncode == 1 and len(lines) == 1 and all(a in lines[0] for a in RING_ADVICE), start.stderr
+    assert "Traceback" not in start.stderr
+
+
+@pytest.mark.parametrize("flags", [["--shard.count", "3"], ["--shard.index=distribute-exporter-2"],
+                                   ["--shard.peers", "http://a:9877,http://b:9877"],
+                                   ["--shard.peer-url-template", "http://e-{index}:9877"]])
+def test_shard_flags_are_refused_in_one_line_by_the_real_cli(tmp_path, flags):
+    config = write_config(tmp_path, "{}\n")
+    for extra in ([], ["--config.check"]):
+        run = _cli("--config.file", str(config), "--web.listen-address", "127.0.0.1:0", *extra, *flags, cwd=tmp_path)
+        lines = [line for line in run.stderr.splitlines() if line.strip()]
+        assert run.returncode == 1 and len(lines) == 1, run.stderr
+        assert lines[0].startswith(f"distribute-exporter: {flags[0].split('=')[0]}: ")
+        assert all(a in lines[0] for a in RING_ADVICE) and run.stdout == ""
+    assert not (tmp_path / "distribute-exporter.db").exists()

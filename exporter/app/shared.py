@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import PlatformCollector, ProcessCollector
 
 from exporter import KINDS, __version__
 from exporter.app.exporter import API_LATENCY_BUCKETS, PROCESS_SAMPLE_SECONDS, TransportFactory, default_transport
@@ -32,9 +32,10 @@ from exporter.http.jobs_api import JobsReader
 from exporter.http.jobs_api import routes as jobs_routes
 from exporter.http.server import Site, build_web_app
 from exporter.logs import MASK
-from exporter.metrics.collectors import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector, Sampled
+from exporter.metrics.collectors import ApiCollector, BuildInfoCollector, ExporterCollector, ExporterStatus, Sampled
+from exporter.metrics.facts import MetricsFacts
 from exporter.metrics.exposition import GzipParts, TextRenderer
-from exporter.metrics.shared_state import SharedStateCollector, SharedStateView
+from exporter.metrics.shared_state import SharedJobsCollector, SharedStateCollector, SharedStateView
 from exporter.polling.client import ApiClient
 from exporter.polling.ratelimit import RateLimiter
 from exporter.polling.shared_poller import DatabaseHealth, SharedPoller
@@ -67,6 +68,7 @@ class FactsCache:
         self.store: PgJobStore | None = None
         self._agg: JobAggregates | None = None
         self._at = 0.0
+        self.generation = 0
         self._reading: asyncio.Task[JobAggregates] | None = None
 
     async def get(self) -> JobAggregates | None:
@@ -77,11 +79,22 @@ class FactsCache:
         if self._reading is None or self._reading.done():
             self._reading = asyncio.ensure_future(self.store.facts())
         try:
-            self._agg = await asyncio.shield(self._reading)
-            self._at = time.monotonic()
+            agg = await asyncio.shield(self._reading)
+            if agg is not self._agg:
+                self._agg, self._at = agg, time.monotonic()
+                self.generation += 1
         except Exception as exc:
             log.debug("job facts not read from the database: %s", exc)
         return self._agg
+
+    @property
+    def last(self) -> JobAggregates | None:
+        return self._agg
+
+    async def refresh(self) -> None:
+        """Before /metrics/jobs renders: 503 until the database has answered once."""
+        if await self.get() is None:
+            raise web.HTTPServiceUnavailable(text="the state database has not answered yet\n")
 
 
 class SharedExporter:
@@ -108,8 +121,8 @@ class SharedExporter:
         self.poller: SharedPoller | None = None
         self.replicas = 1
         self.started = False
-        self.registry = CollectorRegistry(auto_describe=False)
-        self.renderer, self.jobs_renderer, self.gzip_parts = TextRenderer(), TextRenderer(), GzipParts()
+        self.metrics = MetricsFacts(shared_state=True)  # /metrics: this process; /metrics/jobs: the database's
+        self.renderer, self.gzip_parts = TextRenderer(), GzipParts()
         self.proxy = SharedProxy(proxy_listen or config.proxy.listen_address, config, lambda: self.config)
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
@@ -141,12 +154,12 @@ class SharedExporter:
         self.facts.store = self.store
         book = SharedBook(self.store)
         self.registrar_jobs.book = book
-        self.sources = ConfigSources(book, lambda ids: ids, self._invalid_id_line)
+        self.sources = ConfigSources(book, self._invalid_id_line)
         await self.sources.sync(self.config, initial=True)
         lease = max(10.0, 2 * self.config.api.timeout_seconds + 5.0)
         self.poller = SharedPoller(self.store, self.client, self.limiter, self.api_agg, self.config.poll,
                                    self.config.api.max_concurrency, lease, self.health)
-        await self.proxy.start(self.store, self.health, self.registry, self.guard.ssl_context)
+        await self.proxy.start(self.store, self.health, self.metrics.everything, self.guard.ssl_context)
         self.started = True
         for name, coro in (("poller", self.poller.run()), ("heartbeat", self._heartbeat_loop()),
                            ("leader", self._leader_loop()), ("files", self._files_loop()),
@@ -192,14 +205,13 @@ class SharedExporter:
     async def _serve(self) -> None:
         host, port = parse_listen_address(self.listen)
         limits = self.config.web
-        site = Site(self.registry, self.renderer, self.gzip_parts, self.is_ready, self.reload, self.overview,
-                    limits.max_request_body_bytes)
+        site = Site(self.metrics.everything, self.metrics.jobs, self.renderer, self.gzip_parts, self.is_ready,
+                    self.reload, self.overview, limits.max_request_body_bytes, refresh_jobs=self.facts.refresh)
         self.registrar_jobs = _LateBook()
-        registrar = Registrar(lambda: self.config.registration_token, self.registrar_jobs, lambda ids: ids,
-                              lambda: False)
+        registrar = Registrar(lambda: self.config.registration_token, self.registrar_jobs)
         reader = JobsReader(self._find, self._lookup)
         app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
-                            [registration_routes(registrar), jobs_routes(reader), self._job_facts_route])
+                            [registration_routes(registrar), jobs_routes(reader)])
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
                                      keepalive_timeout=limits.read_timeout_seconds,
                                      max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes)
@@ -210,18 +222,6 @@ class SharedExporter:
         await tcp.start()
         server = tcp._server
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
-
-    def _job_facts_route(self, app: web.Application) -> None:
-        app.router.add_get("/metrics/jobs", self._job_facts)
-
-    async def _job_facts(self, request: web.Request) -> web.Response:
-        """The job facts of every replica, read from the database (the same answer on any replica)."""
-        agg = await self.facts.get()
-        if agg is None:
-            return web.Response(status=503, text="the state database has not answered yet\n")
-        body = self.jobs_renderer.render(JobsCollector(agg, lambda job_id, created: True).families())
-        return web.Response(text=body, content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
 
     async def _find(self, query: JobQuery):
         if self.store is None:
@@ -251,7 +251,7 @@ class SharedExporter:
                 tables[name] = (await pg_queries.find(self.store.pool, q)).jobs
         sources = await self.store.sources() if self.store is not None else {}
         return {"jobs": jobs, "up": self.api_agg.up, "last_success": self.api_agg.last_success,
-                "base_url": self.config.api.base_url, "shard": f"{self.replicas} replicas (PostgreSQL)",
+                "base_url": self.config.api.base_url,
                 "sources": sources, "tables": tables, "samples": [],
                 "duration_bounds": tuple(self.config.metrics.duration_buckets), "sample_seconds": 10,
                 "spend_today": None, "proxy": self.proxy.overview()}
@@ -266,10 +266,14 @@ class SharedExporter:
         view = SharedStateView(lambda: self.health.up, lambda: self.health.errors,
                                lambda: self.poller.leases if self.poller else 0,
                                lambda: self.poller.stale if self.poller else 0, lambda: self.replicas)
-        for collector in (ApiCollector(self.api_agg), ExporterCollector(s), SharedStateCollector(view)):
-            self.registry.register(collector)
-        self.registry.register(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
-        self.registry.register(Sampled(PlatformCollector(registry=None), float("inf")))
+        facts = self.metrics
+        facts.add_job_facts(SharedJobsCollector(lambda: self.facts.last, lambda: self.facts.generation))
+        facts.add_process_facts(ApiCollector(self.api_agg))
+        facts.add_to_both(BuildInfoCollector())
+        facts.add_process_facts(ExporterCollector(s))
+        facts.add_process_facts(SharedStateCollector(view))
+        facts.add_process_facts(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
+        facts.add_process_facts(Sampled(PlatformCollector(registry=None), float("inf")))
 
     # -- background loops ------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

@@ -12,7 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
+from exporter.metrics.collectors import JobsCollector
 from exporter.metrics.families import Family, FamilyCollector
+from exporter.tracking.aggregates import JobAggregates
 
 
 @dataclass
@@ -40,3 +42,21 @@ class SharedStateCollector(FamilyCollector):
                      "had claimed the job again after this one's lease ran out.", (), {(): v.stale()})
         yield Family("distribute_exporter_live_replicas", "gauge", "Replicas with a fresh heartbeat row, this "
                      "one included: api.max_requests_per_second is shared by this many.", (), {(): v.replicas()})
+
+
+class SharedJobsCollector(FamilyCollector):
+    """The job facts as last read from the shared database (`current()`; None: not read yet).
+    `generation()` changes with every read, so the renderer's cache never serves an older one."""
+
+    def __init__(self, current: Callable[[], JobAggregates | None], generation: Callable[[], int]) -> None:
+        self.current = current
+        self.generation = generation
+
+    def version(self) -> int:
+        return self.generation()
+
+    def families(self) -> Iterator[Family]:
+        agg = self.current()
+        if agg is not None:
+            # The database answered with the current oldest job of each group already.
+            yield from JobsCollector(agg, lambda job_id, created: True).families()
