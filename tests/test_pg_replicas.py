@@ -86,6 +86,10 @@ def test_three_replicas_share_the_work_count_once_and_survive_kill_and_a_databas
             wait_for(lambda: finished_of(job_facts(proc.url)) == truth, 60, 0.3, what=f"{proc.url} totals = truth")
         answers = [job_facts(p.url) for p in procs.values()]
         assert answers[0] == answers[1] == answers[2]
+        # /metrics keeps this replica's own process facts; the job facts are on /metrics/jobs only.
+        own = procs[0].metrics()
+        assert "distribute_exporter_polls_total" in own and "distribute_exporter_state_database_up 1.0" in own
+        assert "distribute_jobs_finished_total" not in own
         # The list reads the database: the same page from any replica.
         pages = [json.loads(http("GET", f"{p.url}/api/v1/jobs?limit=100")[1]) for p in procs.values()]
         assert len(pages[0]["jobs"]) == len(ids) and pages[0] == pages[1] == pages[2]
