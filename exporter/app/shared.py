@@ -10,6 +10,7 @@ HTTP side keeps answering and readiness says so.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -192,7 +193,6 @@ class SharedExporter:
             self.status.reloaded(False)
             log.error("config reload failed, keeping the running config: %s", exc)
             return False, f"reload failed: {exc}"
-        import dataclasses
         self.config = dataclasses.replace(new, state=self.config.state, state_password=self.config.state_password)
         if self.poller is not None:
             self.poller.config = new.poll
