@@ -22,6 +22,7 @@ from exporter.tracking import finishing
 from exporter.tracking.aggregates import JobAggregates
 from exporter.tracking.contract import Applied, Claim
 from exporter.tracking.job import OPEN, Job
+from exporter.tracking.pg import facts
 from exporter.tracking.pg.schema import NOW, migrate
 from exporter.tracking.store import JOB_COLUMNS, labels_key
 
@@ -40,6 +41,7 @@ class PgJobStore:
         self.pool = pool
         self.bounds = tuple(float(b) for b in duration_buckets)
         self.prices = prices
+        self._labels = facts.LabelCache()
 
     async def migrate(self) -> int:
         async with self.pool.acquire() as conn:
@@ -177,22 +179,14 @@ class PgJobStore:
                                 "WHERE id = $1 AND final = 0", job_id, delay)
 
     # -- facts -----------------------------------------------------------------------------------
-    async def facts(self) -> JobAggregates:
-        agg = JobAggregates(self.bounds)
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            counters = await conn.fetch("SELECT family, labels, value FROM counters")
-            open_counts = await conn.fetch("SELECT kind, grp, model, status, count(*) AS n FROM jobs "
-                                           "WHERE final = 0 GROUP BY 1, 2, 3, 4")
-            oldest = await conn.fetch("SELECT DISTINCT ON (kind, grp) kind, grp, created, id FROM jobs "
-                                      "WHERE final = 0 AND created IS NOT NULL ORDER BY kind, grp, created")
-        finishing.restore(agg, ((r["family"], tuple(json.loads(r["labels"])), r["value"]) for r in counters))
-        agg.add_counts(list(agg.closed.items()))
-        agg.add_counts(((r["kind"], r["grp"], r["model"], r["status"]), r["n"]) for r in open_counts)
-        for r in oldest:
-            agg.note_unfinished(r["kind"], r["grp"], r["created"], r["id"])
-        if self.prices is not None:
-            agg.currency = self.prices.currency
-        return agg
+    async def facts(self, max_age: float | None = None) -> JobAggregates:
+        """The job facts; with `max_age`, the gauges over unfinished jobs may come from the row the
+        `gauges` leader writes (at most that old) instead of a scan (see facts.py)."""
+        return await facts.read_facts(self.pool, self.bounds, self.prices.currency if self.prices else None,
+                                      self._labels, max_age)
+
+    async def refresh_gauges(self) -> None:
+        await facts.refresh_gauges(self.pool)
 
     @staticmethod
     def is_current(job_id: str, created: float) -> bool:
