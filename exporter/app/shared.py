@@ -46,7 +46,7 @@ from exporter.sources.sync import ConfigSources
 from exporter.tracking.aggregates import ApiAggregates, JobAggregates
 from exporter.tracking.pg import queries as pg_queries
 from exporter.tracking.pg.book import SharedBook
-from exporter.tracking.pg.connect import create_pool_waiting, where
+from exporter.tracking.pg.connect import create_pool, create_pool_waiting, where
 from exporter.tracking.pg.facts import GAUGES_SECONDS
 from exporter.tracking.pg.schema import SchemaError
 from exporter.tracking.pg.store import PgJobStore
@@ -149,8 +149,10 @@ class SharedExporter:
         await self._serve()
         state = self.config.state
         password = self.config.state_password.reveal() if self.config.state_password else None
-        pool = await create_pool_waiting(state.url, max_size=self.config.api.max_concurrency + 4, password=password)
-        self.store = PgJobStore(pool, self.config.metrics.duration_buckets, self.config.prices)
+        pool = await create_pool_waiting(state.url, max_size=8, password=password)
+        answers = await create_pool(state.url, max_size=self.config.api.max_concurrency + 2, password=password,
+                                    relaxed=True)
+        self.store = PgJobStore(pool, self.config.metrics.duration_buckets, self.config.prices, answers)
         try:
             await self.store.migrate()
         except SchemaError as exc:
@@ -184,6 +186,7 @@ class SharedExporter:
                 await asyncio.wait_for(self.store.leave(self.name), 1.0)
             except Exception:
                 pass  # its heartbeat row expires by itself
+            await self.store.answers.close()
             await self.store.pool.close()
         await self.client.close()
         if self._runner is not None:

@@ -37,8 +37,13 @@ def _job(row: Any) -> Job:
 class PgJobStore:
     """The JobStore on a pool of asyncpg sessions (see connect.py)."""
 
-    def __init__(self, pool: Any, duration_buckets: Iterable[float], prices: PriceTable | None = None) -> None:
+    def __init__(self, pool: Any, duration_buckets: Iterable[float], prices: PriceTable | None = None,
+                 answers_pool: Any = None) -> None:
         self.pool = pool
+        # Claims and answers may go through sessions that commit without waiting for the disk
+        # (connect.py, `relaxed`): what a database crash loses of them is a lease or an answer, and
+        # the job simply comes due again and is asked again; nothing acknowledged travels there.
+        self.answers = answers_pool if answers_pool is not None else pool
         self.bounds = tuple(float(b) for b in duration_buckets)
         self.prices = prices
         self._labels = facts.LabelCache()
@@ -97,7 +102,7 @@ class PgJobStore:
 
     # -- polling ---------------------------------------------------------------------------------
     async def claim(self, limit: int, lease: float) -> list[Claim]:
-        rows = await self.pool.fetch(
+        rows = await self.answers.fetch(
             f"WITH due AS (SELECT id FROM jobs WHERE final = 0 AND next_due <= {NOW} "
             f"ORDER BY next_due LIMIT $1 FOR UPDATE SKIP LOCKED) "
             f"UPDATE jobs j SET next_due = {NOW} + $2 * (1 + random() * {LEASE_JITTER}), epoch = j.epoch + 1 "
@@ -113,7 +118,7 @@ class PgJobStore:
         if result.status != job.status:
             job.note_status(result.status, claim.now())
             history = job.history
-        done = await self.pool.fetchval(
+        done = await self.answers.fetchval(
             f"UPDATE jobs SET status = $3, model = CASE WHEN $4 = '' THEN model ELSE $4 END, created = $5, "
             f"finished = $6, last_polled = {NOW}, polls = polls + 1, history = $7, interval = $8, errors = 0, "
             f"last_answer_code = 200, next_due = {NOW} + $8 "
@@ -123,7 +128,7 @@ class PgJobStore:
 
     async def apply_error(self, claim: Claim, code: int | None, delay: float) -> Applied:
         """A failed poll: counted on the job, due again after `delay` (under the claim's epoch)."""
-        done = await self.pool.fetchval(
+        done = await self.answers.fetchval(
             f"UPDATE jobs SET errors = errors + 1, polls = polls + 1, last_polled = {NOW}, "
             f"last_answer_code = $3, next_due = {NOW} + $4 WHERE id = $1 AND epoch = $2 AND final = 0 RETURNING 1",
             claim.job.id, claim.epoch, code, delay)
@@ -140,7 +145,7 @@ class PgJobStore:
         return await self._finish(claim.job.id, None, claim.epoch)
 
     async def _finish(self, job_id: str, result: JobResult | None, epoch: int | None) -> Applied:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.answers.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(f"SELECT {_COLUMNS}, epoch, {NOW} AS at FROM jobs WHERE id = $1 FOR UPDATE",
                                       job_id)
             if row is None:
@@ -167,7 +172,7 @@ class PgJobStore:
         return Applied.FINAL
 
     async def _why_not(self, job_id: str) -> Applied:
-        final = await self.pool.fetchval("SELECT final FROM jobs WHERE id = $1", job_id)
+        final = await self.answers.fetchval("SELECT final FROM jobs WHERE id = $1", job_id)
         if final is None:
             return Applied.UNKNOWN
         return Applied.ALREADY_FINAL if final != OPEN else Applied.STALE
@@ -175,7 +180,7 @@ class PgJobStore:
     async def defer(self, job_id: str, delay: float) -> None:
         """Push an unfinished job's next own poll to at least `delay` from now (the application
         fetched its answer through a proxy)."""
-        await self.pool.execute(f"UPDATE jobs SET next_due = greatest(next_due, {NOW} + $2) "
+        await self.answers.execute(f"UPDATE jobs SET next_due = greatest(next_due, {NOW} + $2) "
                                 "WHERE id = $1 AND final = 0", job_id, delay)
 
     # -- facts -----------------------------------------------------------------------------------
