@@ -9,7 +9,7 @@
   `state export`; the p99 of the database read behind it (uncached) and of the route through a
   replica (its 1 s cache included).
 
-A PostgreSQL cluster of its own is initialised in the work directory (as the postgres user when run
+A PostgreSQL cluster of its own is initialised in a temporary directory (as the postgres user when run
 as root), with the server's default durability settings.
 """
 
@@ -23,6 +23,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -36,16 +37,16 @@ PASSWORD = "bench-password"
 class Cluster:
     def __init__(self, workdir: Path) -> None:
         self.bin = Path(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1]).parent
-        self.dir = workdir / "pg"
-        self.dir.mkdir()
+        # A directory of its own under the system's temporary one: the postgres user must reach it,
+        # and a work directory's parents may not let it.
+        self.dir = Path(tempfile.mkdtemp(prefix="bench-pg-"))
         self.port = free_port()
         self.password_file = self.dir / "password"
         self.password_file.write_text(PASSWORD + "\n")
         os.chmod(self.password_file, 0o644)
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
-            for path in (workdir, self.dir):
-                os.chown(path, user.pw_uid, user.pw_gid)
+            os.chown(self.dir, user.pw_uid, user.pw_gid)
         self._run("initdb", "-D", self.dir / "data", "-U", "postgres", "-A", "scram-sha-256", "--auth-local=trust",
                   f"--pwfile={self.password_file}")
         self._run("pg_ctl", "-D", self.dir / "data", "-l", self.dir / "log", "-w", "-o",

@@ -157,3 +157,13 @@ def test_jobs_query_small(tmp_path):
     assert figures["metrics_gzip_p99_ms"] > 0 and figures["metrics_identity_p99_ms"] > 0
     assert "metrics_gzip_p99_ratio" not in figures
     assert figures["ring_kb"] > 0 and figures["rss_mb"] > 0
+
+
+def test_postgres_small(tmp_path):
+    from bench.postgres import postgres
+
+    figures = postgres(tmp_path, ids=300, facts_jobs=3000, statement_ids=500, scrapes=20)
+    assert figures["sqlite_polls_per_second"] > 0 and 0 < figures["pg_one_ratio"] and 0 < figures["pg_three_ratio"]
+    for name in ("claim", "apply", "apply_final", "register", "facts_read", "metrics_jobs"):
+        assert figures[f"{name}_p99_ms"] > 0, name
+    assert figures["export_seconds"] > 0

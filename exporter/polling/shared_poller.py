@@ -78,6 +78,9 @@ class SharedPoller:
         self._idle = concurrency  # workers without a claim: the dispatcher claims no more than these
         self._room = asyncio.Event()
         self._room.set()
+        # Claim again once half the workers are free, not at every answer: one claim statement
+        # serves many jobs.
+        self._batch = max(1, concurrency // 2)
         self._auth_failures = 0
 
     async def run(self) -> None:
@@ -116,7 +119,7 @@ class SharedPoller:
             backoff = 0.5
             self.health.ok()
             self._idle -= len(claims)
-            if self._idle <= 0:
+            if self._idle < self._batch:
                 self._room.clear()
             self.leases += len(claims)
             for claim in claims:
@@ -137,7 +140,8 @@ class SharedPoller:
             finally:
                 self.leases -= 1
                 self._idle += 1
-                self._room.set()
+                if self._idle >= self._batch:
+                    self._room.set()
 
     async def poll(self, claim: Claim) -> None:
         job, cfg = claim.job, self.config
