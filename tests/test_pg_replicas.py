@@ -93,6 +93,8 @@ def test_three_replicas_share_the_work_count_once_and_survive_kill_and_a_databas
         # The list reads the database: the same page from any replica.
         pages = [json.loads(http("GET", f"{p.url}/api/v1/jobs?limit=100")[1]) for p in procs.values()]
         assert len(pages[0]["jobs"]) == len(ids) and pages[0] == pages[1] == pages[2]
+        status, page, _ = http("GET", f"{procs[2].url}/")
+        assert status == 200 and b"COMPLETED" in page  # the status page reads the shared facts
 
         # kill -9 in the middle of polling: the others finish its jobs (the leases run out).
         more = sim.create("speech", 20, age_seconds=OLD)
@@ -110,6 +112,12 @@ def test_three_replicas_share_the_work_count_once_and_survive_kill_and_a_databas
                      what="not ready while the database is away")
             assert http("GET", f"{procs[i].url}/-/healthy", timeout=3)[0] == 200
             assert http("GET", f"{procs[i].url}/metrics", timeout=3)[0] == 200
+            assert http("GET", f"{procs[i].url}/metrics/jobs", timeout=10)[0] == 200  # the last answer
+            assert http("GET", f"{procs[i].url}/", timeout=10)[0] == 200
+            refused = http("POST", f"{procs[i].url}/api/v1/jobs", {"kind": "chat", "group": "g", "ids": ids[:1]},
+                           AUTH, timeout=30)
+            assert refused[0] == 503 and b"not available" in refused[1]  # nothing acknowledged
+            assert http("GET", f"{procs[i].url}/api/v1/jobs", timeout=30)[0] == 503
         pg_server.start()
         pg_server.wait_up()
         start(1)  # a replica started again joins the others (ExporterProc waits until it is ready)

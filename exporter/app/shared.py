@@ -17,7 +17,7 @@ import secrets
 import socket
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
 from aiohttp import web
 from prometheus_client import PlatformCollector, ProcessCollector
@@ -52,8 +52,10 @@ from exporter.tracking.pg.schema import SchemaError
 from exporter.tracking.pg.store import PgJobStore
 from exporter.tracking.queries import JobQuery
 from exporter.tracking.store import StateError
+from exporter.tracking.timeline import SAMPLE_SECONDS, Timeline
 
 log = logging.getLogger("distribute.exporter")
+T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 2.0
 REPLICA_TTL_SECONDS = 10.0  # a replica not heard from for this long no longer takes a share
@@ -63,6 +65,7 @@ FACTS_CACHE_SECONDS = 1.0  # /metrics/jobs: one read of the database per second 
 # The gauges over unfinished jobs are read from the row the `gauges` leader refreshes every
 # GAUGES_SECONDS; an older row (its leader gone, a new one not yet in) is replaced by a scan.
 GAUGES_MAX_AGE = 3 * GAUGES_SECONDS
+FACTS_WAIT_SECONDS = 5.0
 
 
 class FactsCache:
@@ -83,8 +86,11 @@ class FactsCache:
             return self._agg
         if self._reading is None or self._reading.done():
             self._reading = asyncio.ensure_future(self.store.facts(max_age=GAUGES_MAX_AGE))
+            self._reading.add_done_callback(_retrieved)
         try:
-            agg = await asyncio.shield(self._reading)
+            # A database that does not answer (a partition, not a refusal) must not hold the scrape:
+            # past FACTS_WAIT_SECONDS the last answer is served, and the read goes on for the next.
+            agg = await asyncio.wait_for(asyncio.shield(self._reading), FACTS_WAIT_SECONDS)
             if agg is not self._agg:
                 self._agg, self._at = agg, time.monotonic()
                 self.generation += 1
@@ -122,6 +128,8 @@ class SharedExporter:
                                 f"distribute-exporter/{__version__} (replica {self.name})")
         self.health = DatabaseHealth()
         self.facts = FactsCache()
+        # The status page's last hour: samples of the shared job facts as this replica read them.
+        self.timeline = Timeline(JobAggregates(config.metrics.duration_buckets), self.api_agg)
         self.store: PgJobStore | None = None
         self.poller: SharedPoller | None = None
         self.replicas = 1
@@ -171,7 +179,7 @@ class SharedExporter:
         for name, coro in (("poller", self.poller.run()), ("heartbeat", self._heartbeat_loop()),
                            ("retention", self._lead("retention", self._retention, self._retention_every)),
                            ("gauges", self._lead("gauges", self.store.refresh_gauges, lambda: GAUGES_SECONDS)), ("files", self._files_loop()),
-                           ("web-config", self.guard.watch()), *self.proxy.tasks()):
+                           ("web-config", self.guard.watch()), ("timeline", self._timeline_loop()), *self.proxy.tasks()):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: replica %s on the state database %s, listening on %s", self.name, where(state.url), self.url)
 
@@ -234,34 +242,40 @@ class SharedExporter:
     async def _find(self, query: JobQuery):
         if self.store is None:
             raise web.HTTPServiceUnavailable(text="the state database has not answered yet\n")
-        return await pg_queries.find(self.store.pool, query)
+        return await _from_database(pg_queries.find(self.store.pool, query))
 
     async def _lookup(self, job_id: str):
         if self.store is None:
             raise web.HTTPServiceUnavailable(text="the state database has not answered yet\n")
-        return await self.store.get(job_id)
+        return await _from_database(self.store.get(job_id))
 
     async def overview(self) -> dict[str, Any]:
         agg = await self.facts.get()
+        if agg is not None:
+            self.timeline.jobs = agg
         jobs: dict[str, dict[str, int]] = {}
         for (kind, _g, _m, status), n in (agg.jobs.items() if agg else ()):
             if n:
                 jobs.setdefault(kind, {}).setdefault(status, 0)
                 jobs[kind][status] += n
         now = time.time()
-        tables: dict[str, list] = {}
+        tables: dict[str, list] = {"oldest": [], "slowest": [], "failed": []}
+        sources: dict[str, int] = {}
         if self.store is not None:
-            for name, q in (("oldest", JobQuery(unfinished=True, sort="created", limit=10)),
-                            ("slowest", JobQuery(unfinished=False, finished_after=now - 3600, sort="-duration",
-                                                 limit=10)),
-                            ("failed", JobQuery(statuses=("ERROR", "NOT_FOUND"), finished_after=now - 3600,
-                                                limit=10))):
-                tables[name] = (await pg_queries.find(self.store.pool, q)).jobs
-        sources = await self.store.sources() if self.store is not None else {}
+            try:
+                for name, q in (("oldest", JobQuery(unfinished=True, sort="created", limit=10)),
+                                ("slowest", JobQuery(unfinished=False, finished_after=now - 3600,
+                                                     sort="-duration", limit=10)),
+                                ("failed", JobQuery(statuses=("ERROR", "NOT_FOUND"), finished_after=now - 3600,
+                                                    limit=10))):
+                    tables[name] = (await pg_queries.find(self.store.pool, q)).jobs
+                sources = await self.store.sources()
+            except Exception as exc:  # the page still shows what this replica knows
+                log.debug("status page without the database's tables: %s", exc)
         return {"jobs": jobs, "up": self.api_agg.up, "last_success": self.api_agg.last_success,
                 "base_url": self.config.api.base_url,
-                "sources": sources, "tables": tables, "samples": [],
-                "duration_bounds": tuple(self.config.metrics.duration_buckets), "sample_seconds": 10,
+                "sources": sources, "tables": tables, "samples": self.timeline.samples(now),
+                "duration_bounds": tuple(self.config.metrics.duration_buckets), "sample_seconds": SAMPLE_SECONDS,
                 "spend_today": None, "proxy": self.proxy.overview()}
 
     def _register_collectors(self) -> None:
@@ -317,6 +331,14 @@ class SharedExporter:
         # Short retentions (tests, small disks) are swept more often than every RETENTION_SWEEP_SECONDS.
         return min(RETENTION_SWEEP_SECONDS, max(0.5, self.config.state.retention_seconds / 4))
 
+    async def _timeline_loop(self) -> None:
+        while True:
+            agg = await self.facts.get()
+            if agg is not None:
+                self.timeline.jobs = agg
+                self.timeline.sample(time.time())
+            await asyncio.sleep(SAMPLE_SECONDS)
+
     async def _files_loop(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, self.config.poll.interval_seconds / 2))
@@ -329,8 +351,24 @@ class SharedExporter:
         self.status.invalid_id_lines += 1
 
 
+def _retrieved(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()  # a failed read is logged by its awaiter, or by nobody: no warning at exit
+
+
+async def _from_database(work: Awaitable[T]) -> T:
+    """`work`, or 503 with one line when the database cannot do it (nothing was acknowledged)."""
+    try:
+        return await work
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.warning("state database unavailable for a request (%s)", type(exc).__name__)
+        raise web.HTTPServiceUnavailable(text="the state database is not available; try again\n") from None
+
+
 class _LateBook:
-    """The registration API's jobs before the database answers: 503 until then."""
+    """The registration API's jobs: 503 until the database has answered, and while it does not."""
 
     book: SharedBook | None = None
 
@@ -340,10 +378,10 @@ class _LateBook:
         return self.book
 
     async def track(self, ids: list[str], kind: str, group: str, source: str, now: float) -> tuple[list[str], int]:
-        return await self._ready().track(ids, kind, group, source, now)
+        return await _from_database(self._ready().track(ids, kind, group, source, now))
 
     async def untrack(self, job_id: str, now: float) -> bool:
-        return await self._ready().untrack(job_id, now)
+        return await _from_database(self._ready().untrack(job_id, now))
 
     async def flush(self) -> int:
         return 0
