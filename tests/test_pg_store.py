@@ -228,3 +228,24 @@ def test_the_gauges_leader_row_serves_scrapes_and_a_stale_row_is_replaced_by_a_s
     assert cached.jobs[("chat", "g", "", "UNKNOWN")] == 3  # the leader's row, as it was computed
     assert live.jobs[("chat", "g", "", "UNKNOWN")] == 5
     assert stale.jobs[("chat", "g", "", "UNKNOWN")] == 5  # too old: scanned instead
+
+
+def test_many_answers_in_one_statement_each_under_its_own_claims_epoch(pg_db):
+    url, pw = pg_db
+
+    async def go():
+        store = await opened(url, pw)
+        try:
+            await store.register(["m1", "m2", "m3"], "images", "g", "config")
+            claims = {c.job.id: c for c in await store.claim(10, 60)}
+            await store.pool.execute("UPDATE jobs SET next_due = 0 WHERE id = 'm3'")  # as if its lease ran out
+            newer = {c.job.id: c for c in await store.claim(10, 60)}  # m3 claimed again
+            await store.apply_final("m2", JobResult("COMPLETED", model="x"))
+            applied = await store.apply_many([(claims[i], JobResult("PROCESSING", model="x"), 30) for i in claims])
+            return applied, {i: (await store.get(i)).status for i in ("m1", "m2", "m3")}, newer
+        finally:
+            await store.pool.close()
+    applied, statuses, newer = asyncio.run(go())
+    assert set(newer) == {"m3"}
+    assert applied == 1  # m1 only: m2 became final, m3 was claimed again
+    assert statuses == {"m1": "PROCESSING", "m2": "COMPLETED", "m3": "UNKNOWN"}

@@ -38,8 +38,8 @@ class SharedStateCollector(FamilyCollector):
                      "PostgreSQL state that failed (unreachable, timed out, refused).", (), {(): v.errors()})
         yield Family("distribute_exporter_leases_held", "gauge", "Jobs this replica has claimed and not yet "
                      "answered (each comes due again by itself when its lease runs out).", (), {(): v.leases()})
-        yield Family("distribute_exporter_stale_answers", "counter", "Answers dropped because another replica "
-                     "had claimed the job again after this one's lease ran out.", (), {(): v.stale()})
+        yield Family("distribute_exporter_stale_answers", "counter", "Answers that changed nothing: another "
+                     "replica had claimed the job again after this one's lease ran out, or it was final meanwhile.", (), {(): v.stale()})
         yield Family("distribute_exporter_live_replicas", "gauge", "Replicas with a fresh heartbeat row, this "
                      "one included: api.max_requests_per_second is shared by this many.", (), {(): v.replicas()})
 

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from exporter.config import PollConfig
 from exporter.polling.client import ApiClient, ApiError, NotFound, RateLimited, Unauthorized
@@ -22,6 +22,8 @@ from exporter.polling.ratelimit import RateLimiter
 from exporter.polling.schedule import auth_pause, error_delay, next_interval
 from exporter.tracking.aggregates import ApiAggregates
 from exporter.tracking.contract import Applied, Claim
+from exporter.tracking.finishing import is_final
+from exporter.tracking.proxied import GroupCommit
 
 log = logging.getLogger("distribute.poller")
 
@@ -34,6 +36,7 @@ JITTER = 0.1  # next due times spread by +-10%, so jobs created together are not
 class ClaimingStore(Protocol):
     async def claim(self, limit: int, lease: float) -> list[Claim]: ...
     async def apply(self, claim: Claim, result, delay: float) -> Applied: ...
+    async def apply_many(self, answers: list[tuple[Claim, Any, float]]) -> int: ...
     async def apply_error(self, claim: Claim, code: int | None, delay: float) -> Applied: ...
     async def not_found(self, claim: Claim, grace: float, delay: float) -> Applied: ...
 
@@ -82,6 +85,14 @@ class SharedPoller:
         # serves many jobs.
         self._batch = max(1, concurrency // 2)
         self._auth_failures = 0
+        # Non-final answers arriving together are written by one statement (a final one has its own
+        # transaction with its counters): a commit per answer is what PostgreSQL charges most for.
+        self._moves: GroupCommit[tuple[Claim, Any, float]] = GroupCommit(self._write_moves, "poll-answers")
+
+    async def _write_moves(self, answers: list[tuple[Claim, Any, float]]) -> None:
+        applied = await self.store.apply_many(answers)
+        self.stale += len(answers) - applied  # superseded claims, or jobs a proxy saw final meanwhile
+        self.health.ok()
 
     async def run(self) -> None:
         tasks = {asyncio.create_task(self._dispatch(), name="dispatcher")}
@@ -162,7 +173,10 @@ class SharedPoller:
         self._auth_failures = 0
         changed = result.status != job.status
         delay = _jitter(next_interval(job.interval, changed, cfg.interval_seconds, cfg.max_interval_seconds))
-        self._outcome(await self.store.apply(claim, result, delay))
+        if is_final(result.status):
+            self._outcome(await self.store.apply(claim, result, delay))
+        else:
+            await self._moves.add((claim, result, delay))
 
     def _outcome(self, applied: Applied) -> None:
         self.health.ok()

@@ -126,6 +126,29 @@ class PgJobStore:
             job.id, claim.epoch, result.status, result.model, result.created, result.finished, history, delay)
         return Applied.MOVED if done else await self._why_not(job.id)
 
+    async def apply_many(self, answers: list[tuple[Claim, JobResult, float]]) -> int:
+        """Non-final answers of many claims in one statement and commit, each under its claim's
+        epoch (what `apply` does for one); answer how many were applied (the others were stale or
+        final meanwhile, and changed nothing)."""
+        if not answers:
+            return 0
+        columns: list[list[Any]] = [[] for _ in range(8)]
+        for claim, result, delay in sorted(answers, key=lambda a: a[0].job.id):  # one lock order
+            job = claim.job
+            if result.status != job.status:
+                job.note_status(result.status, claim.now())
+            for column, value in zip(columns, (job.id, claim.epoch, result.status, result.model, result.created,
+                                               result.finished, job.history, delay)):
+                column.append(value)
+        status = await self.answers.execute(
+            f"UPDATE jobs j SET status = v.status, model = CASE WHEN v.model = '' THEN j.model ELSE v.model END, "
+            f"created = v.created, finished = v.finished, last_polled = {NOW}, polls = j.polls + 1, "
+            f"history = v.history, interval = v.delay, errors = 0, last_answer_code = 200, next_due = {NOW} + v.delay "
+            "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[], "
+            "$8::float8[]) AS v(id, epoch, status, model, created, finished, history, delay) "
+            "WHERE j.id = v.id AND j.epoch = v.epoch AND j.final = 0", *columns)
+        return int(status.rsplit(" ", 1)[1])
+
     async def apply_error(self, claim: Claim, code: int | None, delay: float) -> Applied:
         """A failed poll: counted on the job, due again after `delay` (under the claim's epoch)."""
         done = await self.answers.fetchval(
