@@ -28,7 +28,7 @@ from exporter.tracking.proxied import GroupCommit
 log = logging.getLogger("distribute.poller")
 
 DEFAULT_RETRY_AFTER = 5.0
-IDLE_SECONDS = 0.2  # how often an idle replica asks whether anything came due
+IDLE_SECONDS = 0.05  # how often an idle replica asks whether anything came due (an indexed probe)
 DB_BACKOFF_MAX = 10.0
 JITTER = 0.1  # next due times spread by +-10%, so jobs created together are not polled together
 
