@@ -25,6 +25,7 @@ from exporter.metrics.exposition import GzipParts, TextRenderer
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import MASK
 from exporter.config.addresses import parse_listen_address
+from exporter.polling.health import ApiHealth
 from exporter.polling.poller import Poller
 from exporter.polling.ratelimit import RateLimiter
 from exporter.tracking.ownership import Ring
@@ -63,8 +64,9 @@ class Exporter:
     def __init__(self, config: Config, config_path: str | None = None, listen: str | None = None,
                  transport_factory: TransportFactory = default_transport,
                  shard: tuple[int, int] | None = None, web_config: str | None = None,
-                 proxy_listen: str | None = None) -> None:
+                 proxy_listen: str | None = None, external_url: str | None = None) -> None:
         self.config = config
+        self.external_url_flag = external_url
         web_file = web_config or (str(config.resolve(config.web.config_file)) if config.web.config_file else None)
         self.guard = Guard(Path(web_file) if web_file else None)  # WebConfigError: refuse to start
         self.config_path = config_path
@@ -84,8 +86,10 @@ class Exporter:
         self.timeline = Timeline(self.job_agg, self.api_agg)
         self.limiter = RateLimiter(config.api.max_requests_per_second)
         self.client = self._make_client(config)
+        self.health = ApiHealth(lambda: self.config.api.base_url, lambda: self.config.poll.interval_seconds,
+                                lambda: self.config.poll.failing_reminder_seconds)
         self.poller = Poller(self.jobs, self.client, self.limiter, self.api_agg, config.poll,
-                             config.api.max_concurrency)
+                             config.api.max_concurrency, health=self.health)
         self.registry = CollectorRegistry(auto_describe=False)
         self.renderer = TextRenderer()
         self.gzip_parts = GzipParts()
@@ -172,6 +176,12 @@ class Exporter:
     def url(self) -> str:
         return listen_url(self.listen, self.guard.ssl_context is not None, self.port)
 
+    @property
+    def external_url(self) -> str:
+        """Where users reach this exporter: --web.external-url, web.external_url, else the listen URL."""
+        given = self.external_url_flag or self.config.web.external_url
+        return (given or self.url).rstrip("/")
+
     async def _serve(self) -> None:
         host, port = parse_listen_address(self.listen)
         limits = self.config.web
@@ -207,6 +217,7 @@ class Exporter:
         s.polls = lambda: self.poller.polls
         s.tracked = lambda: (len(self.jobs.open), self.jobs.closed_total)
         s.shard_index, s.shard_count = self.shard_index, self.shard_count
+        s.external_url = lambda: self.external_url
         for collector in (JobsCollector(self.job_agg, self.jobs.is_current, self.jobs.exemplars),
                           ApiCollector(self.api_agg),
                           ExporterCollector(s)):
@@ -335,8 +346,11 @@ class Exporter:
         for (kind, _group, _model, status), n in list(self.job_agg.jobs.items()):
             if n:
                 jobs.setdefault(kind, Counter())[status] += n
+        error = self.health.last_error
         return {"jobs": jobs, "up": self.api_agg.up, "last_success": self.api_agg.last_success,
-                "base_url": self.config.api.base_url, "shard": f"{self.shard_index}/{self.shard_count}"}
+                "base_url": self.config.api.base_url, "shard": f"{self.shard_index}/{self.shard_count}",
+                "last_error": ({"reason": error.reason, "detail": error.detail, "at": error.at} if error else None),
+                "down_since": self.health.down_since()}
 
     async def overview(self) -> dict[str, Any]:
         """What the status page shows: the summary, tracked ids per source, the last hour's

@@ -69,6 +69,8 @@ class PollConfig:
     max_interval_seconds: float = _opt(300.0, positive=True)
     not_found_grace_seconds: float = _opt(600.0, min=0)
     auth_backoff_max_seconds: float = _opt(300.0, positive=True)
+    # While polling fails: the log's reminder that it still does, at most this often.
+    failing_reminder_seconds: float = _opt(300.0, positive=True)
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,9 @@ class JobGroup:
 @dataclass(frozen=True)
 class WebConfig:
     listen_address: str = _opt("0.0.0.0:9877")
+    # Where users reach the exporter (behind a proxy, a balancer, a DNS name), as Prometheus's
+    # --web.external-url; alert links are built on it. Unset: derived from listen_address.
+    external_url: str | None = _opt(None)
     registration_token_file: str | None = _opt(None)
     config_file: str | None = _opt(None)
     max_request_body_bytes: int = _opt(1024 * 1024, min=1024)

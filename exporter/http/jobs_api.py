@@ -1,5 +1,6 @@
 """Reading tracked jobs: `GET /api/v1/jobs` (a filtered, sorted list, paged with a cursor),
-`GET /api/v1/jobs/<id>` (one record) and the job page `/jobs/<id>` (the same, as HTML).
+`GET /api/v1/jobs/<id>` (one record), and the same as HTML: the list `/jobs?...` and the job page
+`/jobs/<id>`.
 
 With peers, a record is asked of its owner, and the list merges every shard's own page (`local=true`
 asks one replica only): one cursor carries each shard's place, so paging through the merged list
@@ -15,6 +16,7 @@ import asyncio
 import json
 import time
 from dataclasses import dataclass, replace
+from urllib.parse import urlencode
 from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
@@ -67,18 +69,41 @@ def routes(reader: JobsReader) -> Callable[[web.Application], None]:
         app[READER] = reader
         app.router.add_get("/api/v1/jobs", list_jobs)
         app.router.add_get("/api/v1/jobs/{job_id}", show)
+        app.router.add_get("/jobs", jobs_page)
         app.router.add_get("/jobs/{job_id}", job_page)
     return add
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    reader = request.app[READER]
     try:
-        if reader.shards is None or is_local(request.query):
-            return web.json_response(await _page(reader, parse_query(request.query)))
-        return web.json_response(await _merged(reader, reader.shards, request.query))
+        return web.json_response(await _listed(request))
     except BadParameter as exc:
         return web.json_response({"error": str(exc), "parameter": exc.name}, status=400)
+
+
+async def _listed(request: web.Request) -> ListPage:
+    """The page the query string asks for: this replica's own, or every shard's merged."""
+    reader = request.app[READER]
+    if reader.shards is None or is_local(request.query):
+        return await _page(reader, parse_query(request.query))
+    return await _merged(reader, reader.shards, request.query)
+
+
+async def jobs_page(request: web.Request) -> web.Response:
+    """`/jobs?...`: the list of GET /api/v1/jobs (the same parameters) as a page, for people: the
+    target of the alerts' `jobs` links."""
+    filters = [(k, v) for k, v in request.query.items() if k != "cursor"]
+    try:
+        listed = await _listed(request)
+    except BadParameter as exc:
+        return page("jobs.html", status=400, error=str(exc), filters=filters, rows=[], api_query="",
+                    next_query=None, missing=[])
+    rows = [{**record, "created_at": _when(record.get("created")), "ended_at": _when(record.get("ended"))}
+            for record in listed["jobs"]]
+    cursor = listed.get("next_cursor")
+    return page("jobs.html", error=None, filters=filters, rows=rows, api_query=urlencode(list(request.query.items())),
+                next_query=urlencode([*filters, ("cursor", cursor)]) if cursor else None,
+                missing=listed.get("missing_shards", []))
 
 
 async def _page(reader: JobsReader, query: JobQuery) -> ListPage:

@@ -130,6 +130,7 @@ class ExporterCollector(FamilyCollector):
         distribute_exporter_polls_total 1523.0
         distribute_exporter_tracked_jobs{state="polled"} 120.0
         distribute_exporter_shard_info{count="1",index="0"} 1.0
+        distribute_exporter_web_info{external_url="http://exporter.example:9877"} 1.0
     """
 
     def __init__(self, status: "ExporterStatus") -> None:
@@ -160,6 +161,9 @@ class ExporterCollector(FamilyCollector):
                      {(): s.connections_rejected})
         yield Family("distribute_exporter_shard_info", "gauge", "Always 1; which shard of the ids this replica "
                      "tracks.", ("index", "count"), {(str(s.shard_index), str(s.shard_count)): 1})
+        yield Family("distribute_exporter_web_info", "gauge", "Always 1; external_url is where users reach this "
+                     "exporter (web.external_url), for links in alerts.", ("external_url",),
+                     {(s.external_url(),): 1})
 
 
 class ExporterStatus:
@@ -176,6 +180,7 @@ class ExporterStatus:
         self.poll_restarts: Callable[[], int] = lambda: 0
         self.polls: Callable[[], int] = lambda: 0
         self.tracked: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self.external_url: Callable[[], str] = lambda: ""
 
     def connection_rejected(self) -> None:
         self.connections_rejected += 1

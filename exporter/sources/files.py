@@ -48,6 +48,9 @@ class IdsFileWatcher:
 
     def __init__(self) -> None:
         self.marks: dict[Path, FileMark] = {}
+        # Files that could not be read at the last scan, with why: warned about once, when they
+        # became unreadable, not at every scan (once a second).
+        self.unreadable: dict[Path, str] = {}
 
     def scan(self, paths: list[Path]) -> tuple[list[FileChange], list[Path]]:
         """Changes in the files now matched, and the files that no longer exist or match."""
@@ -56,14 +59,25 @@ class IdsFileWatcher:
             try:
                 change = self._scan_file(path)
             except OSError as exc:
-                log.warning("cannot read ids file file=%s: %s", path, exc.strerror or exc)
+                self._unreadable(path, str(exc.strerror or exc))
                 continue
+            if self.unreadable.pop(path, None) is not None:
+                log.info("ids file readable again file=%s", path)
             if change is not None:
                 changes.append(change)
-        gone = [p for p in self.marks if p not in set(paths)]
+        matched = set(paths)
+        gone = [p for p in self.marks if p not in matched]
         for path in gone:
             del self.marks[path]
+        for path in [p for p in self.unreadable if p not in matched]:
+            del self.unreadable[path]
         return changes, gone
+
+    def _unreadable(self, path: Path, reason: str) -> None:
+        if path not in self.unreadable:
+            log.warning("cannot read ids file file=%s: %s (said once; the file is tried again every scan)",
+                        path, reason)
+        self.unreadable[path] = reason
 
     def _scan_file(self, path: Path) -> FileChange | None:
         info = os.stat(path)
