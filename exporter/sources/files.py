@@ -27,6 +27,7 @@ class FileMark:
     offset: int  # bytes consumed: up to the last complete line
     lines: int  # lines consumed
     tail: bytes  # the _TAIL bytes before `offset`
+    mode: int = 0  # a changed mode (chmod) is tried again: the file may have become unreadable or readable
 
 
 @dataclass(slots=True)
@@ -82,7 +83,8 @@ class IdsFileWatcher:
     def _scan_file(self, path: Path) -> FileChange | None:
         info = os.stat(path)
         mark = self.marks.get(path)
-        if mark and mark.inode == info.st_ino and mark.size == info.st_size and mark.mtime_ns == info.st_mtime_ns:
+        if mark and mark.inode == info.st_ino and mark.size == info.st_size and mark.mtime_ns == info.st_mtime_ns \
+                and mark.mode == info.st_mode:
             return None
         with open(path, "rb") as handle:
             if mark and mark.inode == info.st_ino and info.st_size >= mark.offset and self._same_tail(handle, mark):
@@ -112,5 +114,5 @@ class IdsFileWatcher:
         tail = handle.read(new_offset - max(0, new_offset - _TAIL))
         pending = end < len(data)  # re-read next scan even if the file does not change
         self.marks[path] = FileMark(info.st_ino, info.st_size, 0 if pending else info.st_mtime_ns,
-                                    new_offset, lines + len(text), tail)
+                                    new_offset, lines + len(text), tail, info.st_mode)
         return change
