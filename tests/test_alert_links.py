@@ -93,6 +93,7 @@ def test_an_error_ratio_alerts_link_lists_exactly_its_error_jobs(simulator, expo
     first = sorted(expected)[0]
     status, body, _ = http("GET", f"{proc.url}/jobs/{first}")
     assert status == 200 and ">ERROR<" in body.decode()
+    assert "error reason</th><td class=\"id\">none given" in body.decode()  # the API publishes none
 
 
 def test_a_stuck_jobs_alerts_link_lists_exactly_the_old_unfinished_jobs(simulator, exporter, tmp_path):
