@@ -145,7 +145,7 @@ BAD_ADDRESSES = ["127.0.0.1:99999", "localhost", "127.0.0.1:abc", "no-such-host.
 
 def run_cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True, cwd=cwd,
-                          timeout=60)
+                          timeout=60, env={**os.environ, "DISTRIBUTE_API_KEY": KEY})
 
 
 def one_error_line(run: subprocess.CompletedProcess) -> str:
@@ -297,3 +297,15 @@ def test_the_demo_says_little_while_its_files_grow(tmp_path):
 def parse_url(url: str, name: str) -> dict:
     from helpers import parse_samples
     return parse_samples(http("GET", f"{url}/metrics", timeout=5)[1].decode(), name)
+
+
+@pytest.mark.parametrize("flag, listener", [("--web.listen-address", "web"), ("--proxy.listen-address", "proxy")])
+def test_a_listen_address_in_use_is_one_line_naming_it(tmp_path, flag, listener):
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        config = write_config(tmp_path, "state: {path: state.db}\n")
+        line = one_error_line(run_cli("--config.file", str(config), flag, address, cwd=tmp_path))
+    assert f"{listener} listen address {address}" in line and "in use" in line, line

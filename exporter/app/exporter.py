@@ -207,7 +207,10 @@ class Exporter:
         assert self._runner.server is not None
         limit_connections(self._runner.server, limits.max_connections, self.status.connection_rejected)
         site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=self.guard.ssl_context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # in use, or not an address of this host: say which listener
+            raise OSError(exc.errno, f"web listen address {self.listen}: {exc.strerror or exc}") from None
         server = site._server
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
 
