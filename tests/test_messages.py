@@ -309,3 +309,62 @@ def test_a_listen_address_in_use_is_one_line_naming_it(tmp_path, flag, listener)
         config = write_config(tmp_path, "state: {path: state.db}\n")
         line = one_error_line(run_cli("--config.file", str(config), flag, address, cwd=tmp_path))
     assert f"{listener} listen address {address}" in line and "in use" in line, line
+
+
+# --- the rules behind the lines, on a clock the test turns ------------------------------------------------
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_blip_is_no_outage_and_reminders_keep_their_interval(caplog):
+    from exporter.polling.health import ApiHealth
+
+    clock = Clock()
+    health = ApiHealth(lambda: "http://api.test", lambda: 10.0, lambda: 300.0, clock=clock)
+    caplog.set_level("INFO", logger="distribute.poller")
+    for _ in range(5):  # one failure between good answers, again and again: counted, not said
+        health.failed("http_5xx", "HTTP 503")
+        clock.now += 1
+        health.ok()
+    two_at_once = [health.failed("timeout", "timed out") for _ in range(2)]  # two in the same instant
+    assert two_at_once and caplog.messages == [] and not health.failing
+    clock.now += 5  # half a poll interval after the streak began: an outage
+    health.failed("timeout", "timed out")
+    assert health.failing and len(caplog.messages) == 1 and "reason=timeout" in caplog.messages[0]
+    for _ in range(60):  # a failure every 10 s for 10 minutes: two reminders, 300 s apart
+        clock.now += 10
+        health.failed("connect", "ConnectionRefusedError")
+    reminders = [m for m in caplog.messages if "still fails" in m]
+    assert len(reminders) == 2 and "for 5m now" in reminders[0] and "for 10m now" in reminders[1], reminders
+    health.ok()
+    assert caplog.messages[-1].startswith("the API answers again base_url=http://api.test after 10m")
+    health.ok()
+    assert len(caplog.messages) == 4 and health.down_since() is None
+
+
+def test_ids_file_summaries_come_at_most_once_per_interval(caplog):
+    from exporter.sources.sync import AdditionSummary
+
+    clock = Clock()
+    summary = AdditionSummary(every=60.0, clock=clock)
+    caplog.set_level("INFO", logger="distribute.exporter")
+    for second in range(180):  # a line a second for three minutes, from two groups
+        summary.add("chat", "a", 1)
+        if second % 2:
+            summary.add("images", "b", 2)
+        summary.maybe_log()
+        clock.now += 1
+    assert len(caplog.messages) == 3, caplog.messages  # at once, then a minute later, and again
+    assert caplog.messages[0] == "ids files added 1 ids: chat/a=1"
+    assert caplog.messages[1] == "ids files added 120 ids in the last 60s: chat/a=60 images/b=60"
+    clock.now -= 0.5  # 59.5 s after the last line: what came since waits
+    summary.maybe_log()
+    assert len(caplog.messages) == 3
+    clock.now += 0.5
+    summary.maybe_log()
+    assert caplog.messages[3] == "ids files added 119 ids in the last 60s: chat/a=59 images/b=60"
