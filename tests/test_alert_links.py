@@ -14,7 +14,7 @@ from pathlib import Path
 import yaml
 
 from conftest import tool
-from helpers import REPO, get_json, http, parse_samples, total, wait_for, write_config
+from helpers import REPO, get_json, http, total, wait_for, write_config
 
 ALERTS = REPO / "prometheus" / "alerts.yaml"
 GROUP = "night shift/a&b"  # a space, a slash and an ampersand: the link must escape them

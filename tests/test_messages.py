@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import uuid
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, Proc, free_port, http, total, wait_for, write_config
+from helpers import REPO, Proc, free_port, http, parse_samples, total, wait_for, write_config
 
 KEY = "msgs-secret-key-7f3a9c"
 
@@ -108,8 +109,7 @@ def test_api_down_is_one_warning_then_spaced_reminders_then_one_recovery_line(tm
 
 
 def parse(proc: Proc, name: str) -> dict:
-    from helpers import parse_samples
-    return parse_samples(http("GET", f"{proc.url}/metrics")[1].decode(), name)  # type: ignore[attr-defined]
+    return parse_url(proc.url, name)  # type: ignore[attr-defined]
 
 
 # --- no API key -------------------------------------------------------------------------------------
@@ -216,7 +216,7 @@ def test_ids_file_additions_are_summed_up_not_one_line_each(simulator, tmp_path)
     assert "chat/g=2" in summaries[0]["msg"]
 
 
-def without_dac(tmp_path: Path) -> tuple[str, ...]:
+def without_dac() -> tuple[str, ...]:
     """A prefix that runs a command unable to read a mode-000 file: root reads anything unless the
     DAC-override capabilities are dropped."""
     if os.geteuid() != 0:
@@ -239,7 +239,7 @@ def test_an_unreadable_ids_file_is_warned_about_once_per_change_and_by_config_ch
     config = write_config(tmp_path, f"api: {{base_url: '{sim.url}', max_requests_per_second: 0}}\n"
                                     "poll: {interval_seconds: 0.2}\nstate: {path: state.db}\n"
                                     f"jobs:\n  - {{kind: chat, ids_file: '{folder}/*.txt'}}\n")
-    wrap = without_dac(tmp_path)
+    wrap = without_dac()
     check = subprocess.run([*wrap, sys.executable, "-m", "exporter", "--config.check", "--config.file", str(config)],
                            capture_output=True, text=True, cwd=REPO, env={**os.environ, "DISTRIBUTE_API_KEY": KEY})
     assert check.returncode == 0 and check.stdout.startswith("valid:"), check.stdout + check.stderr
@@ -295,13 +295,11 @@ def test_the_demo_says_little_while_its_files_grow(tmp_path):
 
 
 def parse_url(url: str, name: str) -> dict:
-    from helpers import parse_samples
     return parse_samples(http("GET", f"{url}/metrics", timeout=5)[1].decode(), name)
 
 
 @pytest.mark.parametrize("flag, listener", [("--web.listen-address", "web"), ("--proxy.listen-address", "proxy")])
 def test_a_listen_address_in_use_is_one_line_naming_it(tmp_path, flag, listener):
-    import socket
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
