@@ -75,5 +75,5 @@ class ProxyCollector(FamilyCollector):
                      "through the proxy and the exporter applied, by kind.", ("kind",), dict(s.observed))
         yield Family("distribute_proxy_errors", "counter", "Failures on the proxy path by reason: connect, timeout, "
                      "too_large, upstream_body, client, observe, commit, dropped, and ids of other shards left "
-                     "untracked: not_owned (see README, Proxy).",
+                     "untracked: not_owned (see docs/proxy.md).",
                      ("reason",), dict(s.errors))
