@@ -108,7 +108,9 @@ def test_every_flag_is_documented():
     exporter_flags, simulator_flags = flags(build_parser()), flags(simulator_parser())
     assert "--config.check" in exporter_flags and "--generate-via" in simulator_flags
     text = docs_text()
-    missing = [f for f in exporter_flags + simulator_flags if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w.-])", text)]
+    # a flag as a whole word: `--shard.index` must not count as `--shard.index-x`
+    missing = [f for f in exporter_flags + simulator_flags
+               if not re.search(rf"(?<![\w-]){re.escape(f)}(?![\w.-])", text)]
     assert not missing, f"flags no page of docs/ documents: {missing}"
 
 
@@ -167,11 +169,19 @@ def metric_names_in_code() -> set[str]:
 def test_every_metric_is_documented(tmp_path, exporter):
     names = metric_names_in_code()
     # ... and every family a real exporter serves (proxy and prices on) is one of those
-    (tmp_path / "prices.yaml").write_text("prices:\n  - kind: chat\n    model: m\n    effective_from: 2026-01-01\n"
-                                          "    per_request: 0.01\n")
-    config = write_config(tmp_path, f"api:\n  base_url: http://127.0.0.1:{free_port()}\n"
-                                    f"pricing:\n  file: prices.yaml\nproxy:\n  listen_address: 127.0.0.1:{free_port()}\n"
-                                    "jobs:\n  - kind: chat\n    ids: [3f1c1e0a-8a4e-4f6b-9d3e-2b8f0a1c5d7e]\n")
+    (tmp_path / "prices.yaml").write_text(
+        "prices:\n  - kind: chat\n    model: m\n    effective_from: 2026-01-01\n    per_request: 0.01\n")
+    config = write_config(tmp_path, f"""\
+api:
+  base_url: http://127.0.0.1:{free_port()}
+pricing:
+  file: prices.yaml
+proxy:
+  listen_address: 127.0.0.1:{free_port()}
+jobs:
+  - kind: chat
+    ids: [3f1c1e0a-8a4e-4f6b-9d3e-2b8f0a1c5d7e]
+""")
     served = set()
     for line in exporter(config).metrics().splitlines():
         if line.startswith("# TYPE "):
@@ -312,7 +322,7 @@ def test_the_readmes_install_and_quick_start_work_from_a_fresh_clone(tmp_path):
         assert app.stop(signal.SIGINT, timeout=30) == 0, app.log()  # Ctrl-C stops it
 
     # The test command, up to collecting the suite (running it here would run this test again).
-    done = run_shell(f"{tests} --collect-only -q", quick, timeout=1200)
+    done = run_shell(f"{tests} --collect-only", quick, timeout=1200)  # tests/run.sh passes -q itself
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     collected = re.search(r"^(\d+) tests collected", done.stdout, re.M)
     assert collected and int(collected.group(1)) > 300, done.stdout[-2000:]
