@@ -233,12 +233,16 @@ def test_the_readme_is_short_and_its_links_lead_somewhere():
 
 
 def test_the_readmes_minimal_config_is_valid(tmp_path):
-    [config] = code_blocks(readme_section("A minimal config"), "yaml")
+    """The README's config, checked by the README's own --config.check command."""
+    section = readme_section("A minimal config")
+    [config] = code_blocks(section, "yaml")
     (tmp_path / "config.yaml").write_text(config)
-    check = subprocess.run([sys.executable, "-m", "exporter", "--config.file", "config.yaml", "--config.check"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "DISTRIBUTE_API_KEY": "k"})
-    assert check.returncode == 0 and check.stdout.startswith("valid:"), check.stdout + check.stderr
+    check_command = commands(code_blocks(section, "sh")[0])[0]
+    assert "--config.check" in check_command
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the installed command
+    check = subprocess.run(["bash", "-c", check_command], cwd=tmp_path, capture_output=True, text=True,
+                           timeout=60, env={**os.environ, "PATH": path, "DISTRIBUTE_API_KEY": "k"})
+    assert check.returncode == 0 and check.stdout.startswith("valid: config.yaml"), check.stdout + check.stderr
 
 
 def commands(block: str) -> list[str]:
