@@ -175,3 +175,30 @@ def test_a_proxy_timeout_is_counted_by_model_as_504(tmp_path, simulator, exporte
     wait_for(lambda: counted(exp, REQUESTS, kind="images", group="default", model="FLUX.1 schnell", code="504") == 1,
              20, what="the 504 counted")
     assert counted(exp, RESULTS, kind="images", group="default", model="FLUX.1 schnell") == 1
+
+
+def test_the_simulator_refuses_as_openai_does_and_takes_both_key_forms(simulator):
+    sim = simulator("--api-key", APP_KEY)
+    url = f"{sim.url}/v1/chat/completions"
+    good = {"model": "Llama-3.1 8B", "messages": CHAT}
+    for header in (APP_KEY, f"Bearer {APP_KEY}", f"bearer {APP_KEY}"):
+        assert httpx.post(url, json=good, headers={"authorization": header}).status_code == 200, header
+    refused = httpx.post(url, json=good, headers={"authorization": f"Bearer {APP_KEY}x"})
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    bearer = {"authorization": f"Bearer {APP_KEY}"}
+    for body, param in (({"messages": CHAT}, "model"), ({"model": "m", "messages": []}, "messages"),
+                        ({**good, "stream": True}, "stream"), ({**good, "max_tokens": 0}, "max_completion_tokens")):
+        answer = httpx.post(url, json=body, headers=bearer)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param, (body, answer.text)
+    images = f"{sim.url}/v1/images/generations"
+    for body, param in (({"prompt": ""}, "prompt"), ({"prompt": "x", "n": 11}, "n"),
+                        ({"prompt": "x", "response_format": "b64_json"}, "response_format")):
+        answer = httpx.post(images, json=body, headers=bearer)
+        assert answer.status_code == 400 and answer.json()["error"]["param"] == param, (body, answer.text)
+    # The fault knobs apply to these routes too, in OpenAI's error envelope.
+    sim.faults(error_429_ratio=1.0, retry_after_seconds=7)
+    limited = httpx.post(images, json={"prompt": "x"}, headers=bearer)
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "7")
+    assert limited.json()["error"]["type"] == "rate_limit_error"
+    sim.faults(error_429_ratio=0.0, malformed_ratio=1.0, malformed_kinds="not_json")
+    assert httpx.post(images, json={"prompt": "x"}, headers=bearer).headers["content-type"].startswith("text/html")
