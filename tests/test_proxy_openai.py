@@ -202,3 +202,45 @@ def test_the_simulator_refuses_as_openai_does_and_takes_both_key_forms(simulator
     assert limited.json()["error"]["type"] == "rate_limit_error"
     sim.faults(error_429_ratio=0.0, malformed_ratio=1.0, malformed_kinds="not_json")
     assert httpx.post(images, json={"prompt": "x"}, headers=bearer).headers["content-type"].startswith("text/html")
+
+
+def test_counting_reads_what_it_can_and_keeps_label_values_bounded():
+    """OpenAICounts alone: a stream is counted without usage and is no error; a compressed answer is
+    read inflated; an answer that is not the route's shape counts as `observe`; a model name never
+    answered 200 stays out of the labels, and the names remembered are bounded."""
+    import gzip
+
+    from exporter.metrics.proxy import ProxyStats
+    from exporter.sources import proxy_openai
+    from exporter.sources.proxy_openai import OpenAICounts, openai_kind
+
+    stats = ProxyStats()
+    counts = OpenAICounts(stats, lambda body, encoding: gzip.decompress(body) if encoding == "gzip" else body)
+    ask = lambda model, **more: json.dumps({"model": model, "messages": CHAT, **more}).encode()  # noqa: E731
+    completion = json.dumps({"object": "chat.completion", "model": "M-1", "choices": [],
+                             "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}).encode()
+
+    assert (openai_kind(b"POST", "/v1/chat/completions?x=1"), openai_kind("POST", "/v1/images/generations")) == \
+        ("chat", "images")
+    assert openai_kind("GET", "/v1/chat/completions") is None and openai_kind("POST", "/v1/models") is None
+    counts.call("chat", "g", lambda: ask("m1")).answered(200, gzip.compress(completion), "gzip")
+    counts.call("chat", "g", lambda: ask("m1", stream=True)).answered(200, b"data: {}\n\ndata: [DONE]\n\n")
+    counts.call("chat", "g", lambda: ask("m1")).answered(503)
+    counts.call("chat", "g", lambda: ask("never-answered")).answered(503)
+    counts.call("images", "g", lambda: b'{"prompt": "p"}').answered(200, b'{"created": 1, "data": [{}, {}]}')
+    counts.call("images", "g", lambda: b'{"prompt": "p", "model": "i1"}').answered(200, b'{"data": "no"}')
+    once = counts.call("chat", "g", lambda: ask("m1"))
+    once.answered(200, completion)
+    once.answered(502)  # a call is counted once, whatever comes after
+
+    assert dict(stats.openai_requests) == {("chat", "g", "M-1", "200"): 3,  # the stream too: m1 is M-1
+                                           ("chat", "g", "M-1", "503"): 1, ("chat", "g", "", "503"): 1,
+                                           ("images", "g", "", "200"): 1, ("images", "g", "i1", "200"): 1}
+    assert dict(stats.openai_tokens) == {("g", "M-1", "prompt"): 10, ("g", "M-1", "completion"): 14}
+    assert dict(stats.openai_results) == {("images", "g", ""): 2}
+    assert stats.errors[("observe",)] == 1  # the images answer whose data is no list; the stream is none
+
+    for i in range(proxy_openai.MAX_KNOWN_MODELS + 50):
+        counts.call("images", "g", lambda i=i: json.dumps({"prompt": "p", "model": f"n{i}"}).encode()).answered(
+            200, b'{"data": []}')
+    assert len(counts.models) == proxy_openai.MAX_KNOWN_MODELS

@@ -51,18 +51,19 @@ class OpenAICounts:
         if status != 200:
             self.stats.openai_answered(kind, group, self.models.get(asked, ""), str(status))
             return
+        known = self.models.get(asked) or asked  # the name a 200 answer gave it, when one did
         if stream or answer is None:
             # A stream (server-sent events) or an answer too long to keep: counted, its usage not read.
-            self._counted(kind, group, asked, asked, "200")
+            self._counted(kind, group, asked, known, "200")
             return
         readable = self.readable(answer, encoding)
         read = _read_answer(kind, readable) if readable is not None else None
         if read is None:
             self.stats.error("observe")
-            self._counted(kind, group, asked, asked, "200")
+            self._counted(kind, group, asked, known, "200")
             return
         named, tokens, results = read
-        self._counted(kind, group, asked, named or asked, "200", tokens, results)
+        self._counted(kind, group, asked, named or known, "200", tokens, results)
 
     def _counted(self, kind: str, group: str, asked: str, model: str, code: str,
                  tokens: tuple[int, int] | None = None, results: int | None = None) -> None:
