@@ -187,11 +187,13 @@ def test_the_simulator_refuses_as_openai_does_and_takes_both_key_forms(simulator
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
     bearer = {"authorization": f"Bearer {APP_KEY}"}
     for body, param in (({"messages": CHAT}, "model"), ({"model": "m", "messages": []}, "messages"),
-                        ({**good, "stream": True}, "stream"), ({**good, "max_tokens": 0}, "max_completion_tokens")):
+                        ({**good, "stream": True}, "stream"), ({**good, "max_tokens": 0}, "max_completion_tokens"),
+                        ({**good, "n": 2}, "n")):
         answer = httpx.post(url, json=body, headers=bearer)
         assert answer.status_code == 400 and answer.json()["error"]["param"] == param, (body, answer.text)
     images = f"{sim.url}/v1/images/generations"
     for body, param in (({"prompt": ""}, "prompt"), ({"prompt": "x", "n": 11}, "n"),
+                        ({"prompt": "x", "size": "big"}, "size"),
                         ({"prompt": "x", "response_format": "b64_json"}, "response_format")):
         answer = httpx.post(images, json=body, headers=bearer)
         assert answer.status_code == 400 and answer.json()["error"]["param"] == param, (body, answer.text)

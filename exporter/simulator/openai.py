@@ -59,6 +59,8 @@ def check_chat(body: object) -> dict[str, Any]:
             raise OpenAIRequestError(f"messages[{i}] must be an object with a role", f"messages[{i}]")
     if body.get("stream") is True:
         raise OpenAIRequestError("stream is not supported by this simulator: ask without stream", "stream")
+    if body.get("n") not in (None, 1):
+        raise OpenAIRequestError("n: only one choice (n=1) is supported by this simulator", "n")
     limit = body.get("max_completion_tokens", body.get("max_tokens"))
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 1):
         raise OpenAIRequestError("max_completion_tokens must be a positive integer", "max_completion_tokens")
@@ -82,8 +84,8 @@ def check_images(body: object) -> dict[str, Any]:
         raise OpenAIRequestError("n must be an integer from 1 to 10", "n")
     size = body.get("size") or "768x768"
     width, _, height = str(size).partition("x")
-    if not (width.isdigit() and height.isdigit()):
-        raise OpenAIRequestError("size must look like 768x768", "size")
+    if size != "auto" and not (width.isdigit() and height.isdigit()):
+        raise OpenAIRequestError("size must be auto or look like 768x768", "size")
     if body.get("response_format") not in (None, "url"):
         raise OpenAIRequestError("response_format: only url is supported by this simulator", "response_format")
     return {"model": model, "prompt": prompt, "n": n, "size": size}
