@@ -159,8 +159,8 @@ def build_app(sim: Simulator) -> web.Application:
     for kind in KINDS:
         app.router.add_post(f"/async/{kind}/create", _create_handler(kind))
         app.router.add_post(f"/async/{kind}/result", _result_handler(kind))
-    app.router.add_post(CHAT_PATH, _guarded(_chat_completion, OPENAI))
-    app.router.add_post(IMAGES_PATH, _guarded(_image_generation, OPENAI))
+    app.router.add_post("/v1/chat/completions", _guarded(_chat_completion, OPENAI))
+    app.router.add_post("/v1/images/generations", _guarded(_image_generation, OPENAI))
     app.router.add_get("/__admin/stats", _get_stats)
     app.router.add_post("/__admin/stats/reset", _reset_stats)
     app.router.add_get("/__admin/faults", _get_faults)
