@@ -138,7 +138,7 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=sorted(PLAN), help="run only these benchmarks")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the table")
     parser.add_argument("--rewrite", action="store_true",
-                        help="run nothing: write RESULTS.md again from its table and NOTES.md, and quote it in the README")
+                        help="run nothing: write RESULTS.md again from its table and NOTES.md, and quote it in docs/benchmarks.md")
     args = parser.parse_args()
     if args.rewrite:
         old = args.out.read_text()
@@ -224,19 +224,19 @@ def write(path: Path, rows, repeats: int, quick: bool) -> None:
         lines += ["", notes.read_text().strip()]
     path.write_text("\n".join(lines) + "\n")
     if path == HERE / "RESULTS.md" and not quick:
-        quote_in_readme(lines[lines.index(TABLE_HEAD):lines.index(TABLE_HEAD) + 2 + len(rows)])
+        quote_in_docs(lines[lines.index(TABLE_HEAD):lines.index(TABLE_HEAD) + 2 + len(rows)])
 
 
 TABLE_HEAD = "| benchmark | size | figure | median | spread | target | verdict | measured (UTC) |"
-README = HERE.parent / "README.md"
+BENCH_PAGE = HERE.parent / "docs" / "benchmarks.md"
 MARKS = ("<!-- bench:table -->\n", "<!-- /bench:table -->\n")
 
 
-def quote_in_readme(table: list[str]) -> None:
-    """Put the table between the README's markers, so that the manual quotes what was measured."""
-    text = README.read_text()
+def quote_in_docs(table: list[str]) -> None:
+    """Put the table between the benchmarks page's markers, so that the manual quotes what was measured."""
+    text = BENCH_PAGE.read_text()
     start, end = text.index(MARKS[0]) + len(MARKS[0]), text.index(MARKS[1])
-    README.write_text(text[:start] + "\n".join(table) + "\n" + text[end:])
+    BENCH_PAGE.write_text(text[:start] + "\n".join(table) + "\n" + text[end:])
 
 
 if __name__ == "__main__":

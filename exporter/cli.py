@@ -163,7 +163,7 @@ def ids_file_problems(config: Config) -> list[str]:
 def runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
     """What runs the exporter's main coroutine: uvloop's loop when installed (auto) or asked for
     (--event-loop uvloop: an error when missing), else asyncio's own. uvloop does the socket and
-    timer work in C: about a third less CPU per proxied request (README, Dependencies)."""
+    timer work in C: about a third less CPU per proxied request (docs/dependencies.md)."""
     if choice != "asyncio":
         try:
             import uvloop

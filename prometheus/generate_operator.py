@@ -26,7 +26,7 @@ HEADER = """\
 # GENERATED from prometheus/alerts.yaml by prometheus/generate_operator.py: edit alerts.yaml, then run
 # `python prometheus/generate_operator.py` (a test fails when this file and alerts.yaml differ).
 # The groups are alerts.yaml's, unchanged; kube-prometheus-stack picks the rule up by the labels that
-# deploy/kubernetes/operator/kustomization.yaml adds (see README, "Kubernetes with the Prometheus Operator").
+# deploy/kubernetes/operator/kustomization.yaml adds (see docs/replicas.md, "Kubernetes with the Prometheus Operator").
 apiVersion: monitoring.coreos.com/v1
 kind: PrometheusRule
 metadata:

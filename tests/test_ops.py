@@ -254,10 +254,10 @@ def test_runbooks_quote_real_log_lines():
 
 
 def test_readme_links_the_runbooks_and_the_operator_resources():
-    readme = REPO / "README.md"
-    text = readme.read_text()
+    text = (REPO / "README.md").read_text()
     assert "docs/runbooks.md" in text and "deploy/kubernetes/operator" in text
-    assert "## Kubernetes with the Prometheus Operator" in text
+    assert "docs/replicas.md#kubernetes-with-the-prometheus-operator" in text
+    assert "## Kubernetes with the Prometheus Operator" in (REPO / "docs" / "replicas.md").read_text()
 
 
 # --- Packaging ---------------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ class PricingConfig:
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """The pass-through proxy for the async API (README, Proxy): off while listen_address is unset."""
+    """The pass-through proxy for the async API (docs/proxy.md): off while listen_address is unset."""
 
     listen_address: str | None = _opt(None)
     default_group: str = _opt("default", nonempty=True)

@@ -5,6 +5,9 @@
     distribute_proxy_upstream_duration_seconds_bucket{endpoint="create",le="0.05"} 311.0
     distribute_proxy_observed_answers_total{kind="chat"} 5004.0
     distribute_proxy_errors_total{reason="connect"} 2.0
+    distribute_proxy_openai_requests_total{code="200",group="default",kind="chat",model="Llama-3.1 8B"} 12.0
+    distribute_proxy_openai_tokens_total{group="default",model="Llama-3.1 8B",token_type="prompt"} 3120.0
+    distribute_proxy_openai_results_total{group="default",kind="images",model="SDXL"} 4.0
 """
 
 from __future__ import annotations
@@ -35,6 +38,10 @@ class ProxyStats:
         self.upstream = {e: Histogram(UPSTREAM_BUCKETS) for e in ENDPOINTS}
         self.observed: dict[tuple[str], int] = {(k,): 0 for k in KINDS}
         self.errors: dict[tuple[str], int] = {(r,): 0 for r in ERROR_REASONS}
+        # The OpenAI-compatible routes (synchronous: no job, the answer is the result), by model.
+        self.openai_requests: dict[tuple[str, str, str, str], int] = defaultdict(int)  # kind, group, model, code
+        self.openai_tokens: dict[tuple[str, str, str], int] = defaultdict(int)  # group, model, token_type
+        self.openai_results: dict[tuple[str, str, str], int] = defaultdict(int)  # kind, group, model
         self.version = 0
 
     def answered(self, endpoint: str, code: str, seconds: float | None) -> None:
@@ -50,6 +57,18 @@ class ProxyStats:
     def observed_answer(self, kind: str) -> None:
         self.version += 1
         self.observed[(kind,)] = self.observed.get((kind,), 0) + 1
+
+    def openai_answered(self, kind: str, group: str, model: str, code: str,
+                        tokens: tuple[int, int] | None = None, results: int | None = None) -> None:
+        """One call of an OpenAI-compatible route: its answer's code; a 200's usage (prompt,
+        completion) and the number of result items, when it had them."""
+        self.version += 1
+        self.openai_requests[(kind, group, model, code)] += 1
+        if tokens is not None:
+            self.openai_tokens[(group, model, "prompt")] += tokens[0]
+            self.openai_tokens[(group, model, "completion")] += tokens[1]
+        if results is not None:
+            self.openai_results[(kind, group, model)] += results
 
     def total(self, endpoint: str | None = None) -> int:
         return sum(n for (e, _), n in self.requests.items() if endpoint in (None, e))
@@ -75,5 +94,16 @@ class ProxyCollector(FamilyCollector):
                      "through the proxy and the exporter applied, by kind.", ("kind",), dict(s.observed))
         yield Family("distribute_proxy_errors", "counter", "Failures on the proxy path by reason: connect, timeout, "
                      "too_large, upstream_body, client, observe, commit, dropped, and ids of other shards left "
-                     "untracked: not_owned (see README, Proxy).",
+                     "untracked: not_owned (see docs/proxy.md).",
                      ("reason",), dict(s.errors))
+        yield Family("distribute_proxy_openai_requests", "counter", "Calls of the OpenAI-compatible routes "
+                     "(/v1/chat/completions: kind chat, /v1/images/generations: kind images) through the proxy, "
+                     "by group, model and HTTP status code of the answer the application got (errors: code "
+                     "other than 200; model '' until the API answered 200 for the model asked for).",
+                     ("kind", "group", "model", "code"), dict(s.openai_requests))
+        yield Family("distribute_proxy_openai_tokens", "counter", "Tokens of chat completions answered 200 "
+                     "through the proxy (usage.prompt_tokens and usage.completion_tokens), by group and model.",
+                     ("group", "model", "token_type"), dict(s.openai_tokens))
+        yield Family("distribute_proxy_openai_results", "counter", "Result items (images in data[]) of image "
+                     "generations answered 200 through the proxy, by group and model.",
+                     ("kind", "group", "model"), dict(s.openai_results))

@@ -29,6 +29,7 @@ from exporter.api.ids import is_uuid4, normalise
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
 from exporter.sources.proxy_fast import Client
+from exporter.sources.proxy_openai import OpenAICall, OpenAICounts, openai_kind
 from exporter.sources.proxy_upstream import Pools
 from exporter.sources.proxy_wire import (CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, OBSERVED_PATH, SMALL_BODY,
                                          BoundedCopy)
@@ -162,6 +163,7 @@ class Proxy:
         self._pools = Pools()
         self._sweeper: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.openai = OpenAICounts(stats, lambda body, encoding: _readable(body, encoding, self.observe_max))
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         # No decompression and no headers of its own (User-Agent, Accept...): what the application
@@ -205,7 +207,22 @@ class Proxy:
         self._pools.close()
 
     # -- one request ---------------------------------------------------------------------------------
+    def openai_call(self, method: str | bytes, target: str, group: str,
+                    request_body: bytes | None) -> OpenAICall | None:
+        """A call of an OpenAI-compatible route, to count once answered (both paths); else None."""
+        kind = openai_kind(method, target)
+        return None if kind is None else self.openai.call(kind, self._group(group), lambda: request_body)
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        call = self.openai_call(request.method, request.path, request.headers.get(GROUP_HEADER, ""), None)
+        response = await self._forward(request, call)
+        if call is not None:  # a streamed answer (StreamResponse) is counted without its body
+            whole = response.body if isinstance(response, web.Response) else None
+            call.answered(response.status, whole if isinstance(whole, bytes) else None,
+                          response.headers.get("Content-Encoding", "identity").strip().lower())
+        return response
+
+    async def _forward(self, request: web.BaseRequest, call: OpenAICall | None) -> web.StreamResponse:
         started = time.monotonic()
         cfg = self.settings()
         match = OBSERVED_PATH.match(request.path) if request.method == "POST" else None
@@ -213,7 +230,9 @@ class Proxy:
         length = request.content_length
         if length is not None and length > cfg.max_body_bytes:
             return self._fail(endpoint, 413, "too_large", f"request body over {cfg.max_body_bytes} bytes")
-        tee = _Tee(request.content, cfg.max_body_bytes, self.observe_max if match else 0)
+        tee = _Tee(request.content, cfg.max_body_bytes, self.observe_max if match or call else 0)
+        if call is not None:
+            call.request_body = tee.kept
         data: bytes | AsyncIterator[bytes] | None = None
         if length is not None and length <= SMALL_BODY:
             data = await request.read()  # small and whole: sent in one piece, no stream to drive

@@ -17,27 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Protocol
+from typing import Callable
 
-from exporter.config import ProxyConfig
-from exporter.metrics.proxy import ProxyStats
+from exporter.sources.proxy_forwarding import Forwarding
+from exporter.sources.proxy_openai import OpenAICall
 from exporter.sources.proxy_upstream import Pool, Upstream
 from exporter.sources.proxy_wire import (MAX_HEAD, OBSERVED_PATH, SMALL_BODY, Answer,
                                          BoundedCopy, Chunked, ChunkError, Request, failure, parse_answer, parse_request, upstream_head)
-
-
-class Forwarding(Protocol):
-    """What the fast path needs of the proxy (proxy.py's Proxy)."""
-
-    stats: ProxyStats
-    observe_max: int
-
-    def settings(self) -> ProxyConfig: ...
-
-    def base_url(self) -> str: ...
-
-    async def see(self, endpoint: str, kind: str, group: str, request_body: bytes | None, answer: bytes,
-                  encoding: str) -> None: ...
 
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
@@ -204,6 +190,7 @@ class Client(asyncio.Protocol):
         self.last_active = time.monotonic()
         self.exchange: Exchange | None = None
         self.write_paused = False
+        self.call: OpenAICall | None = None  # the request in hand, when to an OpenAI-compatible route
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -268,6 +255,7 @@ class Client(asyncio.Protocol):
         cfg = fwd.settings()
         match = OBSERVED_PATH.match(request.path.split("?", 1)[0]) if request.method == b"POST" else None
         kind, endpoint = (match[1], match[2]) if match else ("", "other")
+        self.call = None if match else fwd.openai_call(request.method, request.path, request.group, request.body)
         if len(request.body) > cfg.max_body_bytes:
             return self._fail(endpoint, 413, "Payload Too Large", "too_large",
                               f"request body over {cfg.max_body_bytes} bytes")
@@ -280,7 +268,7 @@ class Client(asyncio.Protocol):
             for attempt in (1, 2):
                 upstream = await pool.connection(cfg.timeout_seconds, fresh=attempt == 2)
                 exchange = Exchange(self, upstream, request.method, endpoint == "create",
-                                    fwd.observe_max if endpoint != "other" else 0)
+                                    fwd.observe_max if endpoint != "other" or self.call else 0)
                 upstream.exchange = self.exchange = exchange
                 if self.write_paused:  # a pipelined request while the application still reads slowly
                     upstream.pause()
@@ -321,6 +309,8 @@ class Client(asyncio.Protocol):
             fwd.stats.answered(endpoint, str(answer.status), seconds)
         finished = await self._until_done(exchange, cfg.timeout_seconds)
         self.exchange = upstream.exchange = None
+        if self.call is not None:  # counted once its answer went back whole (or broke off)
+            self.call.answered(answer.status, exchange.body() if finished else None, answer.encoding)
         if not finished:
             if exchange.held is None:
                 if not self.closed:  # (an application that hung up was counted as such)
@@ -336,7 +326,7 @@ class Client(asyncio.Protocol):
         if exchange.held is not None:  # a create's whole answer: its id is stored before it goes back
             await self._see(endpoint, kind, request, exchange, answer)
             self.write(b"".join(exchange.held))
-        elif exchange.keep:
+        elif exchange.keep and self.call is None:
             await self._see(endpoint, kind, request, exchange, answer)
         return answer.framing == "close" or exchange.broken
 
@@ -362,6 +352,8 @@ class Client(asyncio.Protocol):
     def _fail(self, endpoint: str, status: int, reason: str, error: str, message: str) -> bool:
         self.forwarding.stats.error(error)
         self.forwarding.stats.answered(endpoint, str(status), None)
+        if self.call is not None:
+            self.call.answered(status)
         self.write(failure(status, reason, f"distribute-exporter proxy: {message}"))
         return False
 
