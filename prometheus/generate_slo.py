@@ -22,7 +22,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 SLO_DIR = REPO / "prometheus" / "slo"
 SPEC = SLO_DIR / "slos.yaml"
-RUNBOOKS = "https://github.com/distribute-exporter/distribute-exporter/blob/main/docs/runbooks.md"
+RUNBOOKS = "https://github.com/distribute-exporter/distribute-exporter/blob/main/docs/runbooks.md"  # the default
 KINDS = ("chat", "images", "speech")
 
 sys.path.insert(0, str(REPO))
@@ -75,6 +75,7 @@ class Spec:
     window: str
     min_events: int
     slos: tuple[Slo, ...]
+    runbook_base: str = RUNBOOKS  # docs/runbooks.md, or a fork's copy: the alerts link <base>#<alert>
 
 
 def load_spec(text: str, buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS) -> Spec:
@@ -87,6 +88,9 @@ def load_spec(text: str, buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS) 
     min_events = data.get("min_events", 20)
     if not isinstance(min_events, int) or min_events < 1:
         raise SpecError("slos.yaml: min_events must be a whole number of at least 1")
+    runbook_base = data.get("runbook_base", RUNBOOKS)
+    if not isinstance(runbook_base, str) or not re.fullmatch(r"https?://\S+", runbook_base):
+        raise SpecError(f"slos.yaml: runbook_base {runbook_base!r} is not an http(s) URL")
     slos = []
     for i, entry in enumerate(data["slos"]):
         where = f"slos.yaml: slos[{i}]"
@@ -96,7 +100,7 @@ def load_spec(text: str, buckets: tuple[float, ...] = DEFAULT_DURATION_BUCKETS) 
             slos.append(_slo(entry["kind"], sli, entry.get(sli) or {}, f"{where}.{sli}", buckets))
     if len({s.name for s in slos}) != len(slos):
         raise SpecError("slos.yaml: a kind is listed twice")
-    return Spec(window, min_events, tuple(slos))
+    return Spec(window, min_events, tuple(slos), runbook_base.rstrip("#"))
 
 
 def _slo(kind: str, sli: str, entry: dict, where: str, buckets: tuple[float, ...]) -> Slo:
@@ -177,11 +181,11 @@ def alert_rules(spec: Spec) -> list[dict[str, Any]]:
     rules = []
     for slo in spec.slos:
         for severity, rows in ALERTS:
-            rules.append(_alert(slo, severity, rows, spec.min_events))
+            rules.append(_alert(slo, severity, rows, spec.min_events, spec.runbook_base))
     return rules
 
 
-def _alert(slo: Slo, severity: str, rows: tuple, min_events: int) -> dict[str, Any]:
+def _alert(slo: Slo, severity: str, rows: tuple, min_events: int, runbooks: str = RUNBOOKS) -> dict[str, Any]:
     sel = f'{{slo="{slo.name}"}}'
     conditions = [f"(\n  distribute_slo:error_ratio:rate{long}{sel} > {burn:g} * {slo.budget}\n"
                   f"  and distribute_slo:error_ratio:rate{short}{sel} > {burn:g} * {slo.budget}\n"
@@ -196,7 +200,7 @@ def _alert(slo: Slo, severity: str, rows: tuple, min_events: int) -> dict[str, A
                 "description": f"SLO: {slo.what()}, per group. Its error budget is being spent at "
                                f"{pace} the sustainable rate (at least {min_events} events in the long "
                                "window). Bad events: " + _bad_events(slo) + ".",
-                "runbook_url": f"{RUNBOOKS}#{name.lower()}",
+                "runbook_url": f"{runbooks}#{name.lower()}",
                 "jobs": JOBS_LINK}}
 
 
@@ -239,7 +243,7 @@ def render_sloth(spec: Spec) -> str:
             "name": slo.name, "objective": slo.objective, "description": f"{slo.what()} (per group).",
             "sli": {"events": {"error_query": _events(slo, "bad", "{{.window}}"),
                                "total_query": _events(slo, "all", "{{.window}}")}},
-            "alerting": {"name": name, "annotations": {"runbook_url": f"{RUNBOOKS}#{name.lower()}"},
+            "alerting": {"name": name, "annotations": {"runbook_url": f"{spec.runbook_base}#{name.lower()}"},
                          "page_alert": {"labels": {"severity": "critical"}},
                          "ticket_alert": {"labels": {"severity": "warning"}}}})
     return SLOTH_HEADER + _dump({"version": "prometheus/v1", "service": "distribute-jobs", "slos": slos})

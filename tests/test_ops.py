@@ -19,6 +19,7 @@ from helpers import REPO, Proc, free_port, http, parse_samples, wait_for
 
 sys.path.insert(0, str(REPO / "prometheus"))
 import generate_operator  # noqa: E402
+import generate_slo  # noqa: E402
 
 from exporter import __version__  # noqa: E402
 
@@ -67,6 +68,18 @@ def test_prometheus_rule_is_what_the_generator_writes_and_holds_the_same_groups(
     assert check.returncode == 0, check.stdout
 
 
+def test_the_slo_prometheus_rule_carries_the_slo_rules_and_is_kustomized():
+    slo_text = (REPO / "prometheus" / "slo" / "rules.yaml").read_text()
+    rule_text = (OPERATOR / "prometheusrule-slo.yaml").read_text()
+    assert rule_text == generate_operator.render(slo_text, generate_operator.SLO_RULE), \
+        "run python prometheus/generate_operator.py (deploy/kubernetes/operator/prometheusrule-slo.yaml is stale)"
+    rule = yaml.safe_load(rule_text)
+    assert rule["metadata"]["name"] == "distribute-exporter-slo"
+    assert rule["spec"]["groups"] == yaml.safe_load(slo_text)["groups"]
+    names = [d["metadata"]["name"] for d in kustomized(OPERATOR) if d["kind"] == "PrometheusRule"]
+    assert sorted(names) == ["distribute-exporter", "distribute-exporter-slo"]
+
+
 def test_the_generator_notices_drift_and_refuses_what_it_cannot_carry():
     alerts = (REPO / "prometheus" / "alerts.yaml").read_text()
     changed = alerts.replace("for: 5m", "for: 6m", 1)
@@ -95,6 +108,19 @@ def test_prometheus_rule_spec_passes_promtool_and_the_rule_unit_tests(tmp_path):
                                      (REPO / "prometheus" / "alerts.test.yaml").read_text()))
 
 
+def test_slo_prometheus_rule_spec_passes_promtool_and_the_slo_unit_tests(tmp_path):
+    _promtool_rules(_extracted_slo_rules(tmp_path, (OPERATOR / "prometheusrule-slo.yaml").read_text(),
+                                         (REPO / "prometheus" / "slo" / "rules.test.yaml").read_text()))
+
+
+def _extracted_slo_rules(tmp_path: Path, rule_text: str, tests_text: str) -> Path:
+    """The SLO PrometheusRule's spec and the SLO unit tests, under the names _promtool_rules runs."""
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(yaml.safe_load(rule_text)["spec"], sort_keys=False))
+    (tmp_path / "alerts.yaml").write_text((tmp_path / "rules.yaml").read_text())
+    (tmp_path / "alerts.test.yaml").write_text(tests_text)  # it names rules.yaml
+    return tmp_path
+
+
 def test_a_fork_changes_the_runbook_base_in_one_step(tmp_path):
     fork = "https://git.example.org/sre/distribute-exporter/-/blob/main/docs/runbooks.md"
     alerts = (REPO / "prometheus" / "alerts.yaml").read_text()
@@ -106,6 +132,17 @@ def test_a_fork_changes_the_runbook_base_in_one_step(tmp_path):
         assert rule["annotations"]["runbook_url"] == f"{fork}#{rule['alert'].lower()}"
     # the unit tests still pass against the moved rules, as the generated PrometheusRule
     _promtool_rules(_extracted_rules(tmp_path, generate_operator.render(moved_alerts), moved_tests))
+    # the SLOs: the spec's runbook_base moves every SLO alert, and their unit tests move with them
+    spec = (REPO / "prometheus" / "slo" / "slos.yaml").read_text()
+    moved_spec = generate_operator.RUNBOOK_BASE.sub(lambda m: m.group(1) + fork, spec)
+    assert moved_spec != spec
+    slo_rules = dict(generate_slo.outputs(moved_spec))[generate_slo.SLO_DIR / "rules.yaml"]
+    for rule in alert_rules(slo_rules):
+        assert rule["annotations"]["runbook_url"] == f"{fork}#{rule['alert'].lower()}"
+    slo_tests = generate_operator.rebase((REPO / "prometheus" / "slo" / "rules.test.yaml").read_text(), fork)
+    (tmp_path / "slo").mkdir()
+    _promtool_rules(_extracted_slo_rules(tmp_path / "slo", generate_operator.render(slo_rules, generate_operator.SLO_RULE),
+                                         slo_tests))
 
 
 # --- ServiceMonitor: selects the Service's named metrics port ----------------------------------------

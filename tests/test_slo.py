@@ -272,3 +272,14 @@ def _key_paths(node: object, prefix: str = "") -> set[str]:
         paths.add(f"{prefix}.{key}")
         paths |= _key_paths(value, f"{prefix}.{key}")
     return paths
+
+
+# --- wiring: every Prometheus this repository configures loads the SLO rules ------------------------
+
+def test_the_compose_prometheus_loads_the_slo_rules_from_a_mounted_file():
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    mounts = dict(m.split(":")[1::-1] for m in compose["services"]["prometheus"]["volumes"])  # target -> source
+    rule_files = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())["rule_files"]
+    sources = {mounts[f].lstrip("./") for f in rule_files}  # each rule file is mounted from the repository
+    assert sources == {"prometheus/alerts.yaml", "prometheus/slo/rules.yaml"}
+    assert all((REPO / s).is_file() for s in sources)
