@@ -3,6 +3,7 @@ Pyrra, every alert unit-tested by promtool and linked to its runbook and to the 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -283,3 +284,49 @@ def test_the_compose_prometheus_loads_the_slo_rules_from_a_mounted_file():
     sources = {mounts[f].lstrip("./") for f in rule_files}  # each rule file is mounted from the repository
     assert sources == {"prometheus/alerts.yaml", "prometheus/slo/rules.yaml"}
     assert all((REPO / s).is_file() for s in sources)
+
+
+# --- end to end: a real exporter, a real Prometheus, the SLO rules ------------------------------------
+
+def test_recorded_events_equal_the_simulators_truth(simulator, exporter, tmp_path):
+    """Every bad and every counted event, per SLO, as the simulator's truth says: ERROR jobs, jobs over
+    the latency threshold, and jobs past the deadline (here 45 s: finished later than that after their
+    creation, so counted when first seen final)."""
+    from helpers import wait_for, write_config
+    from prom import Prometheus, local_prometheus_config
+    from test_exporter import OLD, config_text
+
+    limit = 45
+    sim = simulator("--seed", "31")
+    chat, images = sim.create("chat", 60, age_seconds=OLD), sim.create("images", 20, age_seconds=OLD)
+    groups = (f"  - {{kind: chat, group: nightly, ids: {json.dumps(chat)}}}\n"
+              f"  - {{kind: images, group: renders, ids: {json.dumps(images)}}}\n")
+    text = config_text(sim.url, groups).replace("jobs:\n", f"metrics: {{job_deadline_seconds: {limit}}}\njobs:\n", 1)
+    proc = exporter(write_config(tmp_path, text))
+    truth = sim.truth()
+    expected = {}
+    for kind, ids in (("chat", chat), ("images", images)):
+        jobs = [truth[i] for i in ids]
+        late = sum(1 for j in jobs if j["finished"] - j["created"] > limit)
+        completed = [j for j in jobs if j["status"] == "COMPLETED"]
+        threshold = {"chat": 60, "images": 120}[kind]
+        slow = sum(1 for j in completed if j["finished"] - j["created"] > threshold)
+        expected[f"{kind}-availability"] = (sum(1 for j in jobs if j["status"] == "ERROR") + late, len(jobs) + late)
+        expected[f"{kind}-latency"] = (slow + late, len(completed) + late)
+    assert any(bad for bad, _ in expected.values()) and expected["chat-availability"][0] < 60
+
+    rules = [REPO / "prometheus" / "slo" / "rules.yaml"]
+    prom = Prometheus(tmp_path / "prom", local_prometheus_config([f"127.0.0.1:{proc.port}"], rules))
+    try:
+        wait_for(prom.targets_up, 30, what="the exporter scraped")
+        wait_for(lambda: prom.value("sum(distribute_jobs_finished_total)") == 80, 30, what="all jobs finished")
+
+        def recorded() -> dict[str, tuple[float, float]]:
+            bad = {r["metric"]["slo"]: float(r["value"][1]) for r in prom.query("sum by (slo) (distribute_slo:bad_events:sum)")}
+            all_ = {r["metric"]["slo"]: float(r["value"][1]) for r in prom.query("sum by (slo) (distribute_slo:events:sum)")}
+            return {slo: (bad.get(slo), all_[slo]) for slo in all_}
+
+        wait_for(lambda: {k: v for k, v in recorded().items() if k in expected} == expected, 30,
+                 what=f"the recorded events {recorded()} equal the truth {expected}")
+    finally:
+        prom.stop()
