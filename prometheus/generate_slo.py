@@ -162,9 +162,10 @@ def event_rules(spec: Spec) -> list[dict[str, Any]]:
 def ratio_rules(spec: Spec) -> list[dict[str, Any]]:
     rules = []
     for window in (*RATIO_WINDOWS, spec.window):
+        # A group with no bad series yet (no ERROR nor deadline pass so far) has a ratio of 0, not none.
+        total = f"sum by (slo, kind, group) (rate({ALL}[{window}]))"
         rules.append({"record": f"distribute_slo:error_ratio:rate{window}",
-                      "expr": f"sum by (slo, kind, group) (rate({BAD}[{window}]))\n"
-                              f"/ sum by (slo, kind, group) (rate({ALL}[{window}]))"})
+                      "expr": f"(sum by (slo, kind, group) (rate({BAD}[{window}])) or 0 * {total})\n/ {total}"})
     for window in dict.fromkeys(long for _, rows in ALERTS for _, long, _ in rows):
         rules.append({"record": f"distribute_slo:events:increase{window}",
                       "expr": f"sum by (slo, kind, group) (increase({ALL}[{window}]))"})
