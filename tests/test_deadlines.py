@@ -167,3 +167,37 @@ def _stored_count(path: Path) -> int:
         row = db.execute("SELECT value FROM counters WHERE family = 'deadline_exceeded' AND labels = ?",
                          (json.dumps(["chat", "stuck"], separators=(",", ":")),)).fetchone()
     return int(json.loads(row[0])) if row else 0
+
+
+def test_a_schema_7_file_is_migrated_and_keeps_its_counts(tmp_path):
+    """Schema 8 marks files that may hold the deadline families: a file of schema 7 is carried over
+    with its counters, and counts deadlines from then on."""
+    import sqlite3
+
+    from exporter.tracking.migrations import SCHEMA_VERSION
+
+    path = tmp_path / "state.db"
+
+    async def write_old():
+        store, jobs = await opened(path)
+        [job_id], _ = await jobs.track(ids(1, seed=11), "chat", "g", "api", T0)
+        jobs.apply(jobs.open[job_id], JobResult("COMPLETED", "m", T0, T0 + 5), T0 + 6)
+        await jobs.flush()
+        store.shutdown()
+
+    asyncio.run(write_old())
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE meta SET value = '7' WHERE key = 'schema_version'")
+        db.execute("DELETE FROM counters WHERE family LIKE 'deadline_%'")
+
+    async def reopen():
+        store, jobs = await opened(path)
+        finished = dict(jobs.agg.finished)
+        version = store.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0]
+        cutoff = jobs.agg.deadline_cutoff_value
+        store.shutdown()
+        return finished, version, cutoff
+
+    finished, version, cutoff = asyncio.run(reopen())
+    assert SCHEMA_VERSION == 8 and version == "8"
+    assert finished == {("chat", "g", "m", "COMPLETED"): 1} and cutoff == 0.0
