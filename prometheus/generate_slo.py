@@ -23,9 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 SLO_DIR = REPO / "prometheus" / "slo"
 SPEC = SLO_DIR / "slos.yaml"
 RUNBOOKS = "https://github.com/distribute-exporter/distribute-exporter/blob/main/docs/runbooks.md"  # the default
-KINDS = ("chat", "images", "speech")
 
 sys.path.insert(0, str(REPO))
+from exporter import KINDS  # noqa: E402
 from exporter.config.model import DEFAULT_DURATION_BUCKETS  # noqa: E402  (the exporter's own buckets)
 from prometheus_client.utils import floatToGoString  # noqa: E402  (how the exporter writes `le`)
 
