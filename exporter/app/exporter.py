@@ -83,6 +83,7 @@ class Exporter:
         self.api_agg = ApiAggregates(API_LATENCY_BUCKETS)
         self.jobs = TrackedJobs(self.store, self.job_agg)
         self.jobs.prices = config.prices
+        self.jobs.deadline_seconds = config.metrics.job_deadline_seconds
         self.timeline = Timeline(self.job_agg, self.api_agg)
         self.limiter = RateLimiter(config.api.max_requests_per_second)
         self.client = self._make_client(config)
@@ -259,6 +260,7 @@ class Exporter:
         while True:
             await asyncio.sleep(self.config.state.flush_interval_seconds)
             try:
+                self.jobs.sweep_deadlines(time.time())  # its counts go with this flush
                 await self.jobs.flush()
                 await self.store.checkpoint()
             except Exception as exc:  # the disk is full or gone: keep the batch, say so, try again
@@ -335,6 +337,7 @@ class Exporter:
         self.limiter.reconfigure(new.api.max_requests_per_second)
         self.poller.config = new.poll
         self.jobs.prices = new.prices  # for jobs that finish from now on; what was counted stays
+        self.jobs.deadline_seconds = new.metrics.job_deadline_seconds  # counted jobs stay counted
         self._declare_series(new)
         self.config = dataclasses.replace(new, state=old.state, web=dataclasses.replace(
             new.web, listen_address=old.web.listen_address))

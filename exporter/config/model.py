@@ -107,6 +107,9 @@ class StateConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     duration_buckets: tuple[float, ...] = _opt(DEFAULT_DURATION_BUCKETS)
+    # A job still unfinished this long after its `created` is counted once in
+    # distribute_jobs_deadline_exceeded_total: the SLOs' bad event for a stuck job.
+    job_deadline_seconds: float = _opt(3600.0, positive=True)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ class JobsCollector(FamilyCollector):
         distribute_job_duration_seconds_count{...} 41.0
         distribute_job_duration_seconds_sum{...} 812.3
         distribute_oldest_unfinished_job_created_timestamp_seconds{group="nightly",kind="chat"} 1.7639e+09
+        distribute_jobs_deadline_exceeded_total{group="nightly",kind="chat"} 1.0
         distribute_tokens_total{group="nightly",model="Llama-3.1 8B",token_type="prompt"} 10234.0
         distribute_results_total{group="renders",kind="images",model="SDXL"} 12.0
         distribute_chat_choices_total{finish_reason="tool_calls",group="nightly",model="..."} 7.0
@@ -64,6 +65,9 @@ class JobsCollector(FamilyCollector):
         yield Family("distribute_oldest_unfinished_job_created_timestamp_seconds", "gauge", "created (Unix time) "
                      "of the oldest tracked job not yet COMPLETED or ERROR, " + _SOURCE + ".", ("kind", "group"),
                      agg.oldest_unfinished(self.is_current))
+        yield Family("distribute_jobs_deadline_exceeded", "counter", "Jobs still not COMPLETED or ERROR "
+                     "metrics.job_deadline_seconds after their created time, each counted once (the SLOs' bad "
+                     "event for a stuck job), " + _SOURCE + ".", ("kind", "group"), agg.deadline_exceeded)
         yield Family("distribute_tokens", "counter", "Tokens of finished chat jobs (usage.prompt_tokens and "
                      "usage.completion_tokens), " + _SOURCE + ".", ("group", "model", "token_type"), agg.tokens)
         yield Family("distribute_results", "counter", "Result items (image or audio URLs) of finished jobs, "
