@@ -16,14 +16,16 @@ it went back, nothing is retried, and 502/504 come at once or after `proxy.timeo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Callable, Protocol
 
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
 from exporter.sources.proxy_upstream import Pool, Upstream
-from exporter.sources.proxy_wire import (MAX_HEAD, OBSERVED_PATH, SMALL_BODY, Answer,
-                                         BoundedCopy, Chunked, ChunkError, Request, failure, parse_answer, parse_request, upstream_head)
+from exporter.sources.proxy_wire import (MAX_HEAD, OBSERVED_PATH, SMALL_BODY, Answer, AnswerHead, BadAnswer,
+                                         BadRequest, BoundedCopy, Chunked, ChunkError, Request, RequestHead, answer_of,
+                                         failure, take_request, upstream_head)
 
 
 class Forwarding(Protocol):
@@ -41,6 +43,44 @@ class Forwarding(Protocol):
 
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
+log = logging.getLogger("distribute.proxy")
+
+
+class Refusals:
+    """Malformed requests, summarised in the log at most once a minute: how many and llhttp's reasons
+    (fixed words), never a byte of what was sent."""
+
+    INTERVAL = 60.0
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.reasons: dict[str, int] = {}
+        self.logged = -self.INTERVAL
+
+    def add(self, reason: str) -> None:
+        self.count += 1
+        if len(self.reasons) < 8 or reason in self.reasons:
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self.logged >= self.INTERVAL:
+            self.logged = now
+            summary = ", ".join(f"{r} ({n})" for r, n in sorted(self.reasons.items()))
+            log.warning("proxy: refused %d malformed request(s) since the last such line: %s", self.count, summary)
+            self.count, self.reasons = 0, {}
+
+
+REFUSALS = Refusals()
+
+
+def _body_start(buffer: bytearray, heads: int) -> int:
+    """Where the body starts: after the blank line of the `heads`-th head (interim heads have no
+    body; llhttp skips line ends before a head)."""
+    at = 0
+    for _ in range(heads):
+        while at < len(buffer) and buffer[at] in b"\r\n":
+            at += 1
+        at = buffer.find(b"\r\n\r\n", at) + 4
+    return at
 
 
 class Exchange:
@@ -51,6 +91,7 @@ class Exchange:
         self.client, self.upstream, self.method = client, upstream, method
         self.hold, self.keep = hold, keep
         self.buffer = bytearray()
+        self.reader = AnswerHead()
         self.answer: Answer | None = None
         loop = asyncio.get_running_loop()
         self.headed: asyncio.Future[None] = loop.create_future()
@@ -69,8 +110,7 @@ class Exchange:
         self.last_data = time.monotonic()
         self.got_bytes = True
         if self.answer is None:
-            self.buffer += data
-            data = self._head()
+            data = self._head(data)
             if self.answer is None or not data:
                 return
         if self.done.done():
@@ -78,22 +118,21 @@ class Exchange:
             return
         self._body(data)
 
-    def _head(self) -> bytes:
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buffer) > MAX_HEAD:
-                    self._fail_upstream()
-                return b""
-            answer = parse_answer(bytes(self.buffer[:end]), self.method)
-            rest = bytes(self.buffer[end + 4:])
-            self.buffer.clear()
-            if answer is None:
+    def _head(self, data: bytes) -> bytes:
+        """Feed llhttp the head's bytes (each once); the body's first bytes once the head is whole."""
+        self.buffer += data
+        try:
+            whole = self.reader.feed(data)
+        except BadAnswer:
+            self._fail_upstream()
+            return b""
+        if not whole:
+            if len(self.buffer) > MAX_HEAD:
                 self._fail_upstream()
-                return b""
-            if answer.status >= 200:
-                break
-            self.buffer += rest  # an interim answer (100, 103): not passed on
+            return b""
+        rest = bytes(self.buffer[_body_start(self.buffer, self.reader.heads):])
+        self.buffer.clear()
+        answer = answer_of(self.reader, self.method)
         self.answer = answer
         self.headed.set_result(None)
         if answer.status != 200:
@@ -199,6 +238,9 @@ class Client(asyncio.Protocol):
         self.connections = connections
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
+        self.head: RequestHead | None = None  # the request head being read
+        self.fed = 0  # bytes of the buffer llhttp has read
+        self.pending: tuple[Request, int, int] | None = None  # a whole head: its request, where its body starts, its length
         self.busy = False
         self.closed = False
         self.last_active = time.monotonic()
@@ -218,22 +260,49 @@ class Client(asyncio.Protocol):
             self.transport.pause_reading()  # pipelined requests wait their turn, in bounded memory
 
     def _next(self) -> None:
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buffer) > MAX_HEAD:
+        """Read the next request: its head through llhttp (each byte fed once), then its body by its
+        Content-Length; serve it, refuse it, or hand the connection to the aiohttp path."""
+        if self.pending is None:
+            if self.head is None:
+                if not self.buffer.strip(b"\r\n"):
+                    return  # nothing yet, or only the line ends a client may send between requests
+                self.head, self.fed = RequestHead(), 0
+            new = bytes(self.buffer[self.fed:])
+            self.fed = len(self.buffer)
+            try:
+                if not self.head.feed(new):
+                    if len(self.buffer) > MAX_HEAD:
+                        raise BadRequest("request head too long", 431)
+                    return
+                start = len(self.buffer) - len(self.buffer.lstrip(b"\r\n"))
+                end = self.buffer.find(b"\r\n\r\n", start) + 4
+                if end > MAX_HEAD:
+                    raise BadRequest("request head too long", 431)
+                taken = take_request(self.head)
+            except BadRequest as exc:
+                self._refuse(exc)
+                return
+            if taken is None:
                 self._hand_over()
-            return
-        parsed = parse_request(bytes(self.buffer[:end]))
-        if parsed is None:
-            self._hand_over()
-            return
-        request, size = parsed
-        if len(self.buffer) < end + 4 + size:
-            return
-        request.body = bytes(self.buffer[end + 4:end + 4 + size])
-        del self.buffer[:end + 4 + size]
+                return
+            self.pending = (taken[0], end, taken[1])
+        request, end, size = self.pending
+        if len(self.buffer) < end + size:
+            return  # the body's bytes are counted as they come, the head is not read again
+        request.body = bytes(self.buffer[end:end + size])
+        del self.buffer[:end + size]
+        self.head = self.pending = None
         self.busy = True
         asyncio.get_running_loop().create_task(self._serve(request))
+
+    def _refuse(self, exc: BadRequest) -> None:
+        """Answer a request llhttp refused (or one too big to read) and close: counted, summarised in
+        the log at most once a minute, never echoed (it may hold an application's key)."""
+        self.forwarding.stats.answered("other", str(exc.status), None)
+        REFUSALS.add(str(exc))
+        reason = "Request Header Fields Too Large" if exc.status == 431 else "Bad Request"
+        self.write(failure(exc.status, reason, "distribute-exporter proxy: malformed request"))
+        self.close()
 
     def _hand_over(self) -> None:
         """The rest of this connection goes to the aiohttp path."""
