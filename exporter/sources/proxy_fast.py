@@ -16,15 +16,15 @@ it went back, nothing is retried, and 502/504 come at once or after `proxy.timeo
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from typing import Callable, Protocol
 
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
-from exporter.sources.proxy_upstream import Pool, Upstream
-from exporter.sources.proxy_wire import (MAX_HEAD, OBSERVED_PATH, SMALL_BODY, Answer, AnswerHead, BadAnswer,
-                                         BadRequest, BoundedCopy, Chunked, ChunkError, Request, RequestHead, answer_of,
+from exporter.sources.proxy_answer import Exchange
+from exporter.sources.proxy_limits import REFUSALS
+from exporter.sources.proxy_upstream import Pool
+from exporter.sources.proxy_wire import (MAX_HEAD, OBSERVED_PATH, SMALL_BODY, Answer, BadRequest, Request, RequestHead,
                                          failure, take_request, upstream_head)
 
 
@@ -43,188 +43,7 @@ class Forwarding(Protocol):
 
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
-log = logging.getLogger("distribute.proxy")
 
-
-class Refusals:
-    """Malformed requests, summarised in the log at most once a minute: how many and llhttp's reasons
-    (fixed words), never a byte of what was sent."""
-
-    INTERVAL = 60.0
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.reasons: dict[str, int] = {}
-        self.logged = -self.INTERVAL
-
-    def add(self, reason: str) -> None:
-        self.count += 1
-        if len(self.reasons) < 8 or reason in self.reasons:
-            self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        now = time.monotonic()
-        if now - self.logged >= self.INTERVAL:
-            self.logged = now
-            summary = ", ".join(f"{r} ({n})" for r, n in sorted(self.reasons.items()))
-            log.warning("proxy: refused %d malformed request(s) since the last such line: %s", self.count, summary)
-            self.count, self.reasons = 0, {}
-
-
-REFUSALS = Refusals()
-
-
-def _body_start(buffer: bytearray, heads: int) -> int:
-    """Where the body starts: after the blank line of the `heads`-th head (interim heads have no
-    body; llhttp skips line ends before a head)."""
-    at = 0
-    for _ in range(heads):
-        while at < len(buffer) and buffer[at] in b"\r\n":
-            at += 1
-        at = buffer.find(b"\r\n\r\n", at) + 4
-    return at
-
-
-class Exchange:
-    """One request's answer as it comes from the API: parsed just enough to find its end, passed to
-    the application as it comes, or held whole while a create's id is stored."""
-
-    def __init__(self, client: Client, upstream: Upstream, method: bytes, hold: bool, keep: int) -> None:
-        self.client, self.upstream, self.method = client, upstream, method
-        self.hold, self.keep = hold, keep
-        self.buffer = bytearray()
-        self.reader = AnswerHead()
-        self.answer: Answer | None = None
-        loop = asyncio.get_running_loop()
-        self.headed: asyncio.Future[None] = loop.create_future()
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.left = 0  # "length": body bytes still to come
-        self.chunked: Chunked | None = None
-        self.held: list[bytes] | None = None
-        self.held_size = 0
-        self.kept: BoundedCopy | None = None
-        self.last_data = time.monotonic()
-        self.got_bytes = False
-        self.reusable = False
-        self.broken = False
-
-    def from_api(self, data: bytes) -> None:
-        self.last_data = time.monotonic()
-        self.got_bytes = True
-        if self.answer is None:
-            data = self._head(data)
-            if self.answer is None or not data:
-                return
-        if self.done.done():
-            self._spoiled()  # bytes after the end of the answer
-            return
-        self._body(data)
-
-    def _head(self, data: bytes) -> bytes:
-        """Feed llhttp the head's bytes (each once); the body's first bytes once the head is whole."""
-        self.buffer += data
-        try:
-            whole = self.reader.feed(data)
-        except BadAnswer:
-            self._fail_upstream()
-            return b""
-        if not whole:
-            if len(self.buffer) > MAX_HEAD:
-                self._fail_upstream()
-            return b""
-        rest = bytes(self.buffer[_body_start(self.buffer, self.reader.heads):])
-        self.buffer.clear()
-        answer = answer_of(self.reader, self.method)
-        self.answer = answer
-        self.headed.set_result(None)
-        if answer.status != 200:
-            self.hold, self.keep = False, 0
-        self.held = [] if self.hold else None
-        self.kept = BoundedCopy(self.keep) if self.keep and answer.framing in ("length", "close") else None
-        self.left = answer.length
-        if answer.framing == "chunked":
-            self.chunked = Chunked(self.keep)
-        self._out(answer.head)
-        if answer.framing == "none" or answer.framing == "length" and not self.left:
-            self._end(answer.reusable)  # nothing more to come: the next read may never happen
-        return rest
-
-    def _body(self, data: bytes) -> None:
-        answer = self.answer
-        assert answer is not None
-        if answer.framing == "length":
-            extra = len(data) > self.left
-            if extra:
-                data = data[:self.left]
-            self.left -= len(data)
-            if self.kept is not None:
-                self.kept.add(data)
-            self._out(data)
-            if not self.left:
-                self._end(answer.reusable)
-            if extra:
-                self._spoiled()  # more than announced
-        elif answer.framing == "chunked":
-            assert self.chunked is not None
-            try:
-                used = self.chunked.feed(data)
-            except ChunkError:
-                self._fail_upstream()
-                return
-            if used < 0:
-                used = -1 - used
-                self._out(data[:used])
-                self._end(answer.reusable and used == len(data))
-                return
-            self._out(data)
-        else:  # until the API closes
-            if self.kept is not None:
-                self.kept.add(data)
-            self._out(data)
-
-    def _out(self, data: bytes) -> None:
-        if not data:
-            return
-        if self.held is not None:
-            self.held.append(data)
-            self.held_size += len(data)
-            if self.held_size <= self.client.forwarding.observe_max + MAX_HEAD:
-                return
-            data, self.held = b"".join(self.held), None  # too long for a create's answer: stream on
-        self.client.write(data)
-
-    def _end(self, reusable: bool) -> None:
-        self.reusable = reusable
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def api_ended(self) -> None:
-        if self.answer is not None and self.answer.framing == "close" and not self.done.done():
-            self._end(False)
-        elif not self.done.done():
-            self._fail_upstream()
-
-    def too_slow(self) -> None:
-        if not self.headed.done():
-            self.headed.set_exception(TimeoutError())
-
-    def _spoiled(self) -> None:
-        """The answer is whole but the connection is not one to use again."""
-        self.reusable = False
-        self.upstream.close()
-
-    def _fail_upstream(self) -> None:
-        self.broken = True
-        self.upstream.close()
-        if not self.headed.done():
-            self.headed.set_exception(ConnectionError("the API broke off its answer"))
-            self.headed.exception()
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def body(self) -> bytes | None:
-        """The answer's body as the hooks read it (decoded from chunks), when kept whole."""
-        if self.chunked is not None:
-            return self.chunked.decoded()
-        return self.kept.value() if self.kept is not None else None
 
 
 class Client(asyncio.Protocol):
@@ -349,7 +168,7 @@ class Client(asyncio.Protocol):
             for attempt in (1, 2):
                 upstream = await pool.connection(cfg.timeout_seconds, fresh=attempt == 2)
                 exchange = Exchange(self, upstream, request.method, endpoint == "create",
-                                    fwd.observe_max if endpoint != "other" else 0)
+                                    fwd.observe_max if endpoint != "other" else 0, fwd.observe_max + MAX_HEAD)
                 upstream.exchange = self.exchange = exchange
                 if self.write_paused:  # a pipelined request while the application still reads slowly
                     upstream.pause()

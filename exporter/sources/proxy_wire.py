@@ -272,6 +272,17 @@ def answer_of(head: AnswerHead, method: bytes) -> Answer:
     return Answer(status, b"".join(out), framing, int(length or 0), encoding.decode("latin-1"), reusable)
 
 
+def body_start(buffer: bytearray, heads: int) -> int:
+    """Where the body starts: after the blank line of the `heads`-th head (interim heads have no
+    body; llhttp skips line ends before a head)."""
+    at = 0
+    for _ in range(heads):
+        while at < len(buffer) and buffer[at] in b"\r\n":
+            at += 1
+        at = buffer.find(b"\r\n\r\n", at) + 4
+    return at
+
+
 def parse_answer(head: bytes, method: bytes) -> Answer | None:
     """A whole answer head (without its blank line) read at once; None when llhttp refuses it. For
     tests: a lone interim head gives that interim answer."""
