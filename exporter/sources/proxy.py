@@ -29,6 +29,7 @@ from exporter.api.ids import is_uuid4, normalise
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
 from exporter.sources.proxy_fast import Client
+from exporter.sources.proxy_limits import Listener
 from exporter.sources.proxy_upstream import Pools
 from exporter.sources.proxy_wire import (CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, OBSERVED_PATH, SMALL_BODY,
                                          BoundedCopy)
@@ -156,7 +157,7 @@ class Proxy:
         self.base_url = base_url
         self.observe_max = observe_max
         self.port = 0
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: Listener | None = None
         self._fallback: web.Server | None = None
         self._clients: set[Client] = set()
         self._pools = Pools()
@@ -175,11 +176,18 @@ class Proxy:
         self._fallback = web.Server(self.handle, handler_cancellation=False, access_log=None, max_line_size=65536,
                                     max_field_size=65536, auto_decompress=False)
         fallback = self._fallback
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: Client(self, self._pools, fallback, self._clients), host, port, ssl=ssl_context,
-            reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
+        # Our own accept loop: past proxy.max_connections, new connections wait in the listen backlog.
+        self._listener = Listener.bind(host, port, factory=lambda: Client(self, self._pools, fallback, self._clients,
+                                                                           self._release),
+                                       ssl_context=ssl_context, limit=lambda: self.settings().max_connections,
+                                       stats=self.stats)
+        self._listener.start()
+        self.port = self._listener.port
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="proxy-idle")
+
+    def _release(self) -> None:
+        if self._listener is not None:
+            self._listener.release()
 
     async def _sweep(self) -> None:
         while True:
@@ -189,8 +197,8 @@ class Proxy:
     async def stop(self) -> None:
         """Stop listening; requests in flight get SHUTDOWN_SECONDS to finish (their answers go back
         and are applied), then every connection is closed."""
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
             deadline = time.monotonic() + SHUTDOWN_SECONDS
             while any(c.busy for c in self._clients) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

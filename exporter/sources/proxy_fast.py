@@ -22,7 +22,7 @@ from typing import Callable, Protocol
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
 from exporter.sources.proxy_answer import Exchange
-from exporter.sources.proxy_limits import REFUSALS
+from exporter.sources.proxy_limits import REFUSALS, Deadline, HandedOver
 from exporter.sources.proxy_upstream import Pool
 from exporter.sources.proxy_wire import (MAX_HEAD, OBSERVED_PATH, SMALL_BODY, Answer, BadRequest, Request, RequestHead,
                                          failure, take_request, upstream_head)
@@ -50,8 +50,11 @@ class Client(asyncio.Protocol):
     """One application connection: requests taken one at a time (pipelined ones wait their turn)."""
 
     def __init__(self, forwarding: Forwarding, pools: Callable[[str], Pool],
-                 fallback: Callable[[], asyncio.Protocol], connections: set[Client]) -> None:
+                 fallback: Callable[[], asyncio.Protocol], connections: set[Client],
+                 release: Callable[[], None] = lambda: None) -> None:
         self.forwarding = forwarding
+        self.release = release  # gives the connection's slot back (proxy.max_connections)
+        self.deadline: Deadline | None = None
         self.pools = pools
         self.fallback = fallback
         self.connections = connections
@@ -69,10 +72,20 @@ class Client(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.connections.add(self)
+        self.deadline = Deadline(self.transport, self.forwarding.settings().header_timeout_seconds,  # type: ignore[arg-type]
+                                 self._too_slow)
+        self.deadline.head_started()  # a new connection that sends nothing holds its slot no longer
+
+    def _too_slow(self) -> None:
+        """The application did not send a whole head (or the next part of a body) in time."""
+        self.forwarding.stats.error("slow_client")
+        self.close()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         self.last_active = time.monotonic()  # not idle while a request arrives
+        if self.pending is not None and self.deadline is not None:
+            self.deadline.body_data()
         if not self.busy:
             self._next()
         elif len(self.buffer) > MAX_HEAD + SMALL_BODY and self.transport is not None:
@@ -86,6 +99,8 @@ class Client(asyncio.Protocol):
                 if not self.buffer.strip(b"\r\n"):
                     return  # nothing yet, or only the line ends a client may send between requests
                 self.head, self.fed = RequestHead(), 0
+                assert self.deadline is not None
+                self.deadline.head_started()
             new = bytes(self.buffer[self.fed:])
             self.fed = len(self.buffer)
             try:
@@ -105,12 +120,17 @@ class Client(asyncio.Protocol):
                 self._hand_over()
                 return
             self.pending = (taken[0], end, taken[1])
+            if len(self.buffer) < end + taken[1]:
+                assert self.deadline is not None
+                self.deadline.body_started()
         request, end, size = self.pending
         if len(self.buffer) < end + size:
             return  # the body's bytes are counted as they come, the head is not read again
         request.body = bytes(self.buffer[end:end + size])
         del self.buffer[:end + size]
         self.head = self.pending = None
+        if self.deadline is not None:
+            self.deadline.done()
         self.busy = True
         asyncio.get_running_loop().create_task(self._serve(request))
 
@@ -127,12 +147,19 @@ class Client(asyncio.Protocol):
         """The rest of this connection goes to the aiohttp path."""
         assert self.transport is not None
         self.connections.discard(self)
-        protocol = self.fallback()
+        if self.deadline is not None:
+            self.deadline.done()
+        protocol = HandedOver(self.fallback(), self.forwarding.settings().header_timeout_seconds,
+                              self._handed_over_too_slow, self.release)
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
         if self.buffer:
             protocol.data_received(bytes(self.buffer))
             self.buffer.clear()
+
+    def _handed_over_too_slow(self, transport: asyncio.Transport) -> None:
+        self.forwarding.stats.error("slow_client")
+        transport.close()
 
     async def _serve(self, request: Request) -> None:
         close = request.close
@@ -274,6 +301,9 @@ class Client(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.connections.discard(self)
+        self.release()
+        if self.deadline is not None:
+            self.deadline.done()
         if self.busy:
             self.forwarding.stats.error("client")  # the application hung up before its answer was out
             exchange = self.exchange

@@ -3,8 +3,15 @@ their content, deadlines for a request's head and body, and the cap on open conn
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import socket
 import time
+from typing import Any, Callable
+
+import httptools
+
+from exporter.metrics.proxy import ProxyStats
 
 log = logging.getLogger("distribute.proxy")
 
@@ -33,3 +40,185 @@ class Refusals:
 
 
 REFUSALS = Refusals()
+
+
+class Deadline:
+    """A request's deadlines on one application connection: its head must be whole within `seconds`
+    of its first byte, and its body must not stall for `seconds` between two pieces. When one
+    passes, `expire` closes the connection. A connection whose reading the proxy paused (its own
+    flow control) is not the application's delay."""
+
+    __slots__ = ("transport", "seconds", "expire", "timer", "phase", "last")
+
+    def __init__(self, transport: asyncio.Transport, seconds: float, expire: Callable[[], None]) -> None:
+        self.transport, self.seconds, self.expire = transport, seconds, expire
+        self.timer: asyncio.TimerHandle | None = None
+        self.phase = ""  # "head", "body" or "" (no request being received)
+        self.last = 0.0
+
+    def head_started(self) -> None:
+        if self.phase != "head":
+            self._arm("head")
+
+    def body_started(self) -> None:
+        self._arm("body")
+
+    def body_data(self) -> None:
+        self.last = asyncio.get_running_loop().time()
+
+    def done(self) -> None:
+        self.phase = ""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _arm(self, phase: str) -> None:
+        self.done()
+        loop = asyncio.get_running_loop()
+        self.phase, self.last = phase, loop.time()
+        self.timer = loop.call_at(self.last + self.seconds, self._check)
+
+    def _check(self) -> None:
+        self.timer = None
+        if not self.phase:
+            return
+        loop = asyncio.get_running_loop()
+        paused = not self.transport.is_reading() if hasattr(self.transport, "is_reading") else False
+        if paused or self.phase == "body" and loop.time() - self.last < self.seconds:
+            start = loop.time() if paused else self.last
+            self.timer = loop.call_at(start + self.seconds, self._check)
+            return
+        self.phase = ""
+        self.expire()
+
+
+class HandedOver(asyncio.Protocol):
+    """A connection the fast path handed to aiohttp's server: every call goes on to aiohttp's handler,
+    while llhttp follows the same bytes only to time each request's head and body (aiohttp has no
+    such deadline), and the connection's slot is given back when it ends."""
+
+    def __init__(self, handler: asyncio.Protocol, seconds: float, expire: Callable[[asyncio.Transport], None],
+                 release: Callable[[], None]) -> None:
+        self.handler, self.seconds, self.expire_cb, self.release = handler, seconds, expire, release
+        self.parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self.deadline: Deadline | None = None
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.deadline = Deadline(self.transport, self.seconds, self._expire)  # type: ignore[arg-type]
+        self.handler.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.parser is not None:
+            try:
+                self.parser.feed_data(data)
+            except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+                self.parser = None  # aiohttp answers it (400) or takes it over (upgrade): nothing to time
+                if self.deadline is not None:
+                    self.deadline.done()
+        self.handler.data_received(data)
+
+    # llhttp's callbacks: where each request is
+    def on_message_begin(self) -> None:
+        assert self.deadline is not None
+        self.deadline.head_started()
+
+    def on_headers_complete(self) -> None:
+        assert self.deadline is not None
+        self.deadline.body_started()
+
+    def on_body(self, body: bytes) -> None:
+        assert self.deadline is not None
+        self.deadline.body_data()
+
+    def on_message_complete(self) -> None:
+        assert self.deadline is not None
+        self.deadline.done()
+
+    def _expire(self) -> None:
+        if self.transport is not None:
+            self.expire_cb(self.transport)
+
+    def eof_received(self) -> bool | None:
+        return self.handler.eof_received()
+
+    def pause_writing(self) -> None:
+        self.handler.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.handler.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.done()
+        self.release()
+        self.handler.connection_lost(exc)
+
+
+class Listener:
+    """The proxy's listening socket with its own accept loop: past `limit()` open connections it
+    stops accepting until one closes, so that new ones wait in the kernel's listen backlog instead
+    of being refused (counted in `stats.capped`)."""
+
+    def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol], ssl_context: Any,
+                 limit: Callable[[], int], stats: ProxyStats) -> None:
+        self.sock, self.factory, self.ssl_context, self.limit, self.stats = sock, factory, ssl_context, limit, stats
+        self.freed = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.handshakes: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    def bind(cls, host: str, port: int, **rest: Any) -> Listener:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.create_server((host, port), family=family, backlog=4096)
+        sock.setblocking(False)
+        return cls(sock, **rest)
+
+    @property
+    def port(self) -> int:
+        return self.sock.getsockname()[1]
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self._accept(), name="proxy-accept")
+
+    async def _accept(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self.stats.connections >= self.limit():
+                self.stats.capped += 1
+                self.stats.version += 1
+                while self.stats.connections >= self.limit():
+                    self.freed.clear()
+                    await self.freed.wait()
+            try:
+                conn, _ = await loop.sock_accept(self.sock)
+            except OSError as exc:  # EMFILE and the like: wait a little rather than spin
+                log.warning("proxy: accept failed (%s)", type(exc).__name__)
+                await asyncio.sleep(0.1)
+                continue
+            self.stats.connections += 1
+            self.stats.version += 1
+            task = loop.create_task(self._connect(conn))
+            self.handshakes.add(task)
+            task.add_done_callback(self.handshakes.discard)
+
+    async def _connect(self, conn: socket.socket) -> None:
+        try:
+            await asyncio.get_running_loop().connect_accepted_socket(self.factory, conn, ssl=self.ssl_context)
+        except (OSError, asyncio.TimeoutError):  # a failed TLS handshake, a client gone already
+            conn.close()
+            self.release()
+
+    def release(self) -> None:
+        """An application connection ended (called once per accepted connection)."""
+        self.stats.connections -= 1
+        self.stats.version += 1
+        self.freed.set()
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        for task in list(self.handshakes):
+            task.cancel()
+        self.sock.close()
