@@ -30,6 +30,23 @@ class SecretMask:
 MASK = SecretMask()
 
 
+class LibraryFilter(logging.Filter):
+    """Records of the HTTP and event-loop libraries (aiohttp, asyncio) can carry what a peer sent in
+    their arguments or exception (aiohttp's parser quotes the offending request line, an
+    `Authorization` value among them): only their fixed message and the exception's type are kept.
+    The exporter's own records never hold a request's content in the first place."""
+
+    PREFIXES = ("aiohttp", "asyncio")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(self.PREFIXES):
+            exc = record.exc_info[1] if record.exc_info else None
+            template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+            record.msg = template + (f" ({type(exc).__name__})" if exc is not None else "")
+            record.args, record.exc_info, record.exc_text, record.stack_info = None, None, None, None
+        return True
+
+
 def _logfmt_value(value: str) -> str:
     if value and not any(c in value for c in ' ="\\\n'):
         return value
@@ -64,6 +81,7 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    handler.addFilter(LibraryFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -29,10 +29,10 @@ from exporter.api.ids import is_uuid4, normalise
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
 from exporter.sources.proxy_fast import Client
-from exporter.sources.proxy_limits import Listener
+from exporter.sources.proxy_limits import Listener, QuietServer
 from exporter.sources.proxy_upstream import Pools
-from exporter.sources.proxy_wire import (CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, OBSERVED_PATH, SMALL_BODY,
-                                         BoundedCopy)
+from exporter.sources.proxy_wire import (CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, MAX_FIELDS, OBSERVED_PATH,
+                                         SMALL_BODY, BoundedCopy)
 
 log = logging.getLogger("distribute.proxy")
 
@@ -173,8 +173,9 @@ class Proxy:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
         # The aiohttp path, for connections the fast path hands over (proxy_fast.py). No request
         # body is decompressed: the bytes forwarded are the bytes received.
-        self._fallback = web.Server(self.handle, handler_cancellation=False, access_log=None, max_line_size=65536,
-                                    max_field_size=65536, auto_decompress=False)
+        self._fallback = QuietServer(self.handle, stats=self.stats, handler_cancellation=False, access_log=None,
+                                     max_line_size=65536, max_field_size=65536, max_headers=MAX_FIELDS,
+                                     auto_decompress=False)
         fallback = self._fallback
         # Our own accept loop: past proxy.max_connections, new connections wait in the listen backlog.
         self._listener = Listener.bind(host, port, factory=lambda: Client(self, self._pools, fallback, self._clients,

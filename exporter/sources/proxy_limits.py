@@ -10,6 +10,8 @@ import time
 from typing import Any, Callable
 
 import httptools
+from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from exporter.metrics.proxy import ProxyStats
 
@@ -222,3 +224,50 @@ class Listener:
         for task in list(self.handshakes):
             task.cancel()
         self.sock.close()
+
+
+_MALFORMED = b'{"message": "distribute-exporter proxy: malformed request"}'
+
+
+class QuietHandler(RequestHandler):
+    """aiohttp's connection handler on the proxy's other path, minus what could leak a request: its
+    own error answer echoes the offending line (an `Authorization` value among them) and its logger
+    writes it with a traceback. Here a request aiohttp's parser refuses gets a fixed answer, is
+    counted as `distribute_proxy_requests_total{endpoint="other"}` with its status, and is
+    summarised with the fast path's refusals; other failures are logged by exception type only."""
+
+    stats: ProxyStats  # set by QuietServer
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # an answer is under way: only a cut connection can tell
+            raise ConnectionError("an answer was under way")
+        if 400 <= status < 500:
+            REFUSALS.add(type(exc).__name__ if exc is not None else "malformed request")
+            body = _MALFORMED
+        else:
+            self.log_exception("failed", exc_info=exc)
+            body = b'{"message": "distribute-exporter proxy: internal error"}'
+        self.stats.answered("other", str(status), None)
+        response = web.Response(status=status, body=body, content_type="application/json")
+        response.force_close()
+        return response
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        kind = type(exc).__name__ if isinstance(exc, BaseException) else "error"
+        log.error("proxy: aiohttp's server failed on a request (%s)", kind)
+
+
+class QuietServer(web.Server):
+    """aiohttp's low-level server whose connections get QuietHandler."""
+
+    def __init__(self, *args: Any, stats: ProxyStats, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.stats = stats
+
+    def __call__(self) -> RequestHandler:
+        # web.Server.__call__ builds a RequestHandler from these same (private) attributes.
+        handler = QuietHandler(self, loop=self._loop, **self._kwargs)
+        handler.stats = self.stats
+        return handler
