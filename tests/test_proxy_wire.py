@@ -27,7 +27,7 @@ def test_a_plain_request_is_taken_with_its_body_length_group_and_path():
         b"POST", "/async/chat/result?x=1", 12, "team-a", False)
     absolute, _ = parse_request(b"GET http://elsewhere.example/v1/models?a=b HTTP/1.1\r\nHost: x")
     assert absolute.path == "/v1/models?a=b"  # only its path and query: the API is always api.base_url
-    closing, _ = parse_request(b"GET / HTTP/1.1\r\nConnection: Close")
+    closing, _ = parse_request(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Close")
     assert closing.close
 
 
@@ -60,6 +60,8 @@ def test_anything_unusual_is_left_to_aiohttp(head):
     b"GET / HTTP/1.1 x",
     b"POST http://[ HTTP/1.1\r\nHost: x",                                # an absolute target that is not a URL
     b"GET / HTTP/1.1\r\n" + b"X-A: 1\r\n" * 101,                         # too many fields
+    b"GET / HTTP/1.1\r\nX-A: 1",                                         # no Host
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b",                             # two
 ])
 def test_what_llhttp_refuses_is_a_bad_request(head):
     with pytest.raises(BadRequest):

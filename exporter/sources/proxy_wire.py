@@ -119,11 +119,14 @@ def take_request(head: RequestHead) -> tuple[Request, int] | None:
         return None
     length: bytes | None = None
     group = b""
+    hosts = 0
     for name, value in head.fields:
         lower = name.lower()
         if lower in _HAND_OVER:
             return None
-        if lower == b"content-length":
+        if lower == b"host":
+            hosts += 1
+        elif lower == b"content-length":
             length = value  # llhttp let only one through, digits only
         elif lower == b"x-distribute-group":
             group = value
@@ -131,6 +134,8 @@ def take_request(head: RequestHead) -> tuple[Request, int] | None:
     named = _named(head.fields)
     if size > SMALL_BODY or named & _FRAMING:
         return None  # a framing field named hop-by-hop would be dropped while its body went on: aiohttp's
+    if hosts != 1:  # RFC 9112 3.2: exactly one Host in an HTTP/1.1 request (aiohttp's parser agrees)
+        raise BadRequest("no Host or more than one")
     target = head.target
     if not target.startswith(b"/"):  # absolute form (RFC 9112 3.2.2): only its path and query are used
         try:
