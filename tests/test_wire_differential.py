@@ -20,7 +20,7 @@ from aiohttp.base_protocol import BaseProtocol
 from exporter.polling.http11 import _Answer as PollAnswer
 from exporter.polling.transport import BadAnswer as PollBadAnswer, BodyTooLarge
 from exporter.sources.proxy_wire import (AnswerHead, BadAnswer, BadRequest, Chunked, ChunkError, RequestHead,
-                                         answer_of, body_start, take_request)
+                                         answer_of, take_request)
 
 # -- generated messages ----------------------------------------------------------------------------------
 
@@ -199,9 +199,10 @@ def aiohttp_messages(data: bytes, response: bool, method: bytes = b"GET") -> lis
 
 def project_request(data: bytes) -> tuple[bytes, bytes] | str:
     """As the fast path reads it: 'refused', 'handed over', 'incomplete', or (method, body)."""
-    head = RequestHead()
+    head = RequestHead(len(data) - len(data.lstrip(b"\r\n")))
     try:
-        if not head.feed(data):
+        end = head.take(bytearray(data))
+        if end < 0:
             return "incomplete"
         taken = take_request(head)
     except BadRequest:
@@ -209,8 +210,6 @@ def project_request(data: bytes) -> tuple[bytes, bytes] | str:
     if taken is None:
         return "handed over"
     request, size = taken
-    start = len(data) - len(data.lstrip(b"\r\n"))
-    end = data.find(b"\r\n\r\n", start) + 4
     if len(data) < end + size:
         return "incomplete"
     return request.method, data[end:end + size]
@@ -221,12 +220,12 @@ def project_answer(data: bytes, method: bytes) -> tuple[int, bytes, bytes, int] 
     it spans: what follows is not passed on, and the connection is not used again)."""
     head = AnswerHead()
     try:
-        if not head.feed(data):
+        start = head.take(bytearray(data))
+        if start < 0:
             return "incomplete"
     except BadAnswer:
         return "refused"
     answer = answer_of(head, method)
-    start = body_start(bytearray(data), head.heads)
     rest = data[start:]
     if answer.framing == "none":
         return answer.status, answer.head, b"", start

@@ -33,6 +33,11 @@ class _Answer:
 
     def __init__(self, max_body: int) -> None:
         self.max_body = max_body
+        self.parser = httptools.HttpResponseParser(self)  # one per connection: ready again after each answer
+        self.reset()
+
+    def reset(self) -> None:
+        """Ready for the next answer on the connection."""
         self.status = 0
         self.headers: dict[str, str] = {}
         self.fields = 0
@@ -42,7 +47,6 @@ class _Answer:
         self.complete = False
         self.keep_alive = False
         self.error: BaseException | None = None  # raised in a callback: llhttp reports it as its own error
-        self.parser = httptools.HttpResponseParser(self)
 
     # -- llhttp's callbacks (an exception raised here stops the parse) --
     def on_message_begin(self) -> None:
@@ -148,7 +152,11 @@ class _Connection(asyncio.Protocol):
 
     def send(self, request: bytes) -> asyncio.Future[RawResponse]:
         self.waiter = asyncio.get_running_loop().create_future()
-        self.answer, self.received = _Answer(self.max_body), 0
+        if self.answer is None:
+            self.answer = _Answer(self.max_body)
+        else:
+            self.answer.reset()
+        self.received = 0
         self.transport.write(request)  # type: ignore[union-attr]
         return self.waiter
 

@@ -10,7 +10,7 @@ from typing import Protocol
 
 from exporter.sources.proxy_upstream import Upstream
 from exporter.sources.proxy_wire import (MAX_HEAD, Answer, AnswerHead, BadAnswer, BoundedCopy, Chunked, ChunkError,
-                                         answer_of, body_start)
+                                         answer_of)
 
 class Receiver(Protocol):
     """Where the answer goes: the application's connection (proxy_fast.Client)."""
@@ -59,15 +59,15 @@ class Exchange:
         """Feed llhttp the head's bytes (each once); the body's first bytes once the head is whole."""
         self.buffer += data
         try:
-            whole = self.reader.feed(data)
+            end = self.reader.take(self.buffer)
         except BadAnswer:
             self._fail_upstream()
             return b""
-        if not whole:
+        if end < 0 or end > MAX_HEAD:
             if len(self.buffer) > MAX_HEAD:
                 self._fail_upstream()
             return b""
-        rest = bytes(self.buffer[body_start(self.buffer, self.reader.heads):])
+        rest = bytes(self.buffer[end:])
         self.buffer.clear()
         answer = answer_of(self.reader, self.method)
         self.answer = answer

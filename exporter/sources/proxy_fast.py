@@ -60,8 +60,8 @@ class Client(asyncio.Protocol):
         self.connections = connections
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
-        self.head: RequestHead | None = None  # the request head being read
-        self.fed = 0  # bytes of the buffer llhttp has read
+        self.reader: RequestHead | None = None  # llhttp on this connection
+        self.head: RequestHead | None = None  # the reader, while a request head is being read
         self.pending: tuple[Request, int, int] | None = None  # a whole head: its request, where its body starts, its length
         self.busy = False
         self.closed = False
@@ -75,6 +75,7 @@ class Client(asyncio.Protocol):
         self.deadline = Deadline(self.transport, self.forwarding.settings().header_timeout_seconds,  # type: ignore[arg-type]
                                  self._too_slow)
         self.deadline.head_started()  # a new connection that sends nothing holds its slot no longer
+        self.deadline.arm()
 
     def _too_slow(self) -> None:
         """The application did not send a whole head (or the next part of a body) in time."""
@@ -92,26 +93,31 @@ class Client(asyncio.Protocol):
             self.transport.pause_reading()  # pipelined requests wait their turn, in bounded memory
 
     def _next(self) -> None:
+        self._read()
+        if self.deadline is not None:
+            self.deadline.arm()  # a request left incomplete by this read: its deadline is timed
+
+    def _read(self) -> None:
         """Read the next request: its head through llhttp (each byte fed once), then its body by its
         Content-Length; serve it, refuse it, or hand the connection to the aiohttp path."""
         if self.pending is None:
             if self.head is None:
-                if not self.buffer.strip(b"\r\n"):
+                start = len(self.buffer) - len(self.buffer.lstrip(b"\r\n"))
+                if start == len(self.buffer):
                     return  # nothing yet, or only the line ends a client may send between requests
-                self.head, self.fed = RequestHead(), 0
+                if self.reader is None:
+                    self.reader = RequestHead(start)
+                else:
+                    self.reader.reset(start)
+                self.head = self.reader
                 assert self.deadline is not None
                 self.deadline.head_started()
-            new = bytes(self.buffer[self.fed:])
-            self.fed = len(self.buffer)
             try:
-                if not self.head.feed(new):
-                    if len(self.buffer) > MAX_HEAD:
-                        raise BadRequest("request head too long", 431)
-                    return
-                start = len(self.buffer) - len(self.buffer.lstrip(b"\r\n"))
-                end = self.buffer.find(b"\r\n\r\n", start) + 4
-                if end > MAX_HEAD:
+                end = self.head.take(self.buffer)
+                if end < 0 and len(self.buffer) > MAX_HEAD or end > MAX_HEAD:
                     raise BadRequest("request head too long", 431)
+                if end < 0:
+                    return
                 taken = take_request(self.head)
             except BadRequest as exc:
                 self._refuse(exc)
@@ -128,6 +134,8 @@ class Client(asyncio.Protocol):
             return  # the body's bytes are counted as they come, the head is not read again
         request.body = bytes(self.buffer[end:end + size])
         del self.buffer[:end + size]
+        assert self.head is not None
+        self.head.finish(request.body)
         self.head = self.pending = None
         if self.deadline is not None:
             self.deadline.done()

@@ -46,27 +46,33 @@ REFUSALS = Refusals()
 
 class Deadline:
     """A request's deadlines on one application connection: its head must be whole within `seconds`
-    of its first byte, and its body must not stall for `seconds` between two pieces. When one
-    passes, `expire` closes the connection. A connection whose reading the proxy paused (its own
-    flow control) is not the application's delay."""
+    of its first byte, and its body must not stall for `seconds` between two pieces; when one passes,
+    `expire` closes the connection. The timer is set only when a read ends with the request still
+    incomplete (`arm`): a request that comes whole in one read costs no timer. A connection whose
+    reading the proxy paused (its own flow control) is not the application's delay."""
 
-    __slots__ = ("transport", "seconds", "expire", "timer", "phase", "last")
+    __slots__ = ("transport", "seconds", "expire", "timer", "phase", "since")
 
     def __init__(self, transport: asyncio.Transport, seconds: float, expire: Callable[[], None]) -> None:
         self.transport, self.seconds, self.expire = transport, seconds, expire
         self.timer: asyncio.TimerHandle | None = None
         self.phase = ""  # "head", "body" or "" (no request being received)
-        self.last = 0.0
+        self.since = 0.0  # the head's first byte, or the body's latest piece
 
     def head_started(self) -> None:
         if self.phase != "head":
-            self._arm("head")
+            self.phase, self.since = "head", asyncio.get_running_loop().time()
 
     def body_started(self) -> None:
-        self._arm("body")
+        self.phase, self.since = "body", asyncio.get_running_loop().time()
 
     def body_data(self) -> None:
-        self.last = asyncio.get_running_loop().time()
+        self.since = asyncio.get_running_loop().time()
+
+    def arm(self) -> None:
+        """Set the timer if a request is under way and none is set."""
+        if self.phase and self.timer is None:
+            self.timer = asyncio.get_running_loop().call_at(self.since + self.seconds, self._check)
 
     def done(self) -> None:
         self.phase = ""
@@ -74,21 +80,15 @@ class Deadline:
             self.timer.cancel()
             self.timer = None
 
-    def _arm(self, phase: str) -> None:
-        self.done()
-        loop = asyncio.get_running_loop()
-        self.phase, self.last = phase, loop.time()
-        self.timer = loop.call_at(self.last + self.seconds, self._check)
-
     def _check(self) -> None:
         self.timer = None
         if not self.phase:
             return
         loop = asyncio.get_running_loop()
-        paused = not self.transport.is_reading() if hasattr(self.transport, "is_reading") else False
-        if paused or self.phase == "body" and loop.time() - self.last < self.seconds:
-            start = loop.time() if paused else self.last
-            self.timer = loop.call_at(start + self.seconds, self._check)
+        if hasattr(self.transport, "is_reading") and not self.transport.is_reading():
+            self.since = loop.time()  # paused by the proxy: the wait starts again when reading does
+        if loop.time() < self.since + self.seconds:
+            self.arm()
             return
         self.phase = ""
         self.expire()
@@ -119,6 +119,8 @@ class HandedOver(asyncio.Protocol):
                 self.parser = None  # aiohttp answers it (400) or takes it over (upgrade): nothing to time
                 if self.deadline is not None:
                     self.deadline.done()
+            if self.deadline is not None:
+                self.deadline.arm()
         self.handler.data_received(data)
 
     # llhttp's callbacks: where each request is
@@ -199,6 +201,8 @@ class Listener:
                 log.warning("proxy: accept failed (%s)", type(exc).__name__)
                 await asyncio.sleep(0.1)
                 continue
+            # asyncio sets TCP_NODELAY only on sockets whose proto says TCP; an accepted one says 0.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.stats.connections += 1
             self.stats.version += 1
             task = loop.create_task(self._connect(conn))

@@ -55,10 +55,9 @@ class Request:
         return b"close" in self.named
 
 
-def _named(fields: list[tuple[bytes, bytes]]) -> set[bytes]:
-    """Field names the Connection fields name (lower case): hop-by-hop too."""
-    return {token.strip().lower() for name, value in fields if name.lower() == b"connection"
-            for token in value.split(b",")}
+def _named(values: list[bytes]) -> set[bytes]:
+    """Field names the Connection fields' `values` name (lower case): hop-by-hop too."""
+    return {token.strip().lower() for value in values for token in value.split(b",")} if values else set()
 
 
 class BadRequest(ValueError):
@@ -71,21 +70,44 @@ class BadRequest(ValueError):
 
 
 class _Stop(Exception):
-    """Raised in a callback to end llhttp's parse at the end of a head: the body is framed here."""
+    """Raised in a callback to end llhttp's parse: bytes after the end of a chunked body."""
+
+
+def _after_line_ends(buffer: bytearray, at: int) -> int:
+    """The first byte at or after `at` that is not a CR or LF (line ends llhttp skips before a head)."""
+    while at < len(buffer) and buffer[at] in b"\r\n":
+        at += 1
+    return at
+
+
+def _head_end(buffer: bytearray, fed: int, start: int) -> int:
+    """Where the head starting at `start` ends (past its blank line), searching only what llhttp has
+    not read yet; -1 while it has not all come. llhttp refuses a bare CR or LF in a head, so the first
+    CRLF CRLF is its end."""
+    at = buffer.find(b"\r\n\r\n", max(fed - 3, start))
+    return at + 4 if at >= 0 else -1
 
 
 class RequestHead:
-    """One request head as llhttp reads it, fed as its bytes come (each byte once): the parse stops
-    at the end of the head."""
+    """The request heads of one connection as llhttp reads them, fed as their bytes come, each byte
+    once and never past a head's blank line (the body is framed here, then passed to llhttp by
+    `finish`, so that one parser serves the connection's requests one after the other; stopping
+    llhttp with an exception would cost more than the parse)."""
 
-    __slots__ = ("parser", "target", "fields", "done", "error")
+    __slots__ = ("parser", "target", "fields", "done", "error", "fed", "http11")
 
-    def __init__(self) -> None:
+    def __init__(self, start: int = 0) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.reset(start)
+
+    def reset(self, start: int) -> None:
+        """Ready for the next request, whose head starts at `start` of the buffer."""
         self.target = b""
         self.fields: list[tuple[bytes, bytes]] = []
         self.done = False
         self.error: BadRequest | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.fed = start  # bytes of the buffer read (line ends before the head are skipped here)
+        self.http11 = False
 
     def on_url(self, url: bytes) -> None:
         self.target += url
@@ -98,40 +120,56 @@ class RequestHead:
 
     def on_headers_complete(self) -> None:
         self.done = True
-        raise _Stop()
 
-    def feed(self, data: bytes) -> bool:
-        """True once the head is whole; BadRequest when llhttp refuses it."""
+    def take(self, buffer: bytearray) -> int:
+        """Read what came of the head in `buffer`: where its body starts once it is whole, else -1;
+        BadRequest when llhttp refuses it."""
+        start = self.fed
+        end = _head_end(buffer, self.fed, start)
+        self.fed = end if end >= 0 else len(buffer)
         try:
-            self.parser.feed_data(data)
+            self.parser.feed_data(bytes(buffer[start:self.fed]))
+        except httptools.HttpParserUpgrade:
+            pass  # Upgrade or CONNECT: a whole head, which the policy hands to aiohttp
         except httptools.HttpParserError as exc:
-            if self.done:
-                return True
             raise self.error or BadRequest(str(exc) or "malformed request head") from None
-        return False
+        if end >= 0:
+            if not self.done:
+                raise BadRequest("malformed request head")
+            line = buffer.find(b"\r\n", _after_line_ends(buffer, 0))  # llhttp checked the request line
+            self.http11 = buffer[line - 8:line] == b"HTTP/1.1"
+        return end
+
+    def finish(self, body: bytes) -> None:
+        """The request's body (its Content-Length), for llhttp to be ready for the next request."""
+        if body:
+            self.parser.feed_data(body)
 
 
 def take_request(head: RequestHead) -> tuple[Request, int] | None:
     """The fast path's policy on a whole head llhttp accepted: the request and its body length, or
     None when the aiohttp path takes it (HTTP/1.0, a streamed or large body, Expect, Upgrade, a
     framing field named by Connection, a target in neither origin nor absolute form)."""
-    if head.parser.get_http_version() != "1.1" or not _TARGET.fullmatch(head.target):
+    if not head.http11 or not _TARGET.fullmatch(head.target):
         return None
     length: bytes | None = None
     group = b""
     hosts = 0
+    connection: list[bytes] = []
     for name, value in head.fields:
         lower = name.lower()
         if lower in _HAND_OVER:
             return None
         if lower == b"host":
             hosts += 1
+        elif lower == b"connection":
+            connection.append(value)
         elif lower == b"content-length":
             length = value  # llhttp let only one through, digits only
         elif lower == b"x-distribute-group":
             group = value
     size = int(length) if length is not None else 0
-    named = _named(head.fields)
+    named = _named(connection)
     if size > SMALL_BODY or named & _FRAMING:
         return None  # a framing field named hop-by-hop would be dropped while its body went on: aiohttp's
     if hosts != 1:  # RFC 9112 3.2: exactly one Host in an HTTP/1.1 request (aiohttp's parser agrees)
@@ -151,7 +189,7 @@ def take_request(head: RequestHead) -> tuple[Request, int] | None:
 def parse_request(head: bytes) -> tuple[Request, int] | None:
     """A whole request head (without its blank line) read at once: for tests and benchmarks."""
     reader = RequestHead()
-    if not reader.feed(head + b"\r\n\r\n"):
+    if reader.take(bytearray(head + b"\r\n\r\n")) < 0:
         raise BadRequest("incomplete request head")
     return take_request(reader)
 
@@ -191,11 +229,10 @@ class BadAnswer(ValueError):
 
 
 class AnswerHead:
-    """The API's answer head as llhttp reads it, fed as its bytes come: interim answers (1xx) are
-    read past, the parse stops at the end of the final head (`heads` counts the heads read, for
-    where the body starts)."""
+    """The API's answer head as llhttp reads it, fed as its bytes come, each byte once and never past
+    the final head's blank line: interim answers (1xx) are read past."""
 
-    __slots__ = ("parser", "reason", "fields", "heads", "done", "error")
+    __slots__ = ("parser", "reason", "fields", "heads", "done", "error", "fed", "start")
 
     def __init__(self) -> None:
         self.reason = b""
@@ -203,6 +240,7 @@ class AnswerHead:
         self.heads = 0
         self.done = False
         self.error: BadAnswer | None = None
+        self.fed = self.start = 0
         self.parser = httptools.HttpResponseParser(self)
 
     def on_status(self, reason: bytes) -> None:
@@ -224,19 +262,28 @@ class AnswerHead:
             self.reason, self.fields = b"", []
             return
         self.done = True
-        raise _Stop()
 
-    def feed(self, data: bytes) -> bool:
-        """True once the final head is whole; BadAnswer when llhttp refuses it."""
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            raise BadAnswer("an upgrade instead of an answer") from None
-        except httptools.HttpParserError as exc:
+    def take(self, buffer: bytearray) -> int:
+        """Read what came of the heads in `buffer`: where the body starts once the final head is
+        whole, else -1; BadAnswer when llhttp refuses it."""
+        while True:
+            end = _head_end(buffer, self.fed, self.start)
+            stop = end if end >= 0 else len(buffer)
+            heads = self.heads
+            try:
+                self.parser.feed_data(bytes(buffer[self.fed:stop]))
+            except httptools.HttpParserUpgrade:
+                raise BadAnswer("an upgrade instead of an answer") from None
+            except httptools.HttpParserError as exc:
+                raise self.error or BadAnswer(str(exc) or "malformed answer head") from None
+            self.fed = stop
+            if end < 0:
+                return -1
+            if self.heads == heads:
+                raise BadAnswer("malformed answer head")
             if self.done:
-                return True
-            raise self.error or BadAnswer(str(exc) or "malformed answer head") from None
-        return False
+                return end
+            self.start = _after_line_ends(buffer, end)  # an interim head: the next one follows
 
 
 def answer_of(head: AnswerHead, method: bytes) -> Answer:
@@ -247,6 +294,7 @@ def answer_of(head: AnswerHead, method: bytes) -> Answer:
     fields = head.fields
     length: bytes | None = None
     codings: list[bytes] = []
+    connection: list[bytes] = []
     encoding = b"identity"
     for name, value in fields:
         lower = name.lower()
@@ -256,7 +304,9 @@ def answer_of(head: AnswerHead, method: bytes) -> Answer:
             codings += [token.strip().lower() for token in value.split(b",")]
         elif lower == b"content-encoding":
             encoding = value.strip().lower()
-    named = _named(fields) - _FRAMING  # the answer's own framing is passed on with its body
+        elif lower == b"connection":
+            connection.append(value)
+    named = _named(connection) - _FRAMING  # the answer's own framing is passed on with its body
     reusable = b"close" not in named and (head.parser.get_http_version() == "1.1" or b"keep-alive" in named)
     if method == b"HEAD" or status in (204, 304):
         framing = "none"
@@ -277,23 +327,12 @@ def answer_of(head: AnswerHead, method: bytes) -> Answer:
     return Answer(status, b"".join(out), framing, int(length or 0), encoding.decode("latin-1"), reusable)
 
 
-def body_start(buffer: bytearray, heads: int) -> int:
-    """Where the body starts: after the blank line of the `heads`-th head (interim heads have no
-    body; llhttp skips line ends before a head)."""
-    at = 0
-    for _ in range(heads):
-        while at < len(buffer) and buffer[at] in b"\r\n":
-            at += 1
-        at = buffer.find(b"\r\n\r\n", at) + 4
-    return at
-
-
 def parse_answer(head: bytes, method: bytes) -> Answer | None:
     """A whole answer head (without its blank line) read at once; None when llhttp refuses it. For
     tests: a lone interim head gives that interim answer."""
     reader = AnswerHead()
     try:
-        if not reader.feed(head + b"\r\n\r\n") and reader.heads == 0:
+        if reader.take(bytearray(head + b"\r\n\r\n")) < 0 and reader.heads == 0:
             return None
     except BadAnswer:
         return None
