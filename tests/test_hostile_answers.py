@@ -58,8 +58,9 @@ def test_a_hostile_answer_fails_only_its_request(case, upstream, tmp_path):
         "poll: {interval_seconds: 0.2, max_interval_seconds: 0.5}\n"
         "state: {path: state.db, flush_interval_seconds: 0.2}\n"
         "jobs:\n  - {kind: chat, group: bad, ids_file: bad.txt}\n  - {kind: images, group: good, ids_file: good.txt}\n"))
-    proc = ExporterProc(config)
+    proc = ExporterProc(config, wait_ready=False)  # killed in `finally` even if it never gets ready
     try:
+        wait_for(proc._ready, 30, what="exporter ready")
         good_before = polls(base, GOOD)
 
         def errors() -> dict:

@@ -14,8 +14,8 @@ import pytest
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
 from exporter.sources.proxy import Proxy, ProxyHooks
-from exporter.sources.proxy_wire import (SMALL_BODY, BadRequest, Chunked, ChunkError, parse_answer, parse_request,
-                                         upstream_head)
+from exporter.sources.proxy_answer import Chunked, ChunkError
+from exporter.sources.proxy_wire import SMALL_BODY, BadRequest, parse_answer, parse_request, upstream_head
 
 # -- what the fast path takes ------------------------------------------------------------------------------
 

@@ -19,8 +19,8 @@ from aiohttp.base_protocol import BaseProtocol
 
 from exporter.polling.http11 import _Answer as PollAnswer
 from exporter.polling.transport import BadAnswer as PollBadAnswer, BodyTooLarge
-from exporter.sources.proxy_wire import (AnswerHead, BadAnswer, BadRequest, Chunked, ChunkError, RequestHead,
-                                         answer_of, take_request)
+from exporter.sources.proxy_answer import Chunked, ChunkError
+from exporter.sources.proxy_wire import AnswerHead, BadAnswer, BadRequest, RequestHead, answer_of, take_request
 
 # -- generated messages ----------------------------------------------------------------------------------
 

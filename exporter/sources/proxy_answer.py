@@ -8,9 +8,68 @@ import asyncio
 import time
 from typing import Protocol
 
+import httptools
+
 from exporter.sources.proxy_upstream import Upstream
-from exporter.sources.proxy_wire import (MAX_HEAD, Answer, AnswerHead, BadAnswer, BoundedCopy, Chunked, ChunkError,
-                                         answer_of)
+from exporter.sources.proxy_wire import MAX_HEAD, Answer, AnswerHead, BadAnswer, BoundedCopy, answer_of
+
+
+class _Stop(Exception):
+    """Raised in a callback to end llhttp's parse: bytes after the end of a chunked body."""
+
+
+class ChunkError(ValueError):
+    """A chunked body that is not, or bytes after its end."""
+
+
+_PRIMER = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+class Chunked:
+    """A chunked body read by llhttp as its bytes come (they are forwarded as they are): where it
+    ends, and its data decoded while `keep` allows (for the hooks). Its parser is primed with a
+    minimal head, so that it starts in the body."""
+
+    __slots__ = ("parser", "data", "ended", "crlf_run")
+
+    def __init__(self, keep: int) -> None:
+        self.data = BoundedCopy(keep)
+        self.ended = False
+        self.crlf_run = 0  # CR and LF bytes at the end of what came so far
+        self.parser = httptools.HttpResponseParser(self)
+        self.parser.feed_data(_PRIMER)
+
+    def on_body(self, body: bytes) -> None:
+        self.data.add(body)
+
+    def on_message_complete(self) -> None:
+        self.ended = True
+
+    def on_message_begin(self) -> None:
+        if self.ended:
+            raise _Stop()  # something after the body
+
+    def feed(self, data: bytes) -> int:
+        """How many bytes of `data` belong to the body: all of them (len) while it goes on, fewer
+        at its end (-1 - used: the body ended after `used` bytes). ChunkError when it is broken or
+        other bytes than line ends follow it."""
+        if self.ended:
+            raise ChunkError("bytes after the end of a chunked body")
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            raise ChunkError("bytes after the end of a chunked body" if self.ended else str(exc)) from None
+        run = len(data) - len(data.rstrip(b"\r\n"))
+        self.crlf_run = self.crlf_run + run if run == len(data) else run
+        if not self.ended:
+            return len(data)
+        # The body ends with a CRLF CRLF after a byte that is neither; llhttp skips any further line
+        # ends silently: they are not the application's.
+        return -1 - (len(data) - max(self.crlf_run - 4, 0))
+
+    def decoded(self) -> bytes | None:
+        return self.data.value()
+
 
 class Receiver(Protocol):
     """Where the answer goes: the application's connection (proxy_fast.Client)."""

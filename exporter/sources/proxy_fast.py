@@ -94,8 +94,9 @@ class Client(asyncio.Protocol):
 
     def _next(self) -> None:
         self._read()
-        if self.deadline is not None:
-            self.deadline.arm()  # a request left incomplete by this read: its deadline is timed
+        deadline = self.deadline
+        if deadline is not None and deadline.phase and deadline.timer is None:
+            deadline.arm()  # a request left incomplete by this read: its deadline is timed
 
     def _read(self) -> None:
         """Read the next request: its head through llhttp (each byte fed once), then its body by its
@@ -104,7 +105,8 @@ class Client(asyncio.Protocol):
             if self.head is None:
                 start = len(self.buffer) - len(self.buffer.lstrip(b"\r\n"))
                 if start == len(self.buffer):
-                    return  # nothing yet, or only the line ends a client may send between requests
+                    self.buffer.clear()  # only the line ends a client may send between requests
+                    return
                 if self.reader is None:
                     self.reader = RequestHead(start)
                 else:
@@ -137,7 +139,7 @@ class Client(asyncio.Protocol):
         assert self.head is not None
         self.head.finish(request.body)
         self.head = self.pending = None
-        if self.deadline is not None:
+        if self.deadline is not None and self.deadline.phase:
             self.deadline.done()
         self.busy = True
         asyncio.get_running_loop().create_task(self._serve(request))

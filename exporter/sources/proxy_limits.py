@@ -75,6 +75,7 @@ class Deadline:
             self.timer = asyncio.get_running_loop().call_at(self.since + self.seconds, self._check)
 
     def done(self) -> None:
+        """No request under way (any timer set is cancelled)."""
         self.phase = ""
         if self.timer is not None:
             self.timer.cancel()
@@ -113,6 +114,8 @@ class HandedOver(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.parser is not None:
+            if self.deadline is not None and self.deadline.phase == "body":
+                self.deadline.body_data()  # any byte of a body counts, chunk sizes included
             try:
                 self.parser.feed_data(data)
             except (httptools.HttpParserError, httptools.HttpParserUpgrade):

@@ -1,8 +1,8 @@
 """HTTP/1.1 on the wire for the proxy's fast path (proxy_fast.py): request and answer heads read and
-written as bytes, and the end of a chunked body found as it streams.
+written as bytes (chunked answer bodies are read in proxy_answer.py).
 
-Every head and chunked body is parsed by llhttp (`httptools`, the parser aiohttp's own C parser is
-built on), incrementally: a head is parsed once however its packets come. What llhttp refuses
+Every head is parsed by llhttp (`httptools`, the parser aiohttp's own C parser is built on),
+incrementally: a head is parsed once however its packets come. What llhttp refuses
 (obs-fold, a bare LF or CR, a control character, a space before a colon, two Content-Lengths,
 Transfer-Encoding with Content-Length...) is answered 400 here without echoing a byte of it. On top
 of llhttp sits the proxy's policy: HTTP/1.0, a chunked or large request body, `Expect` and
@@ -67,10 +67,6 @@ class BadRequest(ValueError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
-
-
-class _Stop(Exception):
-    """Raised in a callback to end llhttp's parse: bytes after the end of a chunked body."""
 
 
 def _after_line_ends(buffer: bytearray, at: int) -> int:
@@ -357,56 +353,3 @@ class BoundedCopy:
 
     def value(self) -> bytes | None:
         return b"".join(self.parts) if self.parts is not None else None
-
-
-class ChunkError(ValueError):
-    """A chunked body that is not, or bytes after its end."""
-
-
-_PRIMER = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-
-
-class Chunked:
-    """A chunked body read by llhttp as its bytes come (they are forwarded as they are): where it
-    ends, and its data decoded while `keep` allows (for the hooks). Its parser is primed with a
-    minimal head, so that it starts in the body."""
-
-    __slots__ = ("parser", "data", "ended", "crlf_run")
-
-    def __init__(self, keep: int) -> None:
-        self.data = BoundedCopy(keep)
-        self.ended = False
-        self.crlf_run = 0  # CR and LF bytes at the end of what came so far
-        self.parser = httptools.HttpResponseParser(self)
-        self.parser.feed_data(_PRIMER)
-
-    def on_body(self, body: bytes) -> None:
-        self.data.add(body)
-
-    def on_message_complete(self) -> None:
-        self.ended = True
-
-    def on_message_begin(self) -> None:
-        if self.ended:
-            raise _Stop()  # something after the body
-
-    def feed(self, data: bytes) -> int:
-        """How many bytes of `data` belong to the body: all of them (len) while it goes on, fewer
-        at its end (-1 - used: the body ended after `used` bytes). ChunkError when it is broken or
-        other bytes than line ends follow it."""
-        if self.ended:
-            raise ChunkError("bytes after the end of a chunked body")
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            raise ChunkError("bytes after the end of a chunked body" if self.ended else str(exc)) from None
-        run = len(data) - len(data.rstrip(b"\r\n"))
-        self.crlf_run = self.crlf_run + run if run == len(data) else run
-        if not self.ended:
-            return len(data)
-        # The body ends with a CRLF CRLF after a byte that is neither; llhttp skips any further line
-        # ends silently: they are not the application's.
-        return -1 - (len(data) - max(self.crlf_run - 4, 0))
-
-    def decoded(self) -> bytes | None:
-        return self.data.value()
