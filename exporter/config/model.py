@@ -154,6 +154,11 @@ class ProxyConfig:
     track_results: bool = _opt(True)
     timeout_seconds: float = _opt(60.0, positive=True)
     max_body_bytes: int = _opt(64 * 1024 * 1024, min=1024)
+    # An application connection must send a whole request head within this many seconds of its first
+    # byte, and a body without a pause this long (both paths); past it the connection is closed.
+    header_timeout_seconds: float = _opt(10.0, positive=True)
+    # Open application connections at most; past it new ones wait in the listen backlog.
+    max_connections: int = _opt(1024, min=1, max=1_000_000)
     # false: a create is in the create journal (kill -9 safe) before its answer, forced to the disk by
     # the next batch, within state.flush_interval_seconds; true: the journal is fsynced before each
     # create's answer (slower on most disks).

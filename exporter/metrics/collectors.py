@@ -112,7 +112,7 @@ class ApiCollector(FamilyCollector):
         yield Family("distribute_api_requests", "counter", "Result requests sent to the API, by HTTP status code "
                      "of the answer, or 'error' when no answer came.", ("kind", "code"), agg.requests)
         yield Family("distribute_api_request_errors", "counter", "Result requests that failed, by reason: "
-                     "timeout, connect, unauthorized, rate_limited, http_4xx, http_5xx, invalid_body.",
+                     "timeout, connect, unauthorized, rate_limited, http_4xx, http_5xx, invalid_body, protocol.",
                      ("kind", "reason"), agg.errors)
         yield Family("distribute_api_request_duration_seconds", "histogram", "Time from sending a result "
                      "request to having read its answer, in seconds.", ("kind",),

@@ -25,9 +25,11 @@ UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 # proxy.max_body_bytes (413); upstream_body: the upstream broke off mid-answer; client: the application
 # hung up; observe: an answer the exporter could not use or apply; commit: a create not stored before
 # its answer went back (the flush stores it later); dropped: observations over the queue's bound;
-# not_owned: an id of another shard, forwarded but not tracked here (several replicas).
+# not_owned: an id of another shard, forwarded but not tracked here (several replicas); slow_client: an
+# application connection closed for not sending a whole head (or the next part of a body) within
+# proxy.header_timeout_seconds.
 ERROR_REASONS = ("connect", "timeout", "too_large", "upstream_body", "client", "observe", "commit", "commit_late",
-                 "dropped", "not_owned")
+                 "dropped", "not_owned", "slow_client")
 
 
 class ProxyStats:
@@ -42,6 +44,8 @@ class ProxyStats:
         self.openai_requests: dict[tuple[str, str, str, str], int] = defaultdict(int)  # kind, group, model, code
         self.openai_tokens: dict[tuple[str, str, str], int] = defaultdict(int)  # group, model, token_type
         self.openai_results: dict[tuple[str, str, str], int] = defaultdict(int)  # kind, group, model
+        self.connections = 0  # application connections open now
+        self.capped = 0  # times accepting stopped at proxy.max_connections
         self.version = 0
 
     def answered(self, endpoint: str, code: str, seconds: float | None) -> None:
@@ -93,8 +97,8 @@ class ProxyCollector(FamilyCollector):
         yield Family("distribute_proxy_observed_answers", "counter", "Result answers (200) the application fetched "
                      "through the proxy and the exporter applied, by kind.", ("kind",), dict(s.observed))
         yield Family("distribute_proxy_errors", "counter", "Failures on the proxy path by reason: connect, timeout, "
-                     "too_large, upstream_body, client, observe, commit, dropped, and ids of other shards left "
-                     "untracked: not_owned (see docs/proxy.md).",
+                     "too_large, upstream_body, client, observe, commit, dropped, slow_client, and ids of other "
+                     "shards left untracked: not_owned (see docs/proxy.md).",
                      ("reason",), dict(s.errors))
         yield Family("distribute_proxy_openai_requests", "counter", "Calls of the OpenAI-compatible routes "
                      "(/v1/chat/completions: kind chat, /v1/images/generations: kind images) through the proxy, "
@@ -107,3 +111,8 @@ class ProxyCollector(FamilyCollector):
         yield Family("distribute_proxy_openai_results", "counter", "Result items (images in data[]) of image "
                      "generations answered 200 through the proxy, by group and model.",
                      ("kind", "group", "model"), dict(s.openai_results))
+        yield Family("distribute_proxy_connections", "gauge", "Application connections open on the proxy.", (),
+                     {(): s.connections})
+        yield Family("distribute_proxy_connections_capped", "counter", "Times the proxy stopped accepting because "
+                     "proxy.max_connections connections were open (new ones waited in the listen backlog).", (),
+                     {(): s.capped})

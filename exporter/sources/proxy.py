@@ -30,9 +30,10 @@ from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
 from exporter.sources.proxy_fast import Client
 from exporter.sources.proxy_openai import OpenAICall, OpenAICounts, openai_kind
+from exporter.sources.proxy_limits import Listener, QuietServer
 from exporter.sources.proxy_upstream import Pools
-from exporter.sources.proxy_wire import (CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, OBSERVED_PATH, SMALL_BODY,
-                                         BoundedCopy)
+from exporter.sources.proxy_wire import (CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, MAX_FIELDS, OBSERVED_PATH,
+                                         SMALL_BODY, BoundedCopy)
 
 log = logging.getLogger("distribute.proxy")
 
@@ -157,7 +158,7 @@ class Proxy:
         self.base_url = base_url
         self.observe_max = observe_max
         self.port = 0
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: Listener | None = None
         self._fallback: web.Server | None = None
         self._clients: set[Client] = set()
         self._pools = Pools()
@@ -174,14 +175,22 @@ class Proxy:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
         # The aiohttp path, for connections the fast path hands over (proxy_fast.py). No request
         # body is decompressed: the bytes forwarded are the bytes received.
-        self._fallback = web.Server(self.handle, handler_cancellation=False, access_log=None, max_line_size=65536,
-                                    max_field_size=65536, auto_decompress=False)
+        self._fallback = QuietServer(self.handle, stats=self.stats, handler_cancellation=False, access_log=None,
+                                     max_line_size=65536, max_field_size=65536, max_headers=MAX_FIELDS,
+                                     auto_decompress=False)
         fallback = self._fallback
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: Client(self, self._pools, fallback, self._clients), host, port, ssl=ssl_context,
-            reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
+        # Our own accept loop: past proxy.max_connections, new connections wait in the listen backlog.
+        self._listener = Listener.bind(host, port, factory=lambda: Client(self, self._pools, fallback, self._clients,
+                                                                           self._release),
+                                       ssl_context=ssl_context, limit=lambda: self.settings().max_connections,
+                                       stats=self.stats)
+        self._listener.start()
+        self.port = self._listener.port
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="proxy-idle")
+
+    def _release(self) -> None:
+        if self._listener is not None:
+            self._listener.release()
 
     async def _sweep(self) -> None:
         while True:
@@ -191,8 +200,8 @@ class Proxy:
     async def stop(self) -> None:
         """Stop listening; requests in flight get SHUTDOWN_SECONDS to finish (their answers go back
         and are applied), then every connection is closed."""
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
             deadline = time.monotonic() + SHUTDOWN_SECONDS
             while any(c.busy for c in self._clients) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)

@@ -237,7 +237,7 @@ class ApiAggregates:
         self.version += 1
         self.latency.setdefault(kind, Histogram(self.bounds))
         for reason in ("timeout", "connect", "unauthorized", "rate_limited", "http_4xx", "http_5xx",
-                       "invalid_body"):
+                       "invalid_body", "protocol"):
             self.errors[(kind, reason)] += 0
 
     def record(self, kind: str, code: str, seconds: float, error_reason: str | None, now: float) -> None:
