@@ -6,7 +6,7 @@ WORKDIR /src
 # LICENSE: pyproject names it as the license file, so the wheel build needs it.
 COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
-# The uvloop extra: 10-20% less CPU per proxied request and per poll (README, Dependencies);
+# The uvloop extra: 10-20% less CPU per proxied request and per poll (docs/dependencies.md);
 # the postgres extra: the driver for state.url (several replicas on one PostgreSQL).
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[uvloop,postgres]"
 

@@ -39,7 +39,10 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("wrk_rps", "(wrk, same POST, same upstream)", None),
         ("ratio_to_wrk", "reported", None),
         ("upstream_cpu_share", "reported (cores busy in the upstream)", None),
-        ("polls_per_job", "3 (QUEUED, PROCESSING, final)", None)]),
+        ("polls_per_job", "3 (QUEUED, PROCESSING, final)", None),
+        ("baseline_polls_per_second", "reported (BENCH_BASELINE's exporter, same run, its own copy of the jobs)", None),
+        ("poll_rate_ratio", ">= 1.0 (to BENCH_BASELINE, same run)", lambda v: v >= 1.0),
+        ("cpu_per_poll_ratio", "reported (to BENCH_BASELINE)", None)]),
     "poll_throughput_simple": (b.poll_throughput, {"ids": 100_000}, {"ids": 5_000}, [
         ("polls_per_second", ">= 3,000 /s", lambda v: v >= 3000),
         ("cpu_us_per_poll", "<= 300 µs", lambda v: v <= 300),
@@ -89,6 +92,12 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("ring_kb", "reported (a full ring: bounded)", None)]),
     "proxy": (p.proxy, {"seconds": 10}, {"seconds": 4, "wrk_seconds": 3}, [
         ("proxy_rps", "reported", None), ("direct_rps", "reported (wrk, same upstream, same run)", None),
+        ("cpu_us_per_result", "reported (the exporter's CPU per forwarded result, wrk at full rate)", None),
+        ("baseline_proxy_rps", "reported (BENCH_BASELINE's proxy, same upstream, alternated twice)", None),
+        ("proxy_rate_ratio", ">= 1.0 (to BENCH_BASELINE, same run)", lambda v: v >= 1.0),
+        ("alt_cpu_us_per_result", "reported (this code, in the alternated runs)", None),
+        ("baseline_cpu_us_per_result", "reported (BENCH_BASELINE, in the alternated runs)", None),
+        ("cpu_per_result_ratio", "reported (to BENCH_BASELINE)", None),
         ("rps_ratio", ">= 0.5", lambda v: v >= 0.5),
         ("bare_forwarder_rps", "reported (ceiling: bench/bare_forwarder.py, same upstream, same run)", None),
         ("bare_forwarder_ratio", "reported (the most any Python proxy could reach here)", None),
@@ -140,7 +149,7 @@ def main() -> int:
     parser.add_argument("--only", action="append", choices=sorted(PLAN), help="run only these benchmarks")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="where to write the table")
     parser.add_argument("--rewrite", action="store_true",
-                        help="run nothing: write RESULTS.md again from its table and NOTES.md, and quote it in the README")
+                        help="run nothing: write RESULTS.md again from its table and NOTES.md, and quote it in docs/benchmarks.md")
     args = parser.parse_args()
     if args.rewrite:
         old = args.out.read_text()
@@ -164,7 +173,9 @@ def main() -> int:
                       + ", ".join(f"{k}={v:.4g}" for k, v in runs[-1].items()), flush=True)
         size = ", ".join(f"{k}={v:,}" for k, v in kwargs.items() if k != "cache")
         for figure, target, check in figures:
-            values = [r[figure] for r in runs]
+            values = [r[figure] for r in runs if figure in r]
+            if not values:
+                continue  # a figure of the comparison with BENCH_BASELINE, when none was given
             median = statistics.median(values)
             verdict = "–" if check is None else ("met" if check(median) else "**missed**")
             rows.append((name, size, figure, median, min(values), max(values), target, verdict))
@@ -226,19 +237,19 @@ def write(path: Path, rows, repeats: int, quick: bool) -> None:
         lines += ["", notes.read_text().strip()]
     path.write_text("\n".join(lines) + "\n")
     if path == HERE / "RESULTS.md" and not quick:
-        quote_in_readme(lines[lines.index(TABLE_HEAD):lines.index(TABLE_HEAD) + 2 + len(rows)])
+        quote_in_docs(lines[lines.index(TABLE_HEAD):lines.index(TABLE_HEAD) + 2 + len(rows)])
 
 
 TABLE_HEAD = "| benchmark | size | figure | median | spread | target | verdict | measured (UTC) |"
-README = HERE.parent / "README.md"
+BENCH_PAGE = HERE.parent / "docs" / "benchmarks.md"
 MARKS = ("<!-- bench:table -->\n", "<!-- /bench:table -->\n")
 
 
-def quote_in_readme(table: list[str]) -> None:
-    """Put the table between the README's markers, so that the manual quotes what was measured."""
-    text = README.read_text()
+def quote_in_docs(table: list[str]) -> None:
+    """Put the table between the benchmarks page's markers, so that the manual quotes what was measured."""
+    text = BENCH_PAGE.read_text()
     start, end = text.index(MARKS[0]) + len(MARKS[0]), text.index(MARKS[1])
-    README.write_text(text[:start] + "\n".join(table) + "\n" + text[end:])
+    BENCH_PAGE.write_text(text[:start] + "\n".join(table) + "\n" + text[end:])
 
 
 if __name__ == "__main__":

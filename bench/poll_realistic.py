@@ -24,7 +24,7 @@ import time
 import uuid
 from pathlib import Path
 
-from bench.procs import REPO, Exporter, metric, wait_for, wrk
+from bench.procs import REPO, Exporter, baseline_repo, metric, wait_for, wrk
 
 KIND_SHARES = (("chat", 0.6), ("images", 0.3), ("speech", 0.1))
 GROUPS = {"chat": [f"chat-{g}" for g in range(6)], "images": [f"images-{g}" for g in range(3)],
@@ -186,7 +186,23 @@ class Upstream:
 
 def poll_throughput(workdir: Path, ids: int, wrk_seconds: int = 5, check: bool = False) -> dict[str, float]:
     """Polls per second, CPU per poll and the share of wrk's rate against the realistic upstream; with
-    `check`, also what the state file holds at the end (for the small test)."""
+    `check`, also what the state file holds at the end (for the small test). With BENCH_BASELINE, the
+    baseline's exporter polls its own copy of the same jobs first (same run), for the ratios."""
+    baseline = baseline_repo()
+    before: dict[str, float] = {}
+    if baseline is not None:
+        before = _poll_once(workdir / "baseline", ids, wrk_seconds, False, baseline)
+    figures = _poll_once(workdir, ids, wrk_seconds, check, REPO)
+    if before:
+        figures.update({"baseline_polls_per_second": before["polls_per_second"],
+                        "baseline_cpu_us_per_poll": before["cpu_us_per_poll"],
+                        "poll_rate_ratio": figures["polls_per_second"] / before["polls_per_second"],
+                        "cpu_per_poll_ratio": figures["cpu_us_per_poll"] / before["cpu_us_per_poll"]})
+    return figures
+
+
+def _poll_once(workdir: Path, ids: int, wrk_seconds: int, check: bool, repo: Path) -> dict[str, float]:
+    workdir.mkdir(parents=True, exist_ok=True)
     jobs = make_jobs(workdir, ids)
     upstream = Upstream(workdir)
     try:
@@ -197,7 +213,7 @@ api: {{base_url: '{upstream.url}', max_requests_per_second: 0, max_concurrency: 
 poll: {{interval_seconds: 0.2, max_interval_seconds: 60}}
 jobs:
 {groups}state: {{path: state.db}}
-""")
+""", repo=repo)
         try:
             exporter.wait_ready()
             started, cpu0, up0 = time.monotonic(), exporter.cpu_seconds(), upstream.cpu_seconds()

@@ -19,6 +19,17 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parent.parent
 
 
+def baseline_repo() -> Path | None:
+    """A checkout of the code to compare with in the same run (BENCH_BASELINE, e.g. a `git worktree`
+    of main): its exporter package is run by the same Python, beside this one."""
+    path = os.environ.get("BENCH_BASELINE")
+    if not path:
+        return None
+    if not (Path(path) / "exporter" / "__main__.py").is_file():
+        raise SystemExit(f"BENCH_BASELINE={path}: not a checkout of distribute-exporter")
+    return Path(path)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.procs import Exporter, Nginx, Simulator, free_port, metric, wait_for, wrk
+from bench.procs import REPO, Exporter, Nginx, Simulator, baseline_repo, free_port, metric, wait_for, wrk
 
 RESULT_BODY = json.dumps({"id": "3b241101-e2bb-4255-8caf-4136c566a962"})
 CREATE_BODY = json.dumps({"model": "Kokoro", "input": "hello", "voice": "nora"})
@@ -58,14 +58,47 @@ def _paced(url: str, body: str, rate: float, seconds: float, connections: int = 
     return figures
 
 
-def _proxying(workdir: Path, upstream: str, proxy_port: int) -> Exporter:
+def _proxying(workdir: Path, upstream: str, proxy_port: int, repo: Path = REPO) -> Exporter:
     """An exporter whose only work is its proxy to `upstream` (its own polls an hour away)."""
     return Exporter(workdir, f"""
 api: {{base_url: '{upstream}', max_requests_per_second: 0}}
 poll: {{interval_seconds: 3600, max_interval_seconds: 3600}}
 state: {{path: state.db}}
 proxy: {{listen_address: '127.0.0.1:{proxy_port}'}}
-""")
+""", repo=repo)
+
+
+def _forwarded(exporter: Exporter, url: str, seconds: int) -> tuple[float, float]:
+    """wrk's rate of result requests through `exporter`'s proxy at `url`, and the exporter's CPU per
+    forwarded result in µs (its process CPU over the requests it counted)."""
+    text = exporter.metrics()
+    count0 = metric(text, "distribute_proxy_requests_total", 'endpoint="result"')
+    cpu0 = exporter.cpu_seconds()
+    rps = wrk(url, RESULT_BODY, seconds)["rps"]
+    cpu = exporter.cpu_seconds() - cpu0
+    count = metric(exporter.metrics(), "distribute_proxy_requests_total", 'endpoint="result"') - count0
+    return rps, cpu / max(count, 1) * 1e6
+
+
+def _against_baseline(workdir: Path, nginx: Nginx, exporter: Exporter, through: str, baseline: Path,
+                      seconds: int) -> dict[str, float]:
+    """This code's proxy and the baseline's, on the same upstream, alternated twice (new, old, new,
+    old): the rate and CPU per forwarded result of each (medians of the two), and their ratios."""
+    port = free_port()
+    old = _proxying(workdir / "baseline", f"http://127.0.0.1:{nginx.port}", port, repo=baseline)
+    new_runs, old_runs = [], []
+    try:
+        old.wait_ready()
+        for _ in range(2):
+            new_runs.append(_forwarded(exporter, f"{through}/async/speech/result", seconds))
+            old_runs.append(_forwarded(old, f"http://127.0.0.1:{port}/async/speech/result", seconds))
+    finally:
+        old.stop()
+    new_rps, new_cpu = (sum(r[i] for r in new_runs) / 2 for i in (0, 1))
+    old_rps, old_cpu = (sum(r[i] for r in old_runs) / 2 for i in (0, 1))
+    return {"alt_proxy_rps": new_rps, "baseline_proxy_rps": old_rps, "proxy_rate_ratio": new_rps / old_rps,
+            "alt_cpu_us_per_result": new_cpu, "baseline_cpu_us_per_result": old_cpu,
+            "cpu_per_result_ratio": new_cpu / old_cpu}
 
 
 def _bare_forwarder_rps(upstream_port: int, seconds: int) -> float:
@@ -93,12 +126,19 @@ def proxy(workdir: Path, seconds: int = 10, rate: float = 500, wrk_seconds: int 
         exporter.wait_ready()
         direct, through = f"http://127.0.0.1:{nginx.port}", f"http://127.0.0.1:{proxy_port}"
         figures["direct_rps"] = wrk(f"{direct}/async/speech/result", RESULT_BODY, wrk_seconds)["rps"]
+        count0 = metric(exporter.metrics(), "distribute_proxy_requests_total", 'endpoint="result"')
+        cpu0 = exporter.cpu_seconds()
         via = wrk(f"{through}/async/speech/result", RESULT_BODY, wrk_seconds)
+        forwarded = metric(exporter.metrics(), "distribute_proxy_requests_total", 'endpoint="result"') - count0
+        figures["cpu_us_per_result"] = (exporter.cpu_seconds() - cpu0) / max(forwarded, 1) * 1e6
         figures["proxy_rps"] = via["rps"]
         figures["rps_ratio"] = figures["proxy_rps"] / figures["direct_rps"]
         figures["wrk_errors"] = via["non_2xx"] + via["socket_errors"]
         figures["bare_forwarder_rps"] = _bare_forwarder_rps(nginx.port, wrk_seconds)
         figures["bare_forwarder_ratio"] = figures["bare_forwarder_rps"] / figures["direct_rps"]
+        baseline = baseline_repo()
+        if baseline is not None:
+            figures.update(_against_baseline(workdir, nginx, exporter, through, baseline, wrk_seconds))
         failed = 0.0
         for path, body in (("result", RESULT_BODY), ("create", CREATE_BODY)):
             plain = _paced(f"{direct}/async/speech/{path}", body, rate, seconds)

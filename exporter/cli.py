@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine
 
 from exporter import __version__
-from exporter.config import RING_GONE, AddressError, Config, ConfigError, check_state, load_config
-from exporter.config.addresses import parse_listen_address
+from exporter.config import RING_GONE, AddressError, Config, ConfigError, check_external_url, check_state, load_config
+from exporter.config.addresses import check_listen_address
 from exporter.logs import setup_logging
 import exporter.tracking.pg  # noqa: F401 - registers the PostgreSQL backend when its driver is installed
 from exporter.tracking.backends import BackendMissing, backend_for
@@ -26,13 +26,16 @@ STOP_SECONDS = 4.0  # SIGTERM to exit: within Kubernetes' and Docker's patience,
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="distribute-exporter",
+        prog="distribute-exporter", allow_abbrev=False,
         description="Prometheus exporter for Distribute.ai's async inference API: polls the result "
                     "endpoints for the job ids it is given and serves what it learns on /metrics.")
     parser.add_argument("--config.file", dest="config_file", default="config.yaml", metavar="PATH",
                         help="the config file (default config.yaml)")
     parser.add_argument("--web.listen-address", dest="listen", default=None, metavar="HOST:PORT",
                         help="where to serve /metrics; overrides web.listen_address (default 0.0.0.0:9877)")
+    parser.add_argument("--web.external-url", dest="external_url", default=None, metavar="URL",
+                        help="where users reach the exporter (behind a proxy or a DNS name), for the links in "
+                             "alerts; overrides web.external_url (default: from the listen address)")
     parser.add_argument("--proxy.listen-address", dest="proxy_listen", default=None, metavar="HOST:PORT",
                         help="serve the pass-through proxy for the async API here; overrides "
                              "proxy.listen_address (default: off; conventional port 9878)")
@@ -68,6 +71,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = "warning" if args.log_level == "warn" else args.log_level
     setup_logging(level, args.log_format)
+    flag_error = check_listen_flags(args)
+    if flag_error is None and args.external_url is not None:
+        try:
+            check_external_url("--web.external-url", args.external_url)
+        except ConfigError as exc:
+            flag_error = str(exc)
+    if flag_error:
+        log.error("%s", flag_error)
+        return 1
     if args.demo:
         from exporter.demo import run_demo
         return run_demo(args.listen, args.proxy_listen, runner(args.event_loop))
@@ -87,19 +99,22 @@ def main(argv: list[str] | None = None) -> int:
         except WebConfigError as exc:
             print(f"invalid: web config {exc}")
             return 1
+    address_error = check_config_addresses(config, args)
+    if address_error:
+        if args.config_check:
+            print(f"invalid: {address_error}")
+        else:
+            log.error("%s", address_error)
+        return 1
     if args.config_check:
         groups = len(config.jobs)
         ids = sum(len(g.ids) for g in config.jobs)
         print(f"valid: {args.config_file}{' (PostgreSQL state)' if config.state.url else ''} ({groups} job groups, {ids} ids listed inline)")
+        for warning in [*config.warnings, *ids_file_problems(config)]:
+            print(f"warning: {warning}")
         return 0
     for warning in config.warnings:
         log.warning("%s", warning)
-    if args.proxy_listen is not None:
-        try:
-            parse_listen_address(args.proxy_listen)
-        except AddressError as exc:
-            log.error("--proxy.listen-address: %s", exc)
-            return 1
     if config.state.url:
         try:
             backend_for(config.state.url)
@@ -107,7 +122,41 @@ def main(argv: list[str] | None = None) -> int:
             log.error("%s", exc)
             return 1
     return run_exporter(config, args.config_file, args.listen, args.web_config, args.proxy_listen,
-                        args.event_loop)
+                        args.event_loop, args.external_url)
+
+
+LISTEN_FLAGS = (("--web.listen-address", "listen"), ("--proxy.listen-address", "proxy_listen"))
+
+
+def check_listen_flags(args: argparse.Namespace) -> str | None:
+    """The first listen-address flag that cannot be listened on, as one line naming it; else None."""
+    for flag, dest in LISTEN_FLAGS:
+        value = getattr(args, dest)
+        if value is not None:
+            try:
+                check_listen_address(value)
+            except AddressError as exc:
+                return f"{flag}: {exc}"
+    return None
+
+
+def check_config_addresses(config: Config, args: argparse.Namespace) -> str | None:
+    """The config's listen addresses that no flag overrides, checked as the flags are (their form
+    was checked at load; here the host is resolved too)."""
+    for key, value, flag_value in (("web.listen_address", config.web.listen_address, args.listen),
+                                   ("proxy.listen_address", config.proxy.listen_address, args.proxy_listen)):
+        if value is not None and flag_value is None:
+            try:
+                check_listen_address(value)
+            except AddressError as exc:
+                return f"{key}: {exc}"
+    return None
+
+
+def ids_file_problems(config: Config) -> list[str]:
+    """Ids files of the config that match but cannot be read now."""
+    from exporter.sources.sync import unreadable_ids_files
+    return unreadable_ids_files(config)
 
 
 def with_state_url(config: Config, url: str | None) -> Config:
@@ -121,7 +170,7 @@ def with_state_url(config: Config, url: str | None) -> Config:
 def runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
     """What runs the exporter's main coroutine: uvloop's loop when installed (auto) or asked for
     (--event-loop uvloop: an error when missing), else asyncio's own. uvloop does the socket and
-    timer work in C: about a third less CPU per proxied request (README, Dependencies)."""
+    timer work in C: about a third less CPU per proxied request (docs/dependencies.md)."""
     if choice != "asyncio":
         try:
             import uvloop
@@ -135,7 +184,7 @@ def runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
 
 def run_exporter(config, config_path: str | None, listen: str | None, web_config: str | None = None,
                  proxy_listen: str | None = None,
-                 event_loop: str = "auto") -> int:
+                 event_loop: str = "auto", external_url: str | None = None) -> int:
     from exporter.app import Exporter
     from exporter.http.webconfig import WebConfigError
 
@@ -144,10 +193,10 @@ def run_exporter(config, config_path: str | None, listen: str | None, web_config
             if config.state.url:  # several replicas sharing PostgreSQL (app/shared.py)
                 from exporter.app.shared import SharedExporter
                 exporter = SharedExporter(config, config_path, listen, web_config=web_config,
-                                          proxy_listen=proxy_listen)
+                                          proxy_listen=proxy_listen, external_url=external_url)
             else:
                 exporter = Exporter(config, config_path, listen, web_config=web_config,
-                                    proxy_listen=proxy_listen)
+                                    proxy_listen=proxy_listen, external_url=external_url)
         except WebConfigError as exc:
             log.error("cannot load the web config: %s", exc)
             return 1

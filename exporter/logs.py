@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Iterable
@@ -28,6 +29,30 @@ class SecretMask:
 
 
 MASK = SecretMask()
+
+
+_QUOTED = re.compile(r"[<(\[{'\"\n:=]")
+_PLACEHOLDER = re.compile(r"\s*%[-#0 +]*\d*(?:\.\d+)?[sdrifx]")
+
+
+class LibraryFilter(logging.Filter):
+    """Records of the HTTP and event-loop libraries (aiohttp, asyncio) can carry what a peer sent in
+    their arguments or exception (aiohttp's parser quotes the offending request line, an
+    `Authorization` value among them): only their fixed message and the exception's type are kept.
+    The exporter's own records never hold a request's content in the first place."""
+
+    PREFIXES = ("aiohttp", "asyncio")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith(self.PREFIXES):
+            exc = record.exc_info[1] if record.exc_info else None
+            template = record.msg if isinstance(record.msg, str) else type(record.msg).__name__
+            # A message formatted before logging (asyncio's "Exception in callback <Handle ...>") may
+            # quote objects: only the words before the first quoted thing are kept.
+            template = _PLACEHOLDER.sub("", _QUOTED.split(template, 1)[0]).strip() or "event"
+            record.msg = template + (f" ({type(exc).__name__})" if exc is not None else "")
+            record.args, record.exc_info, record.exc_text, record.stack_info = None, None, None, None
+        return True
 
 
 def _logfmt_value(value: str) -> str:
@@ -64,6 +89,7 @@ class JsonFormatter(logging.Formatter):
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())
+    handler.addFilter(LibraryFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -146,7 +146,8 @@ def jobs_dashboard() -> dict[str, Any]:
               [(f"sum by (model) (rate(distribute_chat_tool_calls_total{{{SEL_GM}}}[{RI}]))", "{{model}}")]),
     ]
     return dashboard("distribute-jobs", "Distribute.ai async jobs", "Jobs tracked by distribute-exporter: "
-                     "status, latency, tokens, results and estimated cost.", panels + cost_row(), with_jobs=True)
+                     "status, latency, tokens, results, estimated cost and SLOs.", panels + cost_row() + slo_row(),
+                     with_jobs=True)
 
 
 def cost_row() -> list[dict[str, Any]]:
@@ -169,6 +170,32 @@ def cost_row() -> list[dict[str, Any]]:
               "(distribute_unpriced_jobs_total): their cost is in no total. Add a price and reload.", "short",
               [(f"sum by (kind, group, model) (increase(distribute_unpriced_jobs_total{{{SEL}}}[{RI}]))",
                 "{{kind}} {{group}} {{model}}")], width=24),
+    ]
+
+
+def slo_row() -> list[dict[str, Any]]:
+    """The SLOs of prometheus/slo/ (its rules must be loaded): budget left and burn rate per SLO and group.
+    Judged across replicas, so these series carry no instance label."""
+    sel = 'kind=~"$kind", group=~"$group"'
+    legend = "{{slo}} {{group}}"
+    return [
+        row("SLOs (prometheus/slo/slos.yaml)"),
+        panel("Error budget left over the SLO window", "1 - (bad events / all events over the SLO window, 30 "
+              "days by default) / (1 - objective), per SLO and group "
+              "(distribute_slo:error_budget_remaining:ratio, recorded by prometheus/slo/rules.yaml). 100%: "
+              "nothing spent; 0: spent; below 0: overspent. Bad events: ERROR jobs (availability), jobs slower "
+              "than the threshold (latency), and jobs unfinished past metrics.job_deadline_seconds (both).",
+              "percentunit", [(f"distribute_slo:error_budget_remaining:ratio{{{sel}}}", legend)], kind="bargauge",
+              options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                       "orientation": "horizontal", "displayMode": "gradient", "showUnfilled": True},
+              defaults={"min": 0, "max": 1, "thresholds": {"mode": "absolute", "steps": [
+                  {"color": "red", "value": None}, {"color": "orange", "value": 0.25},
+                  {"color": "green", "value": 0.5}]}}),
+        panel("Burn rate over 1 h", "How fast each SLO's budget is spent: the error ratio over the last hour "
+              "divided by the allowed one (1 - objective). 1 spends the budget exactly over the SLO window; the "
+              "page fires above 14.4 (with the 5 m ratio too) or 6 (over 6 h and 30 m).", "short",
+              [(f"distribute_slo:error_ratio:rate1h{{{sel}}} / on (slo, kind) group_left () "
+                "(1 - distribute_slo:objective:ratio)", legend)]),
     ]
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's test command: installs what the tests need on a fresh Debian machine, then runs them all.
+# The README's test command (Quick start): installs what the tests need on a fresh Debian machine, then runs them all.
 #   bash tests/run.sh [pytest arguments]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -207,9 +208,10 @@ def test_hanging_requests_time_out_and_count(simulator, exporter, tmp_path):
 
 def test_config_check_one_line_verdicts(tmp_path):
     good = write_config(tmp_path, "jobs: [{kind: chat, ids: [3b241101-e2bb-4255-8caf-4136c566a962]}]\n")
+    with_key = {**os.environ, "DISTRIBUTE_API_KEY": "test-key-0001"}  # else a warning line follows
     run = subprocess.run([sys.executable, "-m", "exporter", "--config.check", "--config.file", str(good)],
-                         capture_output=True, text=True, cwd=REPO)
-    assert run.returncode == 0 and run.stdout.startswith("valid:") and run.stdout.count("\n") == 1
+                         capture_output=True, text=True, cwd=REPO, env=with_key)
+    assert run.returncode == 0 and run.stdout.startswith("valid:") and run.stdout.count("\n") == 1, run.stdout
     good.write_text("jobs:\n  - kind: chat\n    ids: [3b241101-e2bb-4255-8caf-4136c566a962, x, y]\n")
     run = subprocess.run([sys.executable, "-m", "exporter", "--config.check", "--config.file", str(good)],
                          capture_output=True, text=True, cwd=REPO)

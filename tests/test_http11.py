@@ -9,7 +9,7 @@ import zlib
 
 import pytest
 
-from exporter.polling.client import ApiConnectError, ApiTimeout, BodyTooLarge
+from exporter.polling.client import ApiConnectError, ApiTimeout, BadAnswer, BodyTooLarge
 from exporter.polling.http11 import Http11Transport
 
 HEADERS = {"content-type": "application/json", "authorization": "k"}
@@ -128,14 +128,15 @@ def test_a_keep_alive_closed_by_the_server_is_retried_once_on_a_new_connection()
     assert script.connections == 2 and len(script.requests) == 2
 
 
-def test_a_connection_cut_mid_answer_or_refused_is_a_connect_error():
+def test_a_connection_cut_mid_answer_or_refused_is_a_connect_error_and_garbage_a_protocol_error():
     async def cut(writer):
         writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 50\r\n\r\n{")
         await writer.drain()
         return "close"
 
     results, _ = run([cut, b"garbage\r\n\r\n"], b"1", b"2")
-    assert [type(r) for r in results] == [ApiConnectError, ApiConnectError]
+    assert [type(r) for r in results] == [ApiConnectError, BadAnswer]
+    assert results[1].reason == "protocol"
 
     async def refused():
         return await Http11Transport(1, 1, 1024).post("http://127.0.0.1:9/x", b"{}", HEADERS)
@@ -188,3 +189,75 @@ def test_https_verifies_the_server_certificate(tmp_path, monkeypatch):
 
     assert isinstance(asyncio.run(go(trusted=False)), ApiConnectError)
     assert asyncio.run(go(trusted=True)).body == b'{"tls": true}'
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+HOSTILE = {  # answers llhttp refuses: each fails its own request, and the next request still works
+    "negative chunk size": CHUNKED + b"-6\r\n",
+    "signed chunk size": CHUNKED + b"+2\r\n{}\r\n0\r\n\r\n",
+    "0x chunk size": CHUNKED + b"0x2\r\n{}\r\n0\r\n\r\n",
+    "underscore chunk size": CHUNKED + b"1_0\r\n",
+    "overflowing chunk size": CHUNKED + b"f" * 20 + b"\r\n",
+    "no CRLF after chunk data": CHUNKED + b"2\r\n{}XX0\r\n\r\n",
+    "two Content-Lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\n{}",
+    "Content-Length and Transfer-Encoding": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"
+                                            b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",
+    "signed Content-Length": b"HTTP/1.1 200 OK\r\nContent-Length: +2\r\n\r\n{}",
+    "four-digit status": b"HTTP/1.1 2000 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "garbage after the answer": ok(b"{}") + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}",
+    "text after the answer": ok(b"{}") + b"zzz",
+    "101 instead of an answer": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n",
+    "obs-fold": b"HTTP/1.1 200 OK\r\nX-A: a\r\n b\r\nContent-Length: 2\r\n\r\n{}",
+    "space before the colon": b"HTTP/1.1 200 OK\r\nContent-Length : 2\r\n\r\n{}",
+    "bare LF": b"HTTP/1.1 200 OK\nContent-Length: 2\n\n{}",
+    "NUL in a value": b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 2\r\n\r\n{}",
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_a_malformed_answer_is_a_protocol_error_and_its_connection_is_never_reused(case):
+    (bad, good), script = run([HOSTILE[case], ok(b'{"next": 1}')], b"1", b"2", timeout=3)
+    assert isinstance(bad, BadAnswer), (case, bad)
+    assert good.body == b'{"next": 1}'
+    assert script.connections == 2  # the connection that carried the bad answer was closed
+
+
+def test_a_chunk_size_is_never_read_as_a_signed_number():
+    """The old loop read `-6` with int(x, 16) and walked backwards forever: with a deadline far off,
+    the request must still fail at once (and the event loop stay free to run this test's timer)."""
+
+    async def go():
+        script = Script([CHUNKED + b"-6\r\n" + b"x" * 64])
+        url = await script.start()
+        transport = Http11Transport(60, 1, 1 << 20)
+        try:
+            async with asyncio.timeout(10):
+                with pytest.raises(BadAnswer, match="chunk size"):
+                    await transport.post(url, b"{}", HEADERS)
+        finally:
+            await transport.close()
+            await script.stop()
+
+    asyncio.run(go())
+
+
+def test_a_huge_content_length_or_an_endless_chunk_is_too_large_at_once():
+    async def endless(writer):
+        writer.write(CHUNKED + b"fffffff\r\n")
+        for _ in range(400):
+            writer.write(b"z" * 8192)
+            await writer.drain()
+        return "close"
+
+    results, _ = run([b"HTTP/1.1 200 OK\r\nContent-Length: 10000000000\r\n\r\n{", endless, ok(b"{}")],
+                     b"1", b"2", b"3", timeout=5, max_body=64 * 1024)
+    assert [type(r) for r in results[:2]] == [BodyTooLarge, BodyTooLarge]
+    assert results[2].body == b"{}"
+
+
+def test_trailers_extensions_and_connection_close_among_tokens():
+    answer = CHUNKED + b"2;ext=1\r\n{}\r\n0\r\nX-Trailer: t\r\n\r\n"
+    close = b"HTTP/1.1 200 OK\r\nConnection: close, x\r\nContent-Length: 2\r\n\r\n{}"
+    results, script = run([answer, close, ok(b"[]")], b"1", b"2", b"3")
+    assert [r.body for r in results] == [b"{}", b"{}", b"[]"]
+    assert script.connections == 2  # `close` among other tokens still closes

@@ -17,7 +17,8 @@ from test_exporter import OLD, config_text
 from test_security import PASSWORD, https, make_pki, web_config
 
 # The job facts a priced exporter serves, and the process facts it serves beside them.
-JOB_FAMILIES = {"distribute_jobs", "distribute_jobs_finished", "distribute_job_duration_seconds",
+JOB_FAMILIES = {"distribute_jobs", "distribute_jobs_finished", "distribute_jobs_deadline_exceeded",
+                "distribute_job_duration_seconds",
                 "distribute_oldest_unfinished_job_created_timestamp_seconds", "distribute_tokens",
                 "distribute_results", "distribute_chat_choices", "distribute_chat_tool_calls",
                 "distribute_estimated_cost", "distribute_unpriced_jobs"}

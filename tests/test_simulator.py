@@ -1,4 +1,4 @@
-"""The simulator agrees with the shared schema and README, and each of its knobs does what it says."""
+"""The simulator agrees with the shared schema and docs/simulator.md, and each of its knobs does what it says."""
 
 from __future__ import annotations
 

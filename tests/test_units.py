@@ -136,6 +136,7 @@ def test_rate_limiter_budget_and_pause():
     ("api: {tiemout_seconds: 3}", "api.tiemout_seconds: unknown key"),
     ("poll: {interval_seconds: 60, max_interval_seconds: 30}", "poll.max_interval_seconds"),
     ("metrics: {duration_buckets: [5, 1]}", "metrics.duration_buckets"),
+    ("metrics: {job_deadline_seconds: 0}", "metrics.job_deadline_seconds"),
     ("web: {listen_address: nowhere}", "web.listen_address"),
     ("jobs: {kind: chat}", "jobs: must be a list"),
     ("- 1", "<top>: must be a mapping"),

@@ -1,5 +1,5 @@
 """The web config means what it means to the Prometheus exporter-toolkit: the same files accepted and
-refused, the same defaults, the same behaviour in handshakes and requests (README Security, the table).
+refused, the same defaults, the same behaviour in handshakes and requests (docs/security.md, the table).
 
 Every file here is written for these tests from what the toolkit's code decides; the exporter runs as
 a real process for start, --config.check and live re-read, and TLS is checked with real handshakes.

@@ -26,6 +26,7 @@ from exporter.metrics.exposition import GzipParts, TextRenderer
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import MASK
 from exporter.config.addresses import parse_listen_address
+from exporter.polling.health import ApiHealth
 from exporter.polling.poller import Poller
 from exporter.polling.ratelimit import RateLimiter
 from exporter.sources.registration import Registrar
@@ -60,8 +61,9 @@ class Exporter:
     def __init__(self, config: Config, config_path: str | None = None, listen: str | None = None,
                  transport_factory: TransportFactory = default_transport,
                  web_config: str | None = None,
-                 proxy_listen: str | None = None) -> None:
+                 proxy_listen: str | None = None, external_url: str | None = None) -> None:
         self.config = config
+        self.external_url_flag = external_url
         web_file = web_config or (str(config.resolve(config.web.config_file)) if config.web.config_file else None)
         self.guard = Guard(Path(web_file) if web_file else None)  # WebConfigError: refuse to start
         self.config_path = config_path
@@ -77,11 +79,14 @@ class Exporter:
         self.api_agg = ApiAggregates(API_LATENCY_BUCKETS)
         self.jobs = TrackedJobs(self.store, self.job_agg)
         self.jobs.prices = config.prices
+        self.jobs.deadline_seconds = config.metrics.job_deadline_seconds
         self.timeline = Timeline(self.job_agg, self.api_agg)
         self.limiter = RateLimiter(config.api.max_requests_per_second)
         self.client = self._make_client(config)
+        self.health = ApiHealth(lambda: self.config.api.base_url, lambda: self.config.poll.interval_seconds,
+                                lambda: self.config.poll.failing_reminder_seconds)
         self.poller = Poller(self.jobs, self.client, self.limiter, self.api_agg, config.poll,
-                             config.api.max_concurrency)
+                             config.api.max_concurrency, health=self.health)
         self.facts = MetricsFacts()  # SQLite: /metrics serves the job facts too
         self.renderer = TextRenderer()
         self.gzip_parts = GzipParts()
@@ -140,6 +145,12 @@ class Exporter:
     def url(self) -> str:
         return listen_url(self.listen, self.guard.ssl_context is not None, self.port)
 
+    @property
+    def external_url(self) -> str:
+        """Where users reach this exporter: --web.external-url, web.external_url, else the listen URL."""
+        given = self.external_url_flag or self.config.web.external_url
+        return (given or self.url).rstrip("/")
+
     async def _serve(self) -> None:
         host, port = parse_listen_address(self.listen)
         limits = self.config.web
@@ -159,7 +170,10 @@ class Exporter:
         assert self._runner.server is not None
         limit_connections(self._runner.server, limits.max_connections, self.status.connection_rejected)
         site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=self.guard.ssl_context)
-        await site.start()
+        try:
+            await site.start()
+        except OSError as exc:  # in use, or not an address of this host: say which listener
+            raise OSError(exc.errno, f"web listen address {self.listen}: {exc.strerror or exc}") from None
         server = site._server
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
 
@@ -168,6 +182,7 @@ class Exporter:
         s.poll_restarts = lambda: self.poller.restarts
         s.polls = lambda: self.poller.polls
         s.tracked = lambda: (len(self.jobs.open), self.jobs.closed_total)
+        s.external_url = lambda: self.external_url
         facts = self.facts
         facts.add_job_facts(JobsCollector(self.job_agg, self.jobs.is_current, self.jobs.exemplars))
         facts.add_process_facts(ApiCollector(self.api_agg))
@@ -203,6 +218,7 @@ class Exporter:
         while True:
             await asyncio.sleep(self.config.state.flush_interval_seconds)
             try:
+                self.jobs.sweep_deadlines(time.time())  # its counts go with this flush
                 await self.jobs.flush()
                 await self.store.checkpoint()
             except Exception as exc:  # the disk is full or gone: keep the batch, say so, try again
@@ -279,6 +295,7 @@ class Exporter:
         self.limiter.reconfigure(new.api.max_requests_per_second)
         self.poller.config = new.poll
         self.jobs.prices = new.prices  # for jobs that finish from now on; what was counted stays
+        self.jobs.deadline_seconds = new.metrics.job_deadline_seconds  # counted jobs stay counted
         self._declare_series(new)
         self.config = dataclasses.replace(new, state=old.state, web=dataclasses.replace(
             new.web, listen_address=old.web.listen_address))
@@ -293,8 +310,11 @@ class Exporter:
         for (kind, _group, _model, status), n in list(self.job_agg.jobs.items()):
             if n:
                 jobs.setdefault(kind, Counter())[status] += n
+        error = self.health.last_error
         return {"jobs": jobs, "up": self.api_agg.up, "last_success": self.api_agg.last_success,
-                "base_url": self.config.api.base_url}
+                "base_url": self.config.api.base_url,
+                "last_error": ({"reason": error.reason, "detail": error.detail, "at": error.at} if error else None),
+                "down_since": self.health.down_since()}
 
     async def overview(self) -> dict[str, Any]:
         """What the status page shows: the summary, tracked ids per source, the last hour's

@@ -57,7 +57,10 @@ class ProxyWiring:
         self.proxy = Proxy(ProxyHooks(self.created, self.observed), self.stats, lambda: self.current().proxy,
                            lambda: self.current().api.base_url, config.api.max_response_bytes)
         self._tls = ssl_context is not None
-        await self.proxy.start(host, port, ssl_context)
+        try:
+            await self.proxy.start(host, port, ssl_context)
+        except OSError as exc:  # in use, or not an address of this host: say which listener
+            raise OSError(exc.errno, f"proxy listen address {self.listen}: {exc.strerror or exc}") from None
         log.info("proxy listening on %s, forwarding to %s", self.url, config.api.base_url)
 
     async def stop(self) -> None:

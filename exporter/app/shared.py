@@ -25,6 +25,7 @@ from prometheus_client import PlatformCollector, ProcessCollector
 from exporter import KINDS, __version__
 from exporter.app.exporter import API_LATENCY_BUCKETS, PROCESS_SAMPLE_SECONDS, TransportFactory, default_transport
 from exporter.app.proxying import listen_url
+from exporter.app.shared_facts import FactsCache
 from exporter.app.shared_proxy import SharedProxy
 from exporter.config import Config, ConfigError, load_config
 from exporter.config.addresses import parse_listen_address
@@ -38,6 +39,7 @@ from exporter.metrics.facts import MetricsFacts
 from exporter.metrics.exposition import GzipParts, TextRenderer
 from exporter.metrics.shared_state import SharedJobsCollector, SharedStateCollector, SharedStateView
 from exporter.polling.client import ApiClient
+from exporter.polling.health import ApiHealth
 from exporter.polling.ratelimit import RateLimiter
 from exporter.polling.shared_poller import DatabaseHealth, SharedPoller
 from exporter.sources.registration import Registrar
@@ -61,59 +63,13 @@ HEARTBEAT_SECONDS = 2.0
 REPLICA_TTL_SECONDS = 10.0  # a replica not heard from for this long no longer takes a share
 LEADER_TERM_SECONDS = 30.0
 RETENTION_SWEEP_SECONDS = 10.0
-FACTS_CACHE_SECONDS = 1.0  # /metrics/jobs: one read of the database per second at most, per replica
-# The gauges over unfinished jobs are read from the row the `gauges` leader refreshes every
-# GAUGES_SECONDS; an older row (its leader gone, a new one not yet in) is replaced by a scan.
-GAUGES_MAX_AGE = 3 * GAUGES_SECONDS
-FACTS_WAIT_SECONDS = 5.0
-
-
-class FactsCache:
-    """The job facts read from the database at most once per FACTS_CACHE_SECONDS; concurrent
-    scrapes share one read; while the database is away the last answer is served."""
-
-    def __init__(self) -> None:
-        self.store: PgJobStore | None = None
-        self._agg: JobAggregates | None = None
-        self._at = 0.0
-        self.generation = 0
-        self._reading: asyncio.Task[JobAggregates] | None = None
-
-    async def get(self) -> JobAggregates | None:
-        if self.store is None:
-            return None
-        if self._agg is not None and time.monotonic() - self._at < FACTS_CACHE_SECONDS:
-            return self._agg
-        if self._reading is None or self._reading.done():
-            self._reading = asyncio.ensure_future(self.store.facts(max_age=GAUGES_MAX_AGE))
-            self._reading.add_done_callback(_retrieved)
-        try:
-            # A database that does not answer (a partition, not a refusal) must not hold the scrape:
-            # past FACTS_WAIT_SECONDS the last answer is served, and the read goes on for the next.
-            agg = await asyncio.wait_for(asyncio.shield(self._reading), FACTS_WAIT_SECONDS)
-            if agg is not self._agg:
-                self._agg, self._at = agg, time.monotonic()
-                self.generation += 1
-        except Exception as exc:
-            log.debug("job facts not read from the database: %s", exc)
-        return self._agg
-
-    @property
-    def last(self) -> JobAggregates | None:
-        return self._agg
-
-    async def refresh(self) -> None:
-        """Before /metrics/jobs renders: 503 until the database has answered once."""
-        if await self.get() is None:
-            raise web.HTTPServiceUnavailable(text="the state database has not answered yet\n")
-
-
 class SharedExporter:
     def __init__(self, config: Config, config_path: str | None = None, listen: str | None = None,
                  transport_factory: TransportFactory = default_transport, web_config: str | None = None,
-                 proxy_listen: str | None = None) -> None:
+                 proxy_listen: str | None = None, external_url: str | None = None) -> None:
         assert config.state.url, "SharedExporter needs state.url"
         self.config = config
+        self.external_url_flag = external_url
         self.config_path = config_path
         web_file = web_config or (str(config.resolve(config.web.config_file)) if config.web.config_file else None)
         self.guard = Guard(Path(web_file) if web_file else None)
@@ -127,6 +83,8 @@ class SharedExporter:
         self.client = ApiClient(config.api.base_url, key, transport_factory(config),
                                 f"distribute-exporter/{__version__} (replica {self.name})")
         self.health = DatabaseHealth()
+        self.api_health = ApiHealth(lambda: self.config.api.base_url, lambda: self.config.poll.interval_seconds,
+                                    lambda: self.config.poll.failing_reminder_seconds)
         self.facts = FactsCache()
         # The status page's last hour: samples of the shared job facts as this replica read them.
         self.timeline = Timeline(JobAggregates(config.metrics.duration_buckets), self.api_agg)
@@ -146,6 +104,12 @@ class SharedExporter:
     @property
     def url(self) -> str:
         return listen_url(self.listen, self.guard.ssl_context is not None, self.port)
+
+    @property
+    def external_url(self) -> str:
+        """Where users reach this exporter: --web.external-url, web.external_url, else the listen URL."""
+        given = self.external_url_flag or self.config.web.external_url
+        return (given or self.url).rstrip("/")
 
     def is_ready(self) -> bool:
         return self.started and self.health.up
@@ -173,7 +137,7 @@ class SharedExporter:
         await self.sources.sync(self.config, initial=True)
         lease = max(10.0, 2 * self.config.api.timeout_seconds + 5.0)
         self.poller = SharedPoller(self.store, self.client, self.limiter, self.api_agg, self.config.poll,
-                                   self.config.api.max_concurrency, lease, self.health)
+                                   self.config.api.max_concurrency, lease, self.health, self.api_health)
         await self.proxy.start(self.store, self.health, self.metrics.everything, self.guard.ssl_context)
         self.started = True
         for name, coro in (("poller", self.poller.run()), ("heartbeat", self._heartbeat_loop()),
@@ -235,7 +199,10 @@ class SharedExporter:
         assert self._runner.server is not None
         limit_connections(self._runner.server, limits.max_connections, self.status.connection_rejected)
         tcp = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=self.guard.ssl_context)
-        await tcp.start()
+        try:
+            await tcp.start()
+        except OSError as exc:  # in use, or not an address of this host: say which listener
+            raise OSError(exc.errno, f"web listen address {self.listen}: {exc.strerror or exc}") from None
         server = tcp._server
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
 
@@ -272,8 +239,11 @@ class SharedExporter:
                 sources = await self.store.sources()
             except Exception as exc:  # the page still shows what this replica knows
                 log.debug("status page without the database's tables: %s", exc)
+        error = self.api_health.last_error
         return {"jobs": jobs, "up": self.api_agg.up, "last_success": self.api_agg.last_success,
                 "base_url": self.config.api.base_url,
+                "last_error": ({"reason": error.reason, "detail": error.detail, "at": error.at} if error else None),
+                "down_since": self.api_health.down_since(),
                 "sources": sources, "tables": tables, "samples": self.timeline.samples(now),
                 "duration_bounds": tuple(self.config.metrics.duration_buckets), "sample_seconds": SAMPLE_SECONDS,
                 "spend_today": None, "proxy": self.proxy.overview()}
@@ -283,6 +253,7 @@ class SharedExporter:
         s.poll_restarts = lambda: self.poller.restarts if self.poller else 0
         s.polls = lambda: self.poller.polls if self.poller else 0
         s.tracked = lambda: (self.poller.leases if self.poller else 0, 0)
+        s.external_url = lambda: self.external_url
         for kind in KINDS:
             self.api_agg.declare_kind(kind)
         view = SharedStateView(lambda: self.health.up, lambda: self.health.errors,
@@ -349,11 +320,6 @@ class SharedExporter:
 
     def _invalid_id_line(self) -> None:
         self.status.invalid_id_lines += 1
-
-
-def _retrieved(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()  # a failed read is logged by its awaiter, or by nobody: no warning at exit
 
 
 async def _from_database(work: Awaitable[T]) -> T:

@@ -63,7 +63,10 @@ class SharedProxy:
         config = self.current()
         self.proxy = Proxy(ProxyHooks(self.created, self.observed), self.stats, lambda: self.current().proxy,
                            lambda: self.current().api.base_url, config.api.max_response_bytes)
-        await self.proxy.start(host, port, ssl_context)
+        try:
+            await self.proxy.start(host, port, ssl_context)
+        except OSError as exc:  # in use, or not an address of this host: say which listener
+            raise OSError(exc.errno, f"proxy listen address {self.listen}: {exc.strerror or exc}") from None
         log.info("proxy listening on port %d, forwarding to %s", self.proxy.port, config.api.base_url)
 
     def tasks(self) -> list[tuple[str, Any]]:

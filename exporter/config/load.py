@@ -202,6 +202,8 @@ def _check_cross_fields(config: Config) -> None:
             parse_listen_address(config.proxy.listen_address)
         except AddressError as exc:
             raise ConfigError(f"proxy.listen_address: {exc}") from None
+    if config.web.external_url is not None:
+        check_external_url("web.external_url", config.web.external_url)
     if not config.api.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"api.base_url: must start with http:// or https://, not {config.api.base_url!r}")
     # Shown on the status page and in logs; the key belongs in api.api_key_file.
@@ -218,6 +220,16 @@ def check_state(url: str, where: str) -> None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def check_external_url(where: str, url: str) -> None:
+    """ConfigError unless `url` is an http(s) URL with a host and no user name or password."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{where}: must be an http:// or https:// URL with a host, not {url[:80]!r}")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{where}: must not hold a query or a fragment: {url[:80]!r}")
+    _no_credentials(where, url, "the exporter's address is shown in alerts and on /metrics")
+
+
 def _no_credentials(where: str, url: str, instead: str) -> None:
     """ConfigError if the URL holds a user name or password (user@host): they would show in logs."""
     if "@" in urlsplit(url).netloc:
@@ -229,6 +241,9 @@ def _load_secrets(config: Config, env: Any) -> Config:
     api_key = _read_secret(config, config.api.api_key_file, "api.api_key_file", warnings)
     if api_key is None and env.get(API_KEY_ENV):
         api_key = Secret(env[API_KEY_ENV].strip())
+    if api_key is None:
+        warnings.append(f"no API key: neither api.api_key_file nor {API_KEY_ENV} is set; result requests go "
+                        "without one and the API will refuse them")
     token = _read_secret(config, config.web.registration_token_file, "web.registration_token_file", warnings)
     if token is None and env.get(REGISTRATION_TOKEN_ENV):
         token = Secret(env[REGISTRATION_TOKEN_ENV].strip())

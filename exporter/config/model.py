@@ -75,6 +75,8 @@ class PollConfig:
     max_interval_seconds: float = _opt(300.0, positive=True)
     not_found_grace_seconds: float = _opt(600.0, min=0)
     auth_backoff_max_seconds: float = _opt(300.0, positive=True)
+    # While polling fails: the log's reminder that it still does, at most this often.
+    failing_reminder_seconds: float = _opt(300.0, positive=True)
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,9 @@ class JobGroup:
 @dataclass(frozen=True)
 class WebConfig:
     listen_address: str = _opt("0.0.0.0:9877")
+    # Where users reach the exporter (behind a proxy, a balancer, a DNS name), as Prometheus's
+    # --web.external-url; alert links are built on it. Unset: derived from listen_address.
+    external_url: str | None = _opt(None)
     registration_token_file: str | None = _opt(None)
     config_file: str | None = _opt(None)
     max_request_body_bytes: int = _opt(1024 * 1024, min=1024)
@@ -112,6 +117,9 @@ class StateConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     duration_buckets: tuple[float, ...] = _opt(DEFAULT_DURATION_BUCKETS)
+    # A job still unfinished this long after its `created` is counted once in
+    # distribute_jobs_deadline_exceeded_total: the SLOs' bad event for a stuck job.
+    job_deadline_seconds: float = _opt(3600.0, positive=True)
 
 
 @dataclass(frozen=True)
@@ -122,13 +130,18 @@ class PricingConfig:
 
 @dataclass(frozen=True)
 class ProxyConfig:
-    """The pass-through proxy for the async API (README, Proxy): off while listen_address is unset."""
+    """The pass-through proxy for the async API (docs/proxy.md): off while listen_address is unset."""
 
     listen_address: str | None = _opt(None)
     default_group: str = _opt("default", nonempty=True)
     track_results: bool = _opt(True)
     timeout_seconds: float = _opt(60.0, positive=True)
     max_body_bytes: int = _opt(64 * 1024 * 1024, min=1024)
+    # An application connection must send a whole request head within this many seconds of its first
+    # byte, and a body without a pause this long (both paths); past it the connection is closed.
+    header_timeout_seconds: float = _opt(10.0, positive=True)
+    # Open application connections at most; past it new ones wait in the listen backlog.
+    max_connections: int = _opt(1024, min=1, max=1_000_000)
     # false: a create is in the create journal (kill -9 safe) before its answer, forced to the disk by
     # the next batch, within state.flush_interval_seconds; true: the journal is fsynced before each
     # create's answer (slower on most disks).

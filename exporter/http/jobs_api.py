@@ -1,5 +1,6 @@
 """Reading tracked jobs: `GET /api/v1/jobs` (a filtered, sorted list, paged with a cursor),
-`GET /api/v1/jobs/<id>` (one record) and the job page `/jobs/<id>` (the same, as HTML).
+`GET /api/v1/jobs/<id>` (one record), and the same as HTML: the list `/jobs?...` and the job page
+`/jobs/<id>`.
 
 Reads need no registration token: whoever may read /metrics (the web config's TLS and basic auth
 apply as to every page) may see which jobs are behind it. Writing stays with the registration API.
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from urllib.parse import urlencode
 from typing import Any, Awaitable, Callable, Protocol
 
 from aiohttp import web
@@ -42,16 +44,37 @@ def routes(reader: JobsReader) -> Callable[[web.Application], None]:
         app[READER] = reader
         app.router.add_get("/api/v1/jobs", list_jobs)
         app.router.add_get("/api/v1/jobs/{job_id}", show)
+        app.router.add_get("/jobs", jobs_page)
         app.router.add_get("/jobs/{job_id}", job_page)
     return add
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    reader = request.app[READER]
     try:
-        return web.json_response(await _page(reader, parse_query(request.query)))
+        return web.json_response(await _listed(request))
     except BadParameter as exc:
         return web.json_response({"error": str(exc), "parameter": exc.name}, status=400)
+
+
+async def _listed(request: web.Request) -> ListPage:
+    """The page the query string asks for."""
+    return await _page(request.app[READER], parse_query(request.query))
+
+
+async def jobs_page(request: web.Request) -> web.Response:
+    """`/jobs?...`: the list of GET /api/v1/jobs (the same parameters) as a page, for people: the
+    target of the alerts' `jobs` links."""
+    filters = [(k, v) for k, v in request.query.items() if k != "cursor"]
+    try:
+        listed = await _listed(request)
+    except BadParameter as exc:
+        return page("jobs.html", status=400, error=str(exc), filters=filters, rows=[], api_query="",
+                    next_query=None)
+    rows = [{**record, "created_at": _when(record.get("created")), "ended_at": _when(record.get("ended"))}
+            for record in listed["jobs"]]
+    cursor = listed.get("next_cursor")
+    return page("jobs.html", error=None, filters=filters, rows=rows, api_query=urlencode(list(request.query.items())),
+                next_query=urlencode([*filters, ("cursor", cursor)]) if cursor else None)
 
 
 async def _page(reader: JobsReader, query: JobQuery) -> ListPage:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 from multidict import MultiMapping
 
 from exporter import KINDS
-from exporter.tracking.queries import SORTS, JobQuery, Position
+from exporter.tracking.queries import FILE_PREFIX, SORTS, SOURCES, JobQuery, Position
 
 STATUSES = ("UNKNOWN", "CREATED", "QUEUED", "POSTPONED", "ASSIGNED_CONNECTIONS", "PROCESSING",
             "COMPLETED", "ERROR", "NOT_FOUND")
@@ -43,10 +43,16 @@ def parse_query(params: MultiMapping[str], now: Callable[[], float] = time.time)
         given = tuple(v for v in params.getall(name, []))
         if any(not v or len(v) > 256 for v in given):
             raise BadParameter(name, "must be a non-empty string of at most 256 characters")
-        if name == "kind" and any(v not in KINDS for v in given):
-            raise BadParameter(name, f"must be one of {', '.join(KINDS)}")
-        if name == "status" and any(v not in STATUSES for v in given):
-            raise BadParameter(name, f"must be one of {', '.join(STATUSES)}")
+        for v in given:
+            if name == "kind" and v not in KINDS:
+                raise BadParameter(name, f"unknown value {v[:64]!r}: must be one of {', '.join(KINDS)}")
+            if name == "status" and v not in STATUSES:
+                raise BadParameter(name, f"unknown value {v[:64]!r}: must be one of {', '.join(STATUSES)}")
+        if name == "source":
+            for v in given:
+                if v not in SOURCES and not (v.startswith(FILE_PREFIX) and len(v) > len(FILE_PREFIX)):
+                    raise BadParameter(name, f"unknown value {v[:64]!r}: must be one of {', '.join(SOURCES)} "
+                                             f"or {FILE_PREFIX}<path>")
         values[field] = given
     one = _singles(params)
     if "unfinished" in one:

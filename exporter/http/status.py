@@ -36,7 +36,11 @@ async def landing(request: web.Request, overview: dict[str, Any]) -> web.Respons
     statuses = sorted({s for by_status in overview["jobs"].values() for s in by_status})
     last = overview["last_success"]
     tables = {name: [_row(job, now) for job in jobs] for name, jobs in overview["tables"].items()}
+    error = overview.get("last_error")
+    last_error = {**error, "when": _when(error["at"])} if error else None
+    down_since = _when(overview["down_since"]) if overview.get("down_since") else None
     return page("landing.html", version=__version__, base_url=overview["base_url"], up=overview["up"],
+                last_error=last_error, down_since=down_since,
                 last_success=_when(last) if last else "never", statuses=statuses,
                 jobs=sorted(overview["jobs"].items()), sources=sorted(overview["sources"].items()),
                 charts=charts.charts(overview["samples"], overview["duration_bounds"], now), tables=tables,

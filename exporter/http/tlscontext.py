@@ -1,5 +1,5 @@
 """The server's TLS context from a checked `tls_server_config`, built to do what the exporter-toolkit's
-Go `tls.Config` does wherever Python's ssl (OpenSSL) can; README Security lists where it cannot.
+Go `tls.Config` does wherever Python's ssl (OpenSSL) can; docs/security.md lists where it cannot.
 """
 
 from __future__ import annotations

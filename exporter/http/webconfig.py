@@ -1,6 +1,6 @@
 """The Prometheus exporter-toolkit web config file: TLS, basic auth with bcrypt hashes, response
 headers and a request rate limit, read and checked into a WebSecurity, with the decisions the
-toolkit makes (README Security has the table, key by key).
+toolkit makes (docs/security.md has the table, key by key).
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ class JobsCollector(FamilyCollector):
         distribute_job_duration_seconds_count{...} 41.0
         distribute_job_duration_seconds_sum{...} 812.3
         distribute_oldest_unfinished_job_created_timestamp_seconds{group="nightly",kind="chat"} 1.7639e+09
+        distribute_jobs_deadline_exceeded_total{group="nightly",kind="chat"} 1.0
         distribute_tokens_total{group="nightly",model="Llama-3.1 8B",token_type="prompt"} 10234.0
         distribute_results_total{group="renders",kind="images",model="SDXL"} 12.0
         distribute_chat_choices_total{finish_reason="tool_calls",group="nightly",model="..."} 7.0
@@ -64,6 +65,9 @@ class JobsCollector(FamilyCollector):
         yield Family("distribute_oldest_unfinished_job_created_timestamp_seconds", "gauge", "created (Unix time) "
                      "of the oldest tracked job not yet COMPLETED or ERROR, " + _SOURCE + ".", ("kind", "group"),
                      agg.oldest_unfinished(self.is_current))
+        yield Family("distribute_jobs_deadline_exceeded", "counter", "Jobs still not COMPLETED or ERROR "
+                     "metrics.job_deadline_seconds after their created time, each counted once (the SLOs' bad "
+                     "event for a stuck job), " + _SOURCE + ".", ("kind", "group"), agg.deadline_exceeded)
         yield Family("distribute_tokens", "counter", "Tokens of finished chat jobs (usage.prompt_tokens and "
                      "usage.completion_tokens), " + _SOURCE + ".", ("group", "model", "token_type"), agg.tokens)
         yield Family("distribute_results", "counter", "Result items (image or audio URLs) of finished jobs, "
@@ -108,7 +112,7 @@ class ApiCollector(FamilyCollector):
         yield Family("distribute_api_requests", "counter", "Result requests sent to the API, by HTTP status code "
                      "of the answer, or 'error' when no answer came.", ("kind", "code"), agg.requests)
         yield Family("distribute_api_request_errors", "counter", "Result requests that failed, by reason: "
-                     "timeout, connect, unauthorized, rate_limited, http_4xx, http_5xx, invalid_body.",
+                     "timeout, connect, unauthorized, rate_limited, http_4xx, http_5xx, invalid_body, protocol.",
                      ("kind", "reason"), agg.errors)
         yield Family("distribute_api_request_duration_seconds", "histogram", "Time from sending a result "
                      "request to having read its answer, in seconds.", ("kind",),
@@ -142,6 +146,7 @@ class ExporterCollector(FamilyCollector):
         distribute_exporter_poll_loop_restarts_total 0.0
         distribute_exporter_polls_total 1523.0
         distribute_exporter_tracked_jobs{state="polled"} 120.0
+        distribute_exporter_web_info{external_url="http://exporter.example:9877"} 1.0
     """
 
     def __init__(self, status: "ExporterStatus") -> None:
@@ -168,6 +173,9 @@ class ExporterCollector(FamilyCollector):
         yield Family("distribute_exporter_http_connections_rejected", "counter",
                      "HTTP connections closed at once because web.max_connections were open.", (),
                      {(): s.connections_rejected})
+        yield Family("distribute_exporter_web_info", "gauge", "Always 1; external_url is where users reach this "
+                     "exporter (web.external_url), for links in alerts.", ("external_url",),
+                     {(s.external_url(),): 1})
 
 
 class ExporterStatus:
@@ -182,6 +190,7 @@ class ExporterStatus:
         self.poll_restarts: Callable[[], int] = lambda: 0
         self.polls: Callable[[], int] = lambda: 0
         self.tracked: Callable[[], tuple[int, int]] = lambda: (0, 0)
+        self.external_url: Callable[[], str] = lambda: ""
 
     def connection_rejected(self) -> None:
         self.connections_rejected += 1

@@ -19,8 +19,8 @@ from prometheus_client.registry import Collector
 # The sample names of the job facts, as one Prometheus regular expression: what the scrape of
 # /metrics drops (prometheus/prometheus.yml and the other scrape configs carry this same text; a test
 # holds them to it and to the families a real exporter serves on /metrics/jobs).
-JOB_FACT_NAMES = ("distribute_(jobs|jobs_finished|job_duration_seconds|oldest_unfinished_job_created_timestamp_seconds"
-                  "|tokens|results|chat_choices|chat_tool_calls|estimated_cost|unpriced_jobs)"
+JOB_FACT_NAMES = ("distribute_(jobs|jobs_finished|jobs_deadline_exceeded|job_duration_seconds"
+                  "|oldest_unfinished_job_created_timestamp_seconds|tokens|results|chat_choices|chat_tool_calls|estimated_cost|unpriced_jobs)"
                   "(_total|_created|_bucket|_count|_sum)?")
 
 

@@ -5,6 +5,9 @@
     distribute_proxy_upstream_duration_seconds_bucket{endpoint="create",le="0.05"} 311.0
     distribute_proxy_observed_answers_total{kind="chat"} 5004.0
     distribute_proxy_errors_total{reason="connect"} 2.0
+    distribute_proxy_openai_requests_total{code="200",group="default",kind="chat",model="Llama-3.1 8B"} 12.0
+    distribute_proxy_openai_tokens_total{group="default",model="Llama-3.1 8B",token_type="prompt"} 3120.0
+    distribute_proxy_openai_results_total{group="default",kind="images",model="SDXL"} 4.0
 """
 
 from __future__ import annotations
@@ -22,9 +25,11 @@ UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 # proxy.max_body_bytes (413); upstream_body: the upstream broke off mid-answer; client: the application
 # hung up; observe: an answer the exporter could not use or apply; commit: a create not stored before
 # its answer went back (the flush stores it later); commit_late: a create answered before its commit
-# (COMMIT_WAIT_SECONDS); dropped: observations over the queue's bound.
+# (COMMIT_WAIT_SECONDS); dropped: observations over the queue's bound; slow_client: an application
+# connection closed for not sending a whole head (or the next part of a body) within
+# proxy.header_timeout_seconds.
 ERROR_REASONS = ("connect", "timeout", "too_large", "upstream_body", "client", "observe", "commit", "commit_late",
-                 "dropped")
+                 "dropped", "slow_client")
 
 
 class ProxyStats:
@@ -35,6 +40,12 @@ class ProxyStats:
         self.upstream = {e: Histogram(UPSTREAM_BUCKETS) for e in ENDPOINTS}
         self.observed: dict[tuple[str], int] = {(k,): 0 for k in KINDS}
         self.errors: dict[tuple[str], int] = {(r,): 0 for r in ERROR_REASONS}
+        # The OpenAI-compatible routes (synchronous: no job, the answer is the result), by model.
+        self.openai_requests: dict[tuple[str, str, str, str], int] = defaultdict(int)  # kind, group, model, code
+        self.openai_tokens: dict[tuple[str, str, str], int] = defaultdict(int)  # group, model, token_type
+        self.openai_results: dict[tuple[str, str, str], int] = defaultdict(int)  # kind, group, model
+        self.connections = 0  # application connections open now
+        self.capped = 0  # times accepting stopped at proxy.max_connections
         self.version = 0
 
     def answered(self, endpoint: str, code: str, seconds: float | None) -> None:
@@ -50,6 +61,18 @@ class ProxyStats:
     def observed_answer(self, kind: str) -> None:
         self.version += 1
         self.observed[(kind,)] = self.observed.get((kind,), 0) + 1
+
+    def openai_answered(self, kind: str, group: str, model: str, code: str,
+                        tokens: tuple[int, int] | None = None, results: int | None = None) -> None:
+        """One call of an OpenAI-compatible route: its answer's code; a 200's usage (prompt,
+        completion) and the number of result items, when it had them."""
+        self.version += 1
+        self.openai_requests[(kind, group, model, code)] += 1
+        if tokens is not None:
+            self.openai_tokens[(group, model, "prompt")] += tokens[0]
+            self.openai_tokens[(group, model, "completion")] += tokens[1]
+        if results is not None:
+            self.openai_results[(kind, group, model)] += results
 
     def total(self, endpoint: str | None = None) -> int:
         return sum(n for (e, _), n in self.requests.items() if endpoint in (None, e))
@@ -74,5 +97,22 @@ class ProxyCollector(FamilyCollector):
         yield Family("distribute_proxy_observed_answers", "counter", "Result answers (200) the application fetched "
                      "through the proxy and the exporter applied, by kind.", ("kind",), dict(s.observed))
         yield Family("distribute_proxy_errors", "counter", "Failures on the proxy path by reason: connect, timeout, "
-                     "too_large, upstream_body, client, observe, commit, commit_late, dropped (see README, Proxy).",
+                     "too_large, upstream_body, client, observe, commit, commit_late, dropped, slow_client "
+                     "(see docs/proxy.md).",
                      ("reason",), dict(s.errors))
+        yield Family("distribute_proxy_openai_requests", "counter", "Calls of the OpenAI-compatible routes "
+                     "(/v1/chat/completions: kind chat, /v1/images/generations: kind images) through the proxy, "
+                     "by group, model and HTTP status code of the answer the application got (errors: code "
+                     "other than 200; model '' until the API answered 200 for the model asked for).",
+                     ("kind", "group", "model", "code"), dict(s.openai_requests))
+        yield Family("distribute_proxy_openai_tokens", "counter", "Tokens of chat completions answered 200 "
+                     "through the proxy (usage.prompt_tokens and usage.completion_tokens), by group and model.",
+                     ("group", "model", "token_type"), dict(s.openai_tokens))
+        yield Family("distribute_proxy_openai_results", "counter", "Result items (images in data[]) of image "
+                     "generations answered 200 through the proxy, by group and model.",
+                     ("kind", "group", "model"), dict(s.openai_results))
+        yield Family("distribute_proxy_connections", "gauge", "Application connections open on the proxy.", (),
+                     {(): s.connections})
+        yield Family("distribute_proxy_connections_capped", "counter", "Times the proxy stopped accepting because "
+                     "proxy.max_connections connections were open (new ones waited in the listen backlog).", (),
+                     {(): s.capped})

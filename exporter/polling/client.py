@@ -19,8 +19,8 @@ from email.utils import parsedate_to_datetime
 from exporter import KINDS
 from exporter.api.results import InvalidBody, JobResult, parse_result
 from exporter.polling.http11 import Http11Transport
-from exporter.polling.transport import (ApiConnectError, ApiError, ApiTimeout, BodyTooLarge, RawResponse,  # noqa: F401
-                                        Transport)
+from exporter.polling.transport import (ApiConnectError, ApiError, ApiTimeout, BadAnswer, BodyTooLarge,  # noqa: F401
+                                        RawResponse, Transport)
 
 
 # ---- errors ------------------------------------------------------------------------------------

@@ -2,10 +2,14 @@
 
 aiohttp spends about 115 µs of CPU on each such request on this kind of machine; the poller sends
 thousands a second and needs none of its generality (redirects, cookies, multipart, proxies). This
-client writes each request in one `write`, parses the answer in place (Content-Length, chunked, or
-until close; gzip/deflate if a server sends it unasked) and keeps connections alive in a pool. A
-request that fails on a reused connection before any answer arrived is sent once more on a new one
-(the server closed an idle connection; the query changes nothing, so repeating it is safe).
+client writes each request in one `write` and keeps connections alive in a pool. The answer is parsed
+by llhttp (`httptools`), incrementally as its bytes come: it is strict about framing (a signed or
+overlong chunk size, two Content-Lengths, Transfer-Encoding with Content-Length, a bad status line
+are errors, never guesses), so a hostile answer fails that one request (`BadAnswer`, counted as
+`reason="protocol"`) and its connection is closed, never pooled again. gzip/deflate are inflated if
+a server sends them unasked. A request that fails on a reused connection before any answer arrived
+is sent once more on a new one (the server closed an idle connection; the query changes nothing,
+so repeating it is safe).
 """
 
 from __future__ import annotations
@@ -16,13 +20,93 @@ import zlib
 from typing import Mapping
 from urllib.parse import urlsplit
 
-from exporter.polling.transport import ApiConnectError, ApiTimeout, BodyTooLarge, RawResponse
+import httptools
 
-_MAX_HEAD = 64 * 1024  # status line and headers of one answer
+from exporter.polling.transport import ApiConnectError, ApiTimeout, BadAnswer, BodyTooLarge, RawResponse
+
+_MAX_HEAD = 64 * 1024  # status line and headers of one answer (interim answers included)
+_MAX_FIELDS = 128  # header fields of one answer
 
 
-class _Incomplete(Exception):
-    """The buffer does not hold a whole answer yet."""
+class _Answer:
+    """llhttp's callbacks for one answer: what it holds so far and whether it is whole."""
+
+    def __init__(self, max_body: int) -> None:
+        self.max_body = max_body
+        self.parser = httptools.HttpResponseParser(self)  # one per connection: ready again after each answer
+        self.reset()
+
+    def reset(self) -> None:
+        """Ready for the next answer on the connection."""
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.fields = 0
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.headed = False
+        self.complete = False
+        self.keep_alive = False
+        self.error: BaseException | None = None  # raised in a callback: llhttp reports it as its own error
+
+    # -- llhttp's callbacks (an exception raised here stops the parse) --
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self._stop(BadAnswer("bytes after the answer"))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields += 1
+        if self.fields > _MAX_FIELDS:
+            self._stop(BadAnswer("too many header fields"))
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        length = self.headers.get("content-length")
+        if length is not None and int(length) > self.max_body:  # llhttp checked it is digits only
+            self._stop(BodyTooLarge())
+        self.headed = True
+
+    def on_body(self, body: bytes) -> None:
+        self.size += len(body)
+        if self.size > self.max_body:
+            self._stop(BodyTooLarge())
+        self.parts.append(body)
+
+    def on_message_complete(self) -> None:
+        status = self.parser.get_status_code()
+        if status < 200:  # an interim answer (100, 103): the real one follows
+            self.headers, self.fields, self.headed = {}, 0, False
+            return
+        self.status, self.complete = status, True
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def _stop(self, exc: BaseException) -> None:
+        self.error = exc
+        raise exc
+
+    # -- the connection's side --
+    def feed(self, data: bytes) -> None:
+        """Parse `data`; raise BadAnswer or BodyTooLarge when the answer is not one to take."""
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise BadAnswer("an upgrade (101) instead of an answer") from None
+        except httptools.HttpParserError as exc:
+            if self.error is not None:
+                raise self.error from None
+            raise BadAnswer(str(exc) or type(exc).__name__) from None
+
+    def until_close(self) -> bool:
+        """Headers are in and neither Content-Length nor chunked framing: the body ends with the connection."""
+        te = self.headers.get("transfer-encoding")
+        chunked = te is not None and te.rsplit(",", 1)[-1].strip().lower() == "chunked"
+        return self.headed and "content-length" not in self.headers and not chunked
+
+    def response(self) -> RawResponse:
+        body = b"".join(self.parts)
+        encoding = self.headers.get("content-encoding", "").lower()
+        if encoding in ("gzip", "deflate"):
+            body = _decompress(body, encoding, self.max_body)
+        return RawResponse(self.status or self.parser.get_status_code(), self.headers, body)
 
 
 class _Connection(asyncio.Protocol):
@@ -31,7 +115,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, max_body: int) -> None:
         self.max_body = max_body
         self.transport: asyncio.Transport | None = None
-        self.buffer = bytearray()
+        self.answer: _Answer | None = None
+        self.received = 0  # bytes of the current answer so far
         self.waiter: asyncio.Future[RawResponse] | None = None
         self.reusable = True
         self.eof = False
@@ -41,24 +126,37 @@ class _Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
-        self.buffer += data
-        if len(self.buffer) > self.max_body + _MAX_HEAD:
-            self._fail(BodyTooLarge())
-        else:
-            self._try_complete()
+        answer = self.answer
+        if answer is None or self.waiter is None or self.waiter.done():
+            self.close()  # bytes nobody asked for: not a connection to use again
+            return
+        self.received += len(data)
+        try:
+            answer.feed(data)
+            if not answer.headed and self.received > _MAX_HEAD:
+                raise BadAnswer("answer head too long")
+        except (BadAnswer, BodyTooLarge) as exc:
+            self._fail(exc)
+            return
+        if answer.complete:
+            self._finish(answer, answer.keep_alive)
 
     def eof_received(self) -> bool:
         self.eof = True
-        self._try_complete()
+        self._ended(None)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.eof, self.reusable = True, False
-        self._try_complete(exc)
+        self._ended(exc)
 
     def send(self, request: bytes) -> asyncio.Future[RawResponse]:
         self.waiter = asyncio.get_running_loop().create_future()
-        self.buffer.clear()
+        if self.answer is None:
+            self.answer = _Answer(self.max_body)
+        else:
+            self.answer.reset()
+        self.received = 0
         self.transport.write(request)  # type: ignore[union-attr]
         return self.waiter
 
@@ -73,100 +171,26 @@ class _Connection(asyncio.Protocol):
             self.waiter.set_exception(exc)
         self.close()
 
-    def _try_complete(self, lost: Exception | None = None) -> None:
-        if self.waiter is None or self.waiter.done():
-            return
+    def _finish(self, answer: _Answer, keep_alive: bool) -> None:
         try:
-            response = _parse(self.buffer, self.eof, self.max_body)
-        except _Incomplete:
-            if self.eof:
-                self._fail(ConnectionResetError("connection closed before a whole answer")
-                           if lost is None else lost)
+            response = answer.response()
+        except (BodyTooLarge, zlib.error) as exc:
+            self._fail(exc if isinstance(exc, BodyTooLarge) else BadAnswer("bad compressed body"))
             return
-        except (BodyTooLarge, ValueError, zlib.error) as exc:
-            self._fail(exc if isinstance(exc, BodyTooLarge) else ConnectionResetError(f"bad answer: {exc}"))
-            return
-        response, reusable = response
-        self.reusable = self.reusable and reusable and not self.eof
+        self.reusable = self.reusable and keep_alive and not self.eof
         self.used = True
-        self.waiter.set_result(response)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(response)
 
-
-def _parse(buffer: bytearray, eof: bool, max_body: int) -> tuple[RawResponse, bool]:
-    """One whole answer from the start of `buffer` and whether the connection may be reused;
-    _Incomplete while more is to come. 1xx interim answers are skipped."""
-    start = 0
-    while True:
-        end = buffer.find(b"\r\n\r\n", start)
-        if end < 0:
-            if len(buffer) - start > _MAX_HEAD:
-                raise ValueError("headers too long")
-            raise _Incomplete()
-        lines = bytes(buffer[start:end]).decode("latin-1").split("\r\n")
-        version, _, rest = lines[0].partition(" ")
-        code = int(rest[:3])
-        if not version.startswith("HTTP/1.") or not 100 <= code <= 599:
-            raise ValueError("not an HTTP/1.x status line")
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        if 100 <= code < 200:
-            start = end + 4
-            continue
-        break
-    body_at = end + 4
-    keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
-    if code in (204, 304):
-        body = b""
-    elif "chunked" in headers.get("transfer-encoding", "").lower():
-        body = _chunked(buffer, body_at, max_body)
-    elif "content-length" in headers:
-        length = int(headers["content-length"])
-        if length < 0:
-            raise ValueError("negative Content-Length")
-        if length > max_body:
-            raise BodyTooLarge()
-        if len(buffer) - body_at < length:
-            raise _Incomplete()
-        body = bytes(buffer[body_at:body_at + length])
-    else:  # delimited by the end of the connection
-        if not eof:
-            raise _Incomplete()
-        body, keep = bytes(buffer[body_at:]), False
-    encoding = headers.get("content-encoding", "").lower()
-    if encoding in ("gzip", "deflate"):
-        body = _decompress(body, encoding, max_body)
-    if len(body) > max_body:
-        raise BodyTooLarge()
-    return RawResponse(code, headers, body), keep
-
-
-def _chunked(buffer: bytearray, at: int, max_body: int) -> bytes:
-    parts, size = [], 0
-    while True:
-        line_end = buffer.find(b"\r\n", at)
-        if line_end < 0:
-            raise _Incomplete()
-        length = int(bytes(buffer[at:line_end]).split(b";", 1)[0].strip(), 16)
-        at = line_end + 2
-        if length == 0:
-            # Trailers (usually none) end with an empty line.
-            trailer_end = buffer.find(b"\r\n", at)
-            while trailer_end > at:
-                at = trailer_end + 2
-                trailer_end = buffer.find(b"\r\n", at)
-            if trailer_end < 0:
-                raise _Incomplete()
-            return b"".join(parts)
-        size += length
-        if size > max_body:
-            raise BodyTooLarge()
-        if len(buffer) < at + length + 2:
-            raise _Incomplete()
-        parts.append(bytes(buffer[at:at + length]))
-        at += length + 2
+    def _ended(self, lost: Exception | None) -> None:
+        answer = self.answer
+        if self.waiter is None or self.waiter.done() or answer is None:
+            return
+        if answer.until_close() and not answer.complete:
+            self.reusable = False
+            self._finish(answer, False)
+        else:
+            self._fail(lost or ConnectionResetError("connection closed before a whole answer"))
 
 
 def _decompress(body: bytes, encoding: str, max_body: int) -> bytes:
@@ -207,10 +231,11 @@ class Http11Transport:
             self._busy.add(conn)
             try:
                 response = await conn.send(request)
-            except BodyTooLarge:
+            except (BodyTooLarge, BadAnswer):
+                conn.close()  # never pooled again: what it sends next cannot be trusted
                 raise
             except OSError:
-                if conn.used and not conn.buffer:  # a keep-alive the server had closed: once more
+                if conn.used and not conn.received:  # a keep-alive the server had closed: once more
                     conn.close()
                     continue
                 raise

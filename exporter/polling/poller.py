@@ -16,6 +16,7 @@ from typing import Callable, Iterable
 
 from exporter.tracking.aggregates import ApiAggregates
 from exporter.polling.client import ApiClient, ApiError, NotFound, RateLimited, Unauthorized
+from exporter.polling.health import ApiHealth
 from exporter.config import PollConfig
 from exporter.polling.ratelimit import RateLimiter
 from exporter.polling.schedule import auth_pause, error_delay, next_interval
@@ -29,7 +30,7 @@ DEFAULT_RETRY_AFTER = 5.0  # a 429 without (or with an unreadable) Retry-After
 class Poller:
     def __init__(self, jobs: TrackedJobs, client: ApiClient, limiter: RateLimiter,
                  api: ApiAggregates, config: PollConfig, concurrency: int,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, health: ApiHealth | None = None) -> None:
         self.jobs = jobs
         self.client = client
         self.limiter = limiter
@@ -45,6 +46,7 @@ class Poller:
         self._queue: asyncio.Queue[Job] = asyncio.Queue(maxsize=concurrency)
         self._auth_failures = 0
         self._rate_limited = False
+        self.health = health or ApiHealth(lambda: "the API", lambda: self.config.interval_seconds, clock=clock)
         jobs.on_new = self.schedule_many
 
     # -- scheduling ------------------------------------------------------------------------------
@@ -163,15 +165,19 @@ class Poller:
             result, answer = await self.client.fetch(job.kind, job.id)
         except NotFound as exc:
             self._record(job, exc.answer, None)  # type: ignore[attr-defined]
+            self.health.ok()
             if self.jobs.open.get(job.id) is job:
                 self._on_not_found(job)
             return
         except ApiError as exc:
             self._record(job, exc.answer, exc.reason)  # type: ignore[attr-defined]
+            if not isinstance(exc, (Unauthorized, RateLimited)):  # each has its own line
+                self.health.failed(exc.reason, str(exc) or type(exc).__name__)
             if self.jobs.open.get(job.id) is job:
                 self._on_error(job, exc)
             return
         self._record(job, answer, None)
+        self.health.ok()
         if self.jobs.open.get(job.id) is not job:
             return  # untracked while the request was in flight
         self._auth_ok()

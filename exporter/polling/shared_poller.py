@@ -18,6 +18,7 @@ from typing import Any, Callable, Protocol
 
 from exporter.config import PollConfig
 from exporter.polling.client import ApiClient, ApiError, NotFound, RateLimited, Unauthorized
+from exporter.polling.health import ApiHealth
 from exporter.polling.ratelimit import RateLimiter
 from exporter.polling.schedule import auth_pause, error_delay, next_interval
 from exporter.tracking.aggregates import ApiAggregates
@@ -64,7 +65,8 @@ class DatabaseHealth:
 
 class SharedPoller:
     def __init__(self, store: ClaimingStore, client: ApiClient, limiter: RateLimiter, api: ApiAggregates,
-                 config: PollConfig, concurrency: int, lease: float, health: DatabaseHealth) -> None:
+                 config: PollConfig, concurrency: int, lease: float, health: DatabaseHealth,
+                 api_health: ApiHealth | None = None) -> None:
         self.store = store
         self.client = client
         self.limiter = limiter
@@ -72,7 +74,9 @@ class SharedPoller:
         self.config = config
         self.concurrency = concurrency
         self.lease = lease
-        self.health = health
+        self.health = health  # the database's
+        # The API's: says in the log when polling starts and stops failing (as the SQLite poller does).
+        self.api_health = api_health or ApiHealth(lambda: "the API", lambda: self.config.interval_seconds)
         self.polls = 0
         self.restarts = 0
         self.stale = 0  # answers that came after their lease was taken over: dropped
@@ -160,16 +164,20 @@ class SharedPoller:
             result, answer = await self.client.fetch(job.kind, job.id)
         except NotFound as exc:
             self._record(job.kind, exc.answer, None)  # type: ignore[attr-defined]
+            self.api_health.ok()
             delay = _jitter(next_interval(job.interval, False, cfg.interval_seconds, cfg.max_interval_seconds))
             self._outcome(await self.store.not_found(claim, cfg.not_found_grace_seconds, delay))
             return
         except ApiError as exc:
             self._record(job.kind, exc.answer, exc.reason)  # type: ignore[attr-defined]
+            if not isinstance(exc, (Unauthorized, RateLimited)):  # each has its own line
+                self.api_health.failed(exc.reason, str(exc) or type(exc).__name__)
             code = exc.answer.code  # type: ignore[attr-defined]
             self._outcome(await self.store.apply_error(claim, int(code) if code.isdigit() else None,
                                                        self._error_delay(job.errors + 1, exc)))
             return
         self._record(job.kind, answer, None)
+        self.api_health.ok()
         self._auth_failures = 0
         changed = result.status != job.status
         delay = _jitter(next_interval(job.interval, changed, cfg.interval_seconds, cfg.max_interval_seconds))

@@ -21,6 +21,13 @@ class ApiConnectError(ApiError):
     reason = "connect"
 
 
+class BadAnswer(ApiError):
+    """An answer that is not valid HTTP/1.1 (as llhttp judges it): that request fails, its
+    connection is closed."""
+
+    reason = "protocol"
+
+
 @dataclass(slots=True)
 class RawResponse:
     status: int

@@ -22,7 +22,10 @@ A stand-in for Distribute.ai's async inference API: POST /async/{chat,images,spe
 /result answer as the real API does (validated against the published result schema), jobs move
 through CREATED -> QUEUED -> [POSTPONED] -> ASSIGNED_CONNECTIONS -> PROCESSING -> COMPLETED|ERROR
 with per-model durations, and faults can be injected at start (--fault.*) or at run time with
-POST /__admin/faults. GET /__admin/stats counts requests per endpoint, status code and job id."""
+POST /__admin/faults. GET /__admin/stats counts requests per endpoint, status code and job id.
+The OpenAI-compatible routes POST /v1/chat/completions and /v1/images/generations answer at once,
+in OpenAI's shapes (an OpenAI client's base URL is http://HOST:PORT/v1; the key is taken raw or
+as `Bearer KEY`)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--web.listen-address", dest="listen", default="127.0.0.1:8080",
                         metavar="HOST:PORT", help="where to listen (default 127.0.0.1:8080; port 0 picks a free one)")
     parser.add_argument("--api-key", dest="api_key", default=os.environ.get("DISTRIBUTE_SIMULATOR_API_KEY"),
-                        metavar="KEY", help="require `authorization: KEY` on /async/ requests, else 401 "
+                        metavar="KEY", help="require `authorization: KEY` on /async/ requests (or `Bearer KEY` on /v1/), else 401 "
                         "(default: env DISTRIBUTE_SIMULATOR_API_KEY; unset: no auth)")
     parser.add_argument("--timestamps", choices=("iso", "epoch-s", "epoch-ms"), default="iso",
                         help="how created/finished are written (default iso)")

@@ -38,7 +38,8 @@ class Faults:
         "latency_ms": "fixed latency added to every request (ms)",
         "latency_jitter_ms": "random latency, uniform in [0, this], added on top (ms)",
         "hang_ratio": "share of requests that hang until the client gives up",
-        "malformed_ratio": "share of result requests answered 200 with a malformed body",
+        "malformed_ratio": "share of result and OpenAI-compatible (/v1/) requests answered 200 with a "
+                           "malformed body",
         "malformed_kinds": "comma-separated kinds of malformed body: not_json, wrong_shape, huge",
         "huge_body_bytes": "size of the 'huge' malformed body",
         "down": "refuse (close the listener) or 503 (answer 503 to everything); empty: up",

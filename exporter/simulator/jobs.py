@@ -138,15 +138,15 @@ def result_body(job: Job, now: float, speed: float, style: str) -> dict[str, Any
     if job.kind == "chat":
         body["service_tier"] = "default"
         if status == "COMPLETED":
-            body.update(_chat_payload(job))
+            body.update(chat_payload(job))
     elif job.kind == "images":
-        body["results"] = _image_results(job) if status == "COMPLETED" else []
+        body["results"] = image_results(job) if status == "COMPLETED" else []
     else:  # speech: the schema requires `results` in every answer
         body["results"] = _speech_results(job) if status == "COMPLETED" else []
     return body
 
 
-def _chat_payload(job: Job) -> dict[str, Any]:
+def chat_payload(job: Job) -> dict[str, Any]:
     rng = random.Random(job.seed)
     messages = job.params.get("messages") or []
     prompt_chars = sum(len(str(m.get("content", ""))) for m in messages if isinstance(m, dict))
@@ -171,7 +171,7 @@ def _chat_payload(job: Job) -> dict[str, Any]:
     }
 
 
-def _image_results(job: Job) -> list[dict[str, str]]:
+def image_results(job: Job) -> list[dict[str, str]]:
     count = int(job.params.get("n") or 1)
     prompt = str(job.params.get("prompt") or "a simulated picture")
     return [{"url": f"https://cdn.simulator.invalid/images/{job.id}/{i}.png",

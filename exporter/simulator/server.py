@@ -8,6 +8,7 @@ import logging
 import random
 import time
 from collections import Counter, deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -17,10 +18,14 @@ from exporter import KINDS
 from exporter.api.ids import is_uuid4
 from exporter.simulator.faults import FaultError, Faults
 from exporter.simulator.jobs import SAMPLE_CREATE_BODIES, CreateBodyError, Job, draw_job, result_body, validate_create
+from exporter.simulator.openai import (CHAT_PATH, IMAGES_PATH, OpenAIRequestError, authorized, chat_completion,
+                                       check_chat, check_images, error_body, image_generation)
 
 log = logging.getLogger("distribute.simulator")
 
 RECENT_REQUESTS = 10_000  # the request log GET /__admin/stats?recent=1 returns: (time, path, status, id)
+RECENT_ANSWERS = 100  # answers of the OpenAI-compatible routes GET /__admin/answers returns, as sent
+ANSWER_KEPT_BYTES = 1024 * 1024  # ... each kept only up to this size (a 'huge' malformed one is not)
 HANG_SECONDS = 3600.0  # "until the client gives up": longer than any client timeout
 _JSON = "application/json"
 
@@ -32,6 +37,28 @@ def _json(status: int, payload: Any, headers: dict[str, str] | None = None) -> w
 
 def _message(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
     return _json(status, {"message": text}, headers)
+
+
+_OPENAI_ERROR_TYPES = {401: "invalid_request_error", 429: "rate_limit_error"}
+
+
+def _openai_error(status: int, text: str, headers: dict[str, str] | None = None) -> web.Response:
+    """The same refusals on the OpenAI-compatible routes, in OpenAI's error envelope."""
+    kind = _OPENAI_ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return _json(status, error_body(text, kind, code="invalid_api_key" if status == 401 else None), headers)
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How a family of routes refuses (error body) and takes the key: the async API's raw
+    `authorization` value, or also OpenAI's `Bearer <key>` on the OpenAI-compatible routes."""
+
+    error: Callable[..., web.Response]
+    authorized: Callable[[str | None, str], bool]
+
+
+ASYNC = Dialect(_message, lambda header, key: header == key)
+OPENAI = Dialect(_openai_error, authorized)
 
 
 class Stats:
@@ -87,7 +114,11 @@ class Simulator:
         self.stats = Stats()
         self._rng = random.Random(seed)  # draws jobs: reproducible under --seed
         self._fault_rng = random.Random(None if seed is None else seed + 1)
+        # The synchronous routes draw apart, so that they leave the async jobs' draws (ids) as they were.
+        self.sync_rng = random.Random(None if seed is None else seed + 2)
         self._huge: bytes | None = None
+        # What the synchronous routes answered, byte for byte: there is no job to ask about afterwards.
+        self.sync_answers: deque[tuple[float, str, int, bytes]] = deque(maxlen=RECENT_ANSWERS)
         self.down_changed: Callable[[], Awaitable[None]] | None = None
 
     # -- jobs ------------------------------------------------------------------------------------
@@ -128,6 +159,8 @@ def build_app(sim: Simulator) -> web.Application:
     for kind in KINDS:
         app.router.add_post(f"/async/{kind}/create", _create_handler(kind))
         app.router.add_post(f"/async/{kind}/result", _result_handler(kind))
+    app.router.add_post("/v1/chat/completions", _guarded(_chat_completion, OPENAI))
+    app.router.add_post("/v1/images/generations", _guarded(_image_generation, OPENAI))
     app.router.add_get("/__admin/stats", _get_stats)
     app.router.add_post("/__admin/stats/reset", _reset_stats)
     app.router.add_get("/__admin/faults", _get_faults)
@@ -135,6 +168,7 @@ def build_app(sim: Simulator) -> web.Application:
     app.router.add_delete("/__admin/faults", _reset_faults)
     app.router.add_post("/__admin/jobs", _admin_create_jobs)
     app.router.add_get("/__admin/jobs", _admin_truth)
+    app.router.add_get("/__admin/answers", _admin_answers)
     app.router.add_get("/", _index)
     return app
 
@@ -142,40 +176,45 @@ def build_app(sim: Simulator) -> web.Application:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def _guarded(handler: Callable[[Simulator, web.Request], Awaitable[tuple[web.StreamResponse, str | None]]]) -> Handler:
-    """Wrap an `/async/` handler with auth, fault injection and stats."""
+def _guarded(handler: Callable[[Simulator, web.Request], Awaitable[tuple[web.StreamResponse, str | None]]],
+             dialect: Dialect = ASYNC) -> Handler:
+    """Wrap an API handler (`/async/` or `/v1/`) with auth, fault injection and stats."""
 
     async def wrapped(request: web.Request) -> web.StreamResponse:
         sim: Simulator = request.app["sim"]
         try:
-            response, job_id = await _answer(sim, request, handler)
+            response, job_id = await _answer(sim, request, handler, dialect)
         except asyncio.CancelledError:  # the client gave up on a hanging request
             sim.stats.record(request.path, 499, None)
             raise
         sim.stats.record(request.path, response.status, job_id, request.headers.get("User-Agent", ""))
+        body = response.body if isinstance(response, web.Response) else None
+        if dialect is OPENAI and isinstance(body, bytes) and len(body) <= ANSWER_KEPT_BYTES:
+            sim.sync_answers.append((time.time(), request.path, response.status, body))
         return response
 
     return wrapped
 
 
-async def _answer(sim: Simulator, request: web.Request, handler: Any) -> tuple[web.StreamResponse, str | None]:
+async def _answer(sim: Simulator, request: web.Request, handler: Any,
+                  dialect: Dialect) -> tuple[web.StreamResponse, str | None]:
     faults = sim.faults
     if faults.latency_ms or faults.latency_jitter_ms:
         await asyncio.sleep(faults.delay(sim._fault_rng))
     fault = faults.pick(sim._fault_rng)
     if fault == "503":
-        return _message(503, "Service Unavailable"), None
-    if sim.api_key is not None and request.headers.get("authorization") != sim.api_key:
-        return _message(401, "Unauthorized"), None
+        return dialect.error(503, "Service Unavailable"), None
+    if sim.api_key is not None and not dialect.authorized(request.headers.get("authorization"), sim.api_key):
+        return dialect.error(401, "Unauthorized"), None
     if fault == "hang":
         await asyncio.sleep(HANG_SECONDS)
     if fault == "500":
-        return _message(500, "Internal Server Error"), None
+        return dialect.error(500, "Internal Server Error"), None
     if fault == "429":
         retry = f"{faults.retry_after_seconds:g}"
-        return _message(429, "Too Many Requests", {"Retry-After": retry}), None
+        return dialect.error(429, "Too Many Requests", {"Retry-After": retry}), None
     response, job_id = await handler(sim, request)
-    if fault == "malformed" and response.status == 200 and request.path.endswith("/result"):
+    if fault == "malformed" and response.status == 200 and not request.path.endswith("/create"):
         return sim.malformed(), job_id
     return response, job_id
 
@@ -217,6 +256,22 @@ def _result_handler(kind: str) -> Handler:
         return _json(200, result_body(job, time.time(), sim.speed, sim.timestamps)), job.id
 
     return _guarded(result)
+
+
+async def _chat_completion(sim: Simulator, request: web.Request) -> tuple[web.StreamResponse, None]:
+    try:
+        params = check_chat(await _read_json(request))
+    except OpenAIRequestError as exc:
+        return _json(400, error_body(str(exc), param=exc.param)), None
+    return _json(200, chat_completion(params, sim.sync_rng)), None
+
+
+async def _image_generation(sim: Simulator, request: web.Request) -> tuple[web.StreamResponse, None]:
+    try:
+        params = check_images(await _read_json(request))
+    except OpenAIRequestError as exc:
+        return _json(400, error_body(str(exc), param=exc.param)), None
+    return _json(200, image_generation(params, sim.sync_rng)), None
 
 
 async def _get_stats(request: web.Request) -> web.Response:
@@ -283,13 +338,21 @@ async def _admin_truth(request: web.Request) -> web.Response:
     return _json(200, request.app["sim"].truth())
 
 
+async def _admin_answers(request: web.Request) -> web.Response:
+    """The last answers of the OpenAI-compatible routes, oldest first: body as sent (UTF-8 text)."""
+    return _json(200, [{"time": at, "path": path, "status": status, "body": body.decode("utf-8", "replace")}
+                       for at, path, status, body in request.app["sim"].sync_answers])
+
+
 async def _index(request: web.Request) -> web.Response:
     sim: Simulator = request.app["sim"]
     lines = ["Distribute.ai async API simulator", "",
              f"jobs: {len(sim.jobs)}", f"timestamps: {sim.timestamps}", f"speed: {sim.speed:g}",
              "endpoints: POST /async/{chat,images,speech}/{create,result}",
+             f"           POST {CHAT_PATH}, POST {IMAGES_PATH} (OpenAI-compatible, synchronous)",
              "admin: GET/POST/DELETE /__admin/faults, GET /__admin/stats, POST /__admin/stats/reset,",
-             "       POST /__admin/jobs {kind,count,age_seconds,model}, GET /__admin/jobs"]
+             "       POST /__admin/jobs {kind,count,age_seconds,model}, GET /__admin/jobs,",
+             "       GET /__admin/answers (the last OpenAI-compatible answers, as sent)"]
     return web.Response(text="\n".join(lines) + "\n")
 
 

@@ -27,6 +27,7 @@ class FileMark:
     offset: int  # bytes consumed: up to the last complete line
     lines: int  # lines consumed
     tail: bytes  # the _TAIL bytes before `offset`
+    mode: int = 0  # a changed mode (chmod) is tried again: the file may have become unreadable or readable
 
 
 @dataclass(slots=True)
@@ -48,6 +49,9 @@ class IdsFileWatcher:
 
     def __init__(self) -> None:
         self.marks: dict[Path, FileMark] = {}
+        # Files that could not be read at the last scan, with why: warned about once, when they
+        # became unreadable, not at every scan (once a second).
+        self.unreadable: dict[Path, str] = {}
 
     def scan(self, paths: list[Path]) -> tuple[list[FileChange], list[Path]]:
         """Changes in the files now matched, and the files that no longer exist or match."""
@@ -56,19 +60,31 @@ class IdsFileWatcher:
             try:
                 change = self._scan_file(path)
             except OSError as exc:
-                log.warning("cannot read ids file file=%s: %s", path, exc.strerror or exc)
+                self._unreadable(path, str(exc.strerror or exc))
                 continue
+            if self.unreadable.pop(path, None) is not None:
+                log.info("ids file readable again file=%s", path)
             if change is not None:
                 changes.append(change)
-        gone = [p for p in self.marks if p not in set(paths)]
+        matched = set(paths)
+        gone = [p for p in self.marks if p not in matched]
         for path in gone:
             del self.marks[path]
+        for path in [p for p in self.unreadable if p not in matched]:
+            del self.unreadable[path]
         return changes, gone
+
+    def _unreadable(self, path: Path, reason: str) -> None:
+        if path not in self.unreadable:
+            log.warning("cannot read ids file file=%s: %s (said once; the file is tried again every scan)",
+                        path, reason)
+        self.unreadable[path] = reason
 
     def _scan_file(self, path: Path) -> FileChange | None:
         info = os.stat(path)
         mark = self.marks.get(path)
-        if mark and mark.inode == info.st_ino and mark.size == info.st_size and mark.mtime_ns == info.st_mtime_ns:
+        if mark and mark.inode == info.st_ino and mark.size == info.st_size and mark.mtime_ns == info.st_mtime_ns \
+                and mark.mode == info.st_mode:
             return None
         with open(path, "rb") as handle:
             if mark and mark.inode == info.st_ino and info.st_size >= mark.offset and self._same_tail(handle, mark):
@@ -98,5 +114,5 @@ class IdsFileWatcher:
         tail = handle.read(new_offset - max(0, new_offset - _TAIL))
         pending = end < len(data)  # re-read next scan even if the file does not change
         self.marks[path] = FileMark(info.st_ino, info.st_size, 0 if pending else info.st_mtime_ns,
-                                    new_offset, lines + len(text), tail)
+                                    new_offset, lines + len(text), tail, info.st_mode)
         return change

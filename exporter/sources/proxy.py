@@ -29,9 +29,11 @@ from exporter.api.ids import is_uuid4, normalise
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
 from exporter.sources.proxy_fast import Client
+from exporter.sources.proxy_openai import OpenAICall, OpenAICounts, openai_kind
+from exporter.sources.proxy_limits import Listener, QuietServer
 from exporter.sources.proxy_upstream import Pools
-from exporter.sources.proxy_wire import (CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, OBSERVED_PATH, SMALL_BODY,
-                                         BoundedCopy)
+from exporter.sources.proxy_wire import (CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, MAX_FIELDS, OBSERVED_PATH,
+                                         SMALL_BODY, BoundedCopy)
 
 log = logging.getLogger("distribute.proxy")
 
@@ -156,12 +158,13 @@ class Proxy:
         self.base_url = base_url
         self.observe_max = observe_max
         self.port = 0
-        self._server: asyncio.AbstractServer | None = None
+        self._listener: Listener | None = None
         self._fallback: web.Server | None = None
         self._clients: set[Client] = set()
         self._pools = Pools()
         self._sweeper: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
+        self.openai = OpenAICounts(stats, lambda body, encoding: _readable(body, encoding, self.observe_max))
 
     async def start(self, host: str, port: int, ssl_context: ssl.SSLContext | None) -> None:
         # No decompression and no headers of its own (User-Agent, Accept...): what the application
@@ -172,14 +175,22 @@ class Proxy:
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"))
         # The aiohttp path, for connections the fast path hands over (proxy_fast.py). No request
         # body is decompressed: the bytes forwarded are the bytes received.
-        self._fallback = web.Server(self.handle, handler_cancellation=False, access_log=None, max_line_size=65536,
-                                    max_field_size=65536, auto_decompress=False)
+        self._fallback = QuietServer(self.handle, stats=self.stats, handler_cancellation=False, access_log=None,
+                                     max_line_size=65536, max_field_size=65536, max_headers=MAX_FIELDS,
+                                     auto_decompress=False)
         fallback = self._fallback
-        self._server = await asyncio.get_running_loop().create_server(
-            lambda: Client(self, self._pools, fallback, self._clients), host, port, ssl=ssl_context,
-            reuse_address=True)
-        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else port
+        # Our own accept loop: past proxy.max_connections, new connections wait in the listen backlog.
+        self._listener = Listener.bind(host, port, factory=lambda: Client(self, self._pools, fallback, self._clients,
+                                                                           self._release),
+                                       ssl_context=ssl_context, limit=lambda: self.settings().max_connections,
+                                       stats=self.stats)
+        self._listener.start()
+        self.port = self._listener.port
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep(), name="proxy-idle")
+
+    def _release(self) -> None:
+        if self._listener is not None:
+            self._listener.release()
 
     async def _sweep(self) -> None:
         while True:
@@ -189,8 +200,8 @@ class Proxy:
     async def stop(self) -> None:
         """Stop listening; requests in flight get SHUTDOWN_SECONDS to finish (their answers go back
         and are applied), then every connection is closed."""
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
             deadline = time.monotonic() + SHUTDOWN_SECONDS
             while any(c.busy for c in self._clients) and time.monotonic() < deadline:
                 await asyncio.sleep(0.02)
@@ -205,7 +216,22 @@ class Proxy:
         self._pools.close()
 
     # -- one request ---------------------------------------------------------------------------------
+    def openai_call(self, method: str | bytes, target: str, group: str,
+                    request_body: bytes | None) -> OpenAICall | None:
+        """A call of an OpenAI-compatible route, to count once answered (both paths); else None."""
+        kind = openai_kind(method, target)
+        return None if kind is None else self.openai.call(kind, self._group(group), lambda: request_body)
+
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        call = self.openai_call(request.method, request.path, request.headers.get(GROUP_HEADER, ""), None)
+        response = await self._forward(request, call)
+        if call is not None:  # a streamed answer (StreamResponse) is counted without its body
+            whole = response.body if isinstance(response, web.Response) else None
+            call.answered(response.status, whole if isinstance(whole, bytes) else None,
+                          response.headers.get("Content-Encoding", "identity").strip().lower())
+        return response
+
+    async def _forward(self, request: web.BaseRequest, call: OpenAICall | None) -> web.StreamResponse:
         started = time.monotonic()
         cfg = self.settings()
         match = OBSERVED_PATH.match(request.path) if request.method == "POST" else None
@@ -213,7 +239,9 @@ class Proxy:
         length = request.content_length
         if length is not None and length > cfg.max_body_bytes:
             return self._fail(endpoint, 413, "too_large", f"request body over {cfg.max_body_bytes} bytes")
-        tee = _Tee(request.content, cfg.max_body_bytes, self.observe_max if match else 0)
+        tee = _Tee(request.content, cfg.max_body_bytes, self.observe_max if match or call else 0)
+        if call is not None:
+            call.request_body = tee.kept
         data: bytes | AsyncIterator[bytes] | None = None
         if length is not None and length <= SMALL_BODY:
             data = await request.read()  # small and whole: sent in one piece, no stream to drive

@@ -17,234 +17,146 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable, Protocol
+from typing import Callable
 
-from exporter.config import ProxyConfig
-from exporter.metrics.proxy import ProxyStats
-from exporter.sources.proxy_upstream import Pool, Upstream
-from exporter.sources.proxy_wire import (MAX_HEAD, OBSERVED_PATH, SMALL_BODY, Answer,
-                                         BoundedCopy, Chunked, ChunkError, Request, failure, parse_answer, parse_request, upstream_head)
-
-
-class Forwarding(Protocol):
-    """What the fast path needs of the proxy (proxy.py's Proxy)."""
-
-    stats: ProxyStats
-    observe_max: int
-
-    def settings(self) -> ProxyConfig: ...
-
-    def base_url(self) -> str: ...
-
-    async def see(self, endpoint: str, kind: str, group: str, request_body: bytes | None, answer: bytes,
-                  encoding: str) -> None: ...
+from exporter.sources.proxy_answer import Exchange
+from exporter.sources.proxy_forwarding import Forwarding
+from exporter.sources.proxy_limits import REFUSALS, Deadline, HandedOver
+from exporter.sources.proxy_openai import OpenAICall
+from exporter.sources.proxy_upstream import Pool
+from exporter.sources.proxy_wire import (MAX_HEAD, OBSERVED_PATH, SMALL_BODY, Answer, BadRequest, Request, RequestHead,
+                                         failure, take_request, upstream_head)
 
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
 
-
-class Exchange:
-    """One request's answer as it comes from the API: parsed just enough to find its end, passed to
-    the application as it comes, or held whole while a create's id is stored."""
-
-    def __init__(self, client: Client, upstream: Upstream, method: bytes, hold: bool, keep: int) -> None:
-        self.client, self.upstream, self.method = client, upstream, method
-        self.hold, self.keep = hold, keep
-        self.buffer = bytearray()
-        self.answer: Answer | None = None
-        loop = asyncio.get_running_loop()
-        self.headed: asyncio.Future[None] = loop.create_future()
-        self.done: asyncio.Future[None] = loop.create_future()
-        self.left = 0  # "length": body bytes still to come
-        self.chunked: Chunked | None = None
-        self.held: list[bytes] | None = None
-        self.held_size = 0
-        self.kept: BoundedCopy | None = None
-        self.last_data = time.monotonic()
-        self.got_bytes = False
-        self.reusable = False
-        self.broken = False
-
-    def from_api(self, data: bytes) -> None:
-        self.last_data = time.monotonic()
-        self.got_bytes = True
-        if self.answer is None:
-            self.buffer += data
-            data = self._head()
-            if self.answer is None or not data:
-                return
-        if self.done.done():
-            self._spoiled()  # bytes after the end of the answer
-            return
-        self._body(data)
-
-    def _head(self) -> bytes:
-        while True:
-            end = self.buffer.find(b"\r\n\r\n")
-            if end < 0:
-                if len(self.buffer) > MAX_HEAD:
-                    self._fail_upstream()
-                return b""
-            answer = parse_answer(bytes(self.buffer[:end]), self.method)
-            rest = bytes(self.buffer[end + 4:])
-            self.buffer.clear()
-            if answer is None:
-                self._fail_upstream()
-                return b""
-            if answer.status >= 200:
-                break
-            self.buffer += rest  # an interim answer (100, 103): not passed on
-        self.answer = answer
-        self.headed.set_result(None)
-        if answer.status != 200:
-            self.hold, self.keep = False, 0
-        self.held = [] if self.hold else None
-        self.kept = BoundedCopy(self.keep) if self.keep and answer.framing in ("length", "close") else None
-        self.left = answer.length
-        if answer.framing == "chunked":
-            self.chunked = Chunked(self.keep)
-        self._out(answer.head)
-        if answer.framing == "none" or answer.framing == "length" and not self.left:
-            self._end(answer.reusable)  # nothing more to come: the next read may never happen
-        return rest
-
-    def _body(self, data: bytes) -> None:
-        answer = self.answer
-        assert answer is not None
-        if answer.framing == "length":
-            extra = len(data) > self.left
-            if extra:
-                data = data[:self.left]
-            self.left -= len(data)
-            if self.kept is not None:
-                self.kept.add(data)
-            self._out(data)
-            if not self.left:
-                self._end(answer.reusable)
-            if extra:
-                self._spoiled()  # more than announced
-        elif answer.framing == "chunked":
-            assert self.chunked is not None
-            try:
-                used = self.chunked.feed(data)
-            except ChunkError:
-                self._fail_upstream()
-                return
-            if used < 0:
-                used = -1 - used
-                self._out(data[:used])
-                self._end(answer.reusable and used == len(data))
-                return
-            self._out(data)
-        else:  # until the API closes
-            if self.kept is not None:
-                self.kept.add(data)
-            self._out(data)
-
-    def _out(self, data: bytes) -> None:
-        if not data:
-            return
-        if self.held is not None:
-            self.held.append(data)
-            self.held_size += len(data)
-            if self.held_size <= self.client.forwarding.observe_max + MAX_HEAD:
-                return
-            data, self.held = b"".join(self.held), None  # too long for a create's answer: stream on
-        self.client.write(data)
-
-    def _end(self, reusable: bool) -> None:
-        self.reusable = reusable
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def api_ended(self) -> None:
-        if self.answer is not None and self.answer.framing == "close" and not self.done.done():
-            self._end(False)
-        elif not self.done.done():
-            self._fail_upstream()
-
-    def too_slow(self) -> None:
-        if not self.headed.done():
-            self.headed.set_exception(TimeoutError())
-
-    def _spoiled(self) -> None:
-        """The answer is whole but the connection is not one to use again."""
-        self.reusable = False
-        self.upstream.close()
-
-    def _fail_upstream(self) -> None:
-        self.broken = True
-        self.upstream.close()
-        if not self.headed.done():
-            self.headed.set_exception(ConnectionError("the API broke off its answer"))
-            self.headed.exception()
-        if not self.done.done():
-            self.done.set_result(None)
-
-    def body(self) -> bytes | None:
-        """The answer's body as the hooks read it (decoded from chunks), when kept whole."""
-        if self.chunked is not None:
-            return self.chunked.decoded()
-        return self.kept.value() if self.kept is not None else None
 
 
 class Client(asyncio.Protocol):
     """One application connection: requests taken one at a time (pipelined ones wait their turn)."""
 
     def __init__(self, forwarding: Forwarding, pools: Callable[[str], Pool],
-                 fallback: Callable[[], asyncio.Protocol], connections: set[Client]) -> None:
+                 fallback: Callable[[], asyncio.Protocol], connections: set[Client],
+                 release: Callable[[], None] = lambda: None) -> None:
         self.forwarding = forwarding
+        self.release = release  # gives the connection's slot back (proxy.max_connections)
+        self.deadline: Deadline | None = None
         self.pools = pools
         self.fallback = fallback
         self.connections = connections
         self.transport: asyncio.Transport | None = None
         self.buffer = bytearray()
+        self.reader: RequestHead | None = None  # llhttp on this connection
+        self.head: RequestHead | None = None  # the reader, while a request head is being read
+        self.pending: tuple[Request, int, int] | None = None  # a whole head: its request, where its body starts, its length
         self.busy = False
         self.closed = False
         self.last_active = time.monotonic()
         self.exchange: Exchange | None = None
         self.write_paused = False
+        self.call: OpenAICall | None = None  # the request in hand, when to an OpenAI-compatible route
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.connections.add(self)
+        self.deadline = Deadline(self.transport, self.forwarding.settings().header_timeout_seconds,  # type: ignore[arg-type]
+                                 self._too_slow)
+        self.deadline.head_started()  # a new connection that sends nothing holds its slot no longer
+        self.deadline.arm()
+
+    def _too_slow(self) -> None:
+        """The application did not send a whole head (or the next part of a body) in time."""
+        self.forwarding.stats.error("slow_client")
+        self.close()
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
         self.last_active = time.monotonic()  # not idle while a request arrives
+        if self.pending is not None and self.deadline is not None:
+            self.deadline.body_data()
         if not self.busy:
             self._next()
         elif len(self.buffer) > MAX_HEAD + SMALL_BODY and self.transport is not None:
             self.transport.pause_reading()  # pipelined requests wait their turn, in bounded memory
 
     def _next(self) -> None:
-        end = self.buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self.buffer) > MAX_HEAD:
+        self._read()
+        deadline = self.deadline
+        if deadline is not None and deadline.phase and deadline.timer is None:
+            deadline.arm()  # a request left incomplete by this read: its deadline is timed
+
+    def _read(self) -> None:
+        """Read the next request: its head through llhttp (each byte fed once), then its body by its
+        Content-Length; serve it, refuse it, or hand the connection to the aiohttp path."""
+        if self.pending is None:
+            if self.head is None:
+                start = len(self.buffer) - len(self.buffer.lstrip(b"\r\n"))
+                if start == len(self.buffer):
+                    self.buffer.clear()  # only the line ends a client may send between requests
+                    return
+                if self.reader is None:
+                    self.reader = RequestHead(start)
+                else:
+                    self.reader.reset(start)
+                self.head = self.reader
+                assert self.deadline is not None
+                self.deadline.head_started()
+            try:
+                end = self.head.take(self.buffer)
+                if end < 0 and len(self.buffer) > MAX_HEAD or end > MAX_HEAD:
+                    raise BadRequest("request head too long", 431)
+                if end < 0:
+                    return
+                taken = take_request(self.head)
+            except BadRequest as exc:
+                self._refuse(exc)
+                return
+            if taken is None:
                 self._hand_over()
-            return
-        parsed = parse_request(bytes(self.buffer[:end]))
-        if parsed is None:
-            self._hand_over()
-            return
-        request, size = parsed
-        if len(self.buffer) < end + 4 + size:
-            return
-        request.body = bytes(self.buffer[end + 4:end + 4 + size])
-        del self.buffer[:end + 4 + size]
+                return
+            self.pending = (taken[0], end, taken[1])
+            if len(self.buffer) < end + taken[1]:
+                assert self.deadline is not None
+                self.deadline.body_started()
+        request, end, size = self.pending
+        if len(self.buffer) < end + size:
+            return  # the body's bytes are counted as they come, the head is not read again
+        request.body = bytes(self.buffer[end:end + size])
+        del self.buffer[:end + size]
+        assert self.head is not None
+        self.head.finish(request.body)
+        self.head = self.pending = None
+        if self.deadline is not None and self.deadline.phase:
+            self.deadline.done()
         self.busy = True
         asyncio.get_running_loop().create_task(self._serve(request))
+
+    def _refuse(self, exc: BadRequest) -> None:
+        """Answer a request llhttp refused (or one too big to read) and close: counted, summarised in
+        the log at most once a minute, never echoed (it may hold an application's key)."""
+        self.forwarding.stats.answered("other", str(exc.status), None)
+        REFUSALS.add(str(exc))
+        reason = "Request Header Fields Too Large" if exc.status == 431 else "Bad Request"
+        self.write(failure(exc.status, reason, "distribute-exporter proxy: malformed request"))
+        self.close()
 
     def _hand_over(self) -> None:
         """The rest of this connection goes to the aiohttp path."""
         assert self.transport is not None
         self.connections.discard(self)
-        protocol = self.fallback()
+        if self.deadline is not None:
+            self.deadline.done()
+        protocol = HandedOver(self.fallback(), self.forwarding.settings().header_timeout_seconds,
+                              self._handed_over_too_slow, self.release)
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
         if self.buffer:
             protocol.data_received(bytes(self.buffer))
             self.buffer.clear()
+
+    def _handed_over_too_slow(self, transport: asyncio.Transport) -> None:
+        self.forwarding.stats.error("slow_client")
+        transport.close()
 
     async def _serve(self, request: Request) -> None:
         close = request.close
@@ -268,6 +180,7 @@ class Client(asyncio.Protocol):
         cfg = fwd.settings()
         match = OBSERVED_PATH.match(request.path.split("?", 1)[0]) if request.method == b"POST" else None
         kind, endpoint = (match[1], match[2]) if match else ("", "other")
+        self.call = None if match else fwd.openai_call(request.method, request.path, request.group, request.body)
         if len(request.body) > cfg.max_body_bytes:
             return self._fail(endpoint, 413, "Payload Too Large", "too_large",
                               f"request body over {cfg.max_body_bytes} bytes")
@@ -280,7 +193,7 @@ class Client(asyncio.Protocol):
             for attempt in (1, 2):
                 upstream = await pool.connection(cfg.timeout_seconds, fresh=attempt == 2)
                 exchange = Exchange(self, upstream, request.method, endpoint == "create",
-                                    fwd.observe_max if endpoint != "other" else 0)
+                                    fwd.observe_max if endpoint != "other" or self.call else 0, fwd.observe_max + MAX_HEAD)
                 upstream.exchange = self.exchange = exchange
                 if self.write_paused:  # a pipelined request while the application still reads slowly
                     upstream.pause()
@@ -321,6 +234,8 @@ class Client(asyncio.Protocol):
             fwd.stats.answered(endpoint, str(answer.status), seconds)
         finished = await self._until_done(exchange, cfg.timeout_seconds)
         self.exchange = upstream.exchange = None
+        if self.call is not None:  # counted once its answer went back whole (or broke off)
+            self.call.answered(answer.status, exchange.body() if finished else None, answer.encoding)
         if not finished:
             if exchange.held is None:
                 if not self.closed:  # (an application that hung up was counted as such)
@@ -336,7 +251,7 @@ class Client(asyncio.Protocol):
         if exchange.held is not None:  # a create's whole answer: its id is stored before it goes back
             await self._see(endpoint, kind, request, exchange, answer)
             self.write(b"".join(exchange.held))
-        elif exchange.keep:
+        elif exchange.keep and self.call is None:
             await self._see(endpoint, kind, request, exchange, answer)
         return answer.framing == "close" or exchange.broken
 
@@ -362,6 +277,8 @@ class Client(asyncio.Protocol):
     def _fail(self, endpoint: str, status: int, reason: str, error: str, message: str) -> bool:
         self.forwarding.stats.error(error)
         self.forwarding.stats.answered(endpoint, str(status), None)
+        if self.call is not None:
+            self.call.answered(status)
         self.write(failure(status, reason, f"distribute-exporter proxy: {message}"))
         return False
 
@@ -386,6 +303,9 @@ class Client(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.connections.discard(self)
+        self.release()
+        if self.deadline is not None:
+            self.deadline.done()
         if self.busy:
             self.forwarding.stats.error("client")  # the application hung up before its answer was out
             exchange = self.exchange

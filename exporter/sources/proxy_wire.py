@@ -1,9 +1,13 @@
 """HTTP/1.1 on the wire for the proxy's fast path (proxy_fast.py): request and answer heads read and
-written as bytes, and the end of a chunked body found as it streams.
+written as bytes (chunked answer bodies are read in proxy_answer.py).
 
-Only what this reader takes as plainly valid is taken: anything else (HTTP/1.0, a chunked or large
-request body, `Expect`, `Upgrade`, obs-fold, a control character, a doubtful `Content-Length`) is
-left to aiohttp's parser on the proxy's other path, which handles it as before.
+Every head is parsed by llhttp (`httptools`, the parser aiohttp's own C parser is built on),
+incrementally: a head is parsed once however its packets come. What llhttp refuses
+(obs-fold, a bare LF or CR, a control character, a space before a colon, two Content-Lengths,
+Transfer-Encoding with Content-Length...) is answered 400 here without echoing a byte of it. On top
+of llhttp sits the proxy's policy: HTTP/1.0, a chunked or large request body, `Expect` and
+`Upgrade` are left to aiohttp's server on the proxy's other path; heads have a length and a field
+count limit; an answer never goes back with both framing fields.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import json
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+import httptools
 
 GROUP_HEADER = "X-Distribute-Group"
 # RFC 9110 7.6.1: hop-by-hop fields, never forwarded (plus those the Connection field names, and
@@ -25,16 +31,13 @@ UPSTREAM_IDLE_SECONDS = 15.0  # a pooled connection idle longer is not reused (t
 POOL_IDLE_MAX = 1024
 CLIENT_IDLE_SECONDS = 75.0  # a keep-alive connection from an application with no request this long is closed
 
-_TOKEN = rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
-_REQUEST_LINE = re.compile(rb"(" + _TOKEN + rb") (/[!-~]*|https?://[!-~]+) HTTP/1\.1")
-_STATUS_LINE = re.compile(rb"HTTP/1\.[01] ([1-9][0-9][0-9])(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?")
-_FIELD = re.compile(rb"(" + _TOKEN + rb"):[ \t]*((?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)[ \t]*")
+MAX_FIELDS = 100  # header fields of one request or answer: past it, 431 (a request) or 502 (an answer)
 # Request fields that send a request to the aiohttp path instead (their handling lives there).
 _HAND_OVER = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 _DROP_REQUEST = frozenset(n.encode() for n in HOP_BY_HOP) | {b"host", GROUP_HEADER.lower().encode()}
 _DROP_ANSWER = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te"})
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})  # never dropped as hop-by-hop
-_HEX = re.compile(rb"[0-9A-Fa-f]{1,15}")
+_TARGET = re.compile(rb"/[!-~]*|https?://[!-~]+")
 
 
 @dataclass(slots=True)
@@ -52,46 +55,139 @@ class Request:
         return b"close" in self.named
 
 
-def _named(fields: list[tuple[bytes, bytes]]) -> set[bytes]:
-    """Field names the Connection fields name (lower case): hop-by-hop too."""
-    return {token.strip().lower() for name, value in fields if name.lower() == b"connection"
-            for token in value.split(b",")}
+def _named(values: list[bytes]) -> set[bytes]:
+    """Field names the Connection fields' `values` name (lower case): hop-by-hop too."""
+    return {token.strip().lower() for value in values for token in value.split(b",")} if values else set()
 
 
-def parse_request(head: bytes) -> tuple[Request, int] | None:
-    """The request head (without its blank line) and its body length, or None when the fast path
-    does not take it."""
-    lines = head.split(b"\r\n")
-    first = _REQUEST_LINE.fullmatch(lines[0])
-    if first is None:
+class BadRequest(ValueError):
+    """A request head llhttp refuses, or one too big to read: answered with `status`, never echoed.
+    The message is llhttp's own wording (never the request's bytes)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _after_line_ends(buffer: bytearray, at: int) -> int:
+    """The first byte at or after `at` that is not a CR or LF (line ends llhttp skips before a head)."""
+    while at < len(buffer) and buffer[at] in b"\r\n":
+        at += 1
+    return at
+
+
+def _head_end(buffer: bytearray, fed: int, start: int) -> int:
+    """Where the head starting at `start` ends (past its blank line), searching only what llhttp has
+    not read yet; -1 while it has not all come. llhttp refuses a bare CR or LF in a head, so the first
+    CRLF CRLF is its end."""
+    at = buffer.find(b"\r\n\r\n", max(fed - 3, start))
+    return at + 4 if at >= 0 else -1
+
+
+class RequestHead:
+    """The request heads of one connection as llhttp reads them, fed as their bytes come, each byte
+    once and never past a head's blank line (the body is framed here, then passed to llhttp by
+    `finish`, so that one parser serves the connection's requests one after the other; stopping
+    llhttp with an exception would cost more than the parse)."""
+
+    __slots__ = ("parser", "target", "fields", "done", "error", "fed", "http11")
+
+    def __init__(self, start: int = 0) -> None:
+        self.parser = httptools.HttpRequestParser(self)
+        self.reset(start)
+
+    def reset(self, start: int) -> None:
+        """Ready for the next request, whose head starts at `start` of the buffer."""
+        self.target = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.done = False
+        self.error: BadRequest | None = None
+        self.fed = start  # bytes of the buffer read (line ends before the head are skipped here)
+        self.http11 = False
+
+    def on_url(self, url: bytes) -> None:
+        self.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value.rstrip(b" \t")))  # llhttp keeps trailing whitespace: not the value's
+        if len(self.fields) > MAX_FIELDS:
+            self.error = BadRequest("too many header fields", 431)
+            raise self.error
+
+    def on_headers_complete(self) -> None:
+        self.done = True
+
+    def take(self, buffer: bytearray) -> int:
+        """Read what came of the head in `buffer`: where its body starts once it is whole, else -1;
+        BadRequest when llhttp refuses it."""
+        start = self.fed
+        end = _head_end(buffer, self.fed, start)
+        self.fed = end if end >= 0 else len(buffer)
+        try:
+            self.parser.feed_data(bytes(buffer[start:self.fed]))
+        except httptools.HttpParserUpgrade:
+            pass  # Upgrade or CONNECT: a whole head, which the policy hands to aiohttp
+        except httptools.HttpParserError as exc:
+            raise self.error or BadRequest(str(exc) or "malformed request head") from None
+        if end >= 0:
+            if not self.done:
+                raise BadRequest("malformed request head")
+            line = buffer.find(b"\r\n", _after_line_ends(buffer, 0))  # llhttp checked the request line
+            self.http11 = buffer[line - 8:line] == b"HTTP/1.1"
+        return end
+
+    def finish(self, body: bytes) -> None:
+        """The request's body (its Content-Length), for llhttp to be ready for the next request."""
+        if body:
+            self.parser.feed_data(body)
+
+
+def take_request(head: RequestHead) -> tuple[Request, int] | None:
+    """The fast path's policy on a whole head llhttp accepted: the request and its body length, or
+    None when the aiohttp path takes it (HTTP/1.0, a streamed or large body, Expect, Upgrade, a
+    framing field named by Connection, a target in neither origin nor absolute form)."""
+    if not head.http11 or not _TARGET.fullmatch(head.target):
         return None
-    fields: list[tuple[bytes, bytes]] = []
     length: bytes | None = None
     group = b""
-    for line in lines[1:]:
-        field = _FIELD.fullmatch(line)
-        if field is None:
-            return None  # obs-fold, a bare LF, a control character, no colon: aiohttp decides
-        name, value = field.group(1), field.group(2)
+    hosts = 0
+    connection: list[bytes] = []
+    for name, value in head.fields:
         lower = name.lower()
         if lower in _HAND_OVER:
             return None
-        if lower == b"content-length":
-            if length is not None or not value.isdigit():
-                return None
-            length = value
+        if lower == b"host":
+            hosts += 1
+        elif lower == b"connection":
+            connection.append(value)
+        elif lower == b"content-length":
+            length = value  # llhttp let only one through, digits only
         elif lower == b"x-distribute-group":
             group = value
-        fields.append((name, value))
     size = int(length) if length is not None else 0
-    named = _named(fields)
+    named = _named(connection)
     if size > SMALL_BODY or named & _FRAMING:
         return None  # a framing field named hop-by-hop would be dropped while its body went on: aiohttp's
-    target = first.group(2)
+    if hosts != 1:  # RFC 9112 3.2: exactly one Host in an HTTP/1.1 request (aiohttp's parser agrees)
+        raise BadRequest("no Host or more than one")
+    target = head.target
     if not target.startswith(b"/"):  # absolute form (RFC 9112 3.2.2): only its path and query are used
-        parts = urlsplit(target.decode("latin-1"))
+        try:
+            parts = urlsplit(target.decode("latin-1"))
+            parts.port  # noqa: B018 (raises on a port that is not one)
+        except ValueError:
+            raise BadRequest("unparseable absolute-form target") from None
         target = ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
-    return Request(first.group(1), target.decode("latin-1"), fields, b"", group.decode("latin-1"), named), size
+    method = head.parser.get_method()
+    return Request(method, target.decode("latin-1"), head.fields, b"", group.decode("latin-1"), named), size
+
+
+def parse_request(head: bytes) -> tuple[Request, int] | None:
+    """A whole request head (without its blank line) read at once: for tests and benchmarks."""
+    reader = RequestHead()
+    if reader.take(bytearray(head + b"\r\n\r\n")) < 0:
+        raise BadRequest("incomplete request head")
+    return take_request(reader)
 
 
 def upstream_head(request: Request, host: bytes, prefix: bytes) -> bytes:
@@ -124,50 +220,119 @@ class Answer:
     reusable: bool  # the API keeps the connection open after this answer
 
 
-def parse_answer(head: bytes, method: bytes) -> Answer | None:
-    """The API's answer head (without its blank line), or None when it is not valid HTTP/1.1."""
-    lines = head.split(b"\r\n")
-    first = _STATUS_LINE.fullmatch(lines[0])
-    if first is None:
-        return None
-    status = int(first.group(1))
-    fields: list[tuple[bytes, bytes]] = []
+class BadAnswer(ValueError):
+    """An answer head llhttp refuses (or a 101, or one too big): the API's answer is not passed on."""
+
+
+class AnswerHead:
+    """The API's answer head as llhttp reads it, fed as its bytes come, each byte once and never past
+    the final head's blank line: interim answers (1xx) are read past."""
+
+    __slots__ = ("parser", "reason", "fields", "heads", "done", "error", "fed", "start")
+
+    def __init__(self) -> None:
+        self.reason = b""
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.heads = 0
+        self.done = False
+        self.error: BadAnswer | None = None
+        self.fed = self.start = 0
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.fields.append((name, value.rstrip(b" \t")))
+        if len(self.fields) > MAX_FIELDS:
+            self.error = BadAnswer("too many header fields")
+            raise self.error
+
+    def on_headers_complete(self) -> None:
+        self.heads += 1
+        status = self.parser.get_status_code()
+        if status == 101:
+            self.error = BadAnswer("an upgrade (101) instead of an answer")
+            raise self.error
+        if status < 200:  # interim (100, 103): not passed on; the final answer follows
+            self.reason, self.fields = b"", []
+            return
+        self.done = True
+
+    def take(self, buffer: bytearray) -> int:
+        """Read what came of the heads in `buffer`: where the body starts once the final head is
+        whole, else -1; BadAnswer when llhttp refuses it."""
+        while True:
+            end = _head_end(buffer, self.fed, self.start)
+            stop = end if end >= 0 else len(buffer)
+            heads = self.heads
+            try:
+                self.parser.feed_data(bytes(buffer[self.fed:stop]))
+            except httptools.HttpParserUpgrade:
+                raise BadAnswer("an upgrade instead of an answer") from None
+            except httptools.HttpParserError as exc:
+                raise self.error or BadAnswer(str(exc) or "malformed answer head") from None
+            self.fed = stop
+            if end < 0:
+                return -1
+            if self.heads == heads:
+                raise BadAnswer("malformed answer head")
+            if self.done:
+                return end
+            self.start = _after_line_ends(buffer, end)  # an interim head: the next one follows
+
+
+def answer_of(head: AnswerHead, method: bytes) -> Answer:
+    """The proxy's policy on the final answer head llhttp accepted: how its body is framed, whether
+    the connection may be reused, and the head the application gets (hop-by-hop fields dropped, and
+    Content-Length dropped when Transfer-Encoding is there: RFC 9112 6.3)."""
+    status = head.parser.get_status_code()
+    fields = head.fields
     length: bytes | None = None
-    chunked: bool | None = None
+    codings: list[bytes] = []
+    connection: list[bytes] = []
     encoding = b"identity"
-    for line in lines[1:]:
-        field = _FIELD.fullmatch(line)
-        if field is None:
-            return None
-        name, value = field.group(1), field.group(2)
-        lower = name.lower()
-        if lower == b"content-length":
-            if not value.isdigit() or length not in (None, value):
-                return None
-            length = value
-        elif lower == b"transfer-encoding":
-            chunked = value.rsplit(b",", 1)[-1].strip().lower() == b"chunked"
-        elif lower == b"content-encoding":
-            encoding = value.strip().lower()
-        fields.append((name, value))
-    named = _named(fields) - _FRAMING  # the answer's own framing is passed on with its body
-    reusable = b"close" not in named and (lines[0].startswith(b"HTTP/1.1") or b"keep-alive" in named)
-    if method == b"HEAD" or status in (204, 304) or status < 200:
-        framing = "none"
-    elif chunked is not None:
-        framing = "chunked" if chunked else "close"
-    else:
-        framing = "length" if length is not None else "close"
-    out = [b"HTTP/1.1", lines[0][8:], b"\r\n"]
     for name, value in fields:
         lower = name.lower()
-        if lower not in _DROP_ANSWER and lower not in named and not lower.startswith(b"proxy-"):
+        if lower == b"content-length":
+            length = value
+        elif lower == b"transfer-encoding":
+            codings += [token.strip().lower() for token in value.split(b",")]
+        elif lower == b"content-encoding":
+            encoding = value.strip().lower()
+        elif lower == b"connection":
+            connection.append(value)
+    named = _named(connection) - _FRAMING  # the answer's own framing is passed on with its body
+    reusable = b"close" not in named and (head.parser.get_http_version() == "1.1" or b"keep-alive" in named)
+    if method == b"HEAD" or status in (204, 304):
+        framing = "none"
+    elif codings:  # chunked only when it is the last coding (as llhttp reads it); else until close
+        framing = "chunked" if codings[-1] == b"chunked" else "close"
+    else:
+        framing = "length" if length is not None else "close"
+    out = [b"HTTP/1.1 %d " % status, head.reason, b"\r\n"]
+    for name, value in fields:
+        lower = name.lower()
+        if (lower not in _DROP_ANSWER and lower not in named and not lower.startswith(b"proxy-")
+                and not (codings and lower == b"content-length")):
             out += (name, b": ", value, b"\r\n")
     if framing == "close":
         out.append(b"Connection: close\r\n")
         reusable = False
     out.append(b"\r\n")
     return Answer(status, b"".join(out), framing, int(length or 0), encoding.decode("latin-1"), reusable)
+
+
+def parse_answer(head: bytes, method: bytes) -> Answer | None:
+    """A whole answer head (without its blank line) read at once; None when llhttp refuses it. For
+    tests: a lone interim head gives that interim answer."""
+    reader = AnswerHead()
+    try:
+        if reader.take(bytearray(head + b"\r\n\r\n")) < 0 and reader.heads == 0:
+            return None
+    except BadAnswer:
+        return None
+    return answer_of(reader, method)
 
 
 class BoundedCopy:
@@ -188,67 +353,3 @@ class BoundedCopy:
 
     def value(self) -> bytes | None:
         return b"".join(self.parts) if self.parts is not None else None
-
-
-class ChunkError(ValueError):
-    """A chunked body that is not."""
-
-
-class Chunked:
-    """Finds where a chunked body ends as its bytes come (they are forwarded as they are), and keeps
-    its data decoded while `keep` allows (for the hooks)."""
-
-    MAX_LINE = 8192
-
-    def __init__(self, keep: int) -> None:
-        self.state = "size"
-        self.line = bytearray()
-        self.left = 0  # data bytes still to come in this chunk, then 2 for its CRLF
-        self.data = BoundedCopy(keep)
-
-    def feed(self, data: bytes) -> int:
-        """How many bytes of `data` belong to the body: all of them (len) while it goes on, fewer
-        at its end (-1 - used: the body ended after `used` bytes)."""
-        pos, end = 0, len(data)
-        while pos < end:
-            if self.state == "data":
-                take = min(self.left, end - pos)
-                self.data.add(data[pos:pos + take])
-                pos += take
-                self.left -= take
-                if not self.left:
-                    self.state, self.left = "crlf", 2
-            elif self.state == "crlf":
-                take = min(self.left, end - pos)
-                if data[pos:pos + take] != b"\r\n"[2 - self.left:2 - self.left + take]:
-                    raise ChunkError("no CRLF after a chunk")
-                pos += take
-                self.left -= take
-                if not self.left:
-                    self.state = "size"
-            else:  # "size" or "trailer": a line
-                cut = data.find(b"\n", pos)
-                stop = end if cut < 0 else cut + 1
-                self.line += data[pos:stop]
-                pos = stop
-                if len(self.line) > self.MAX_LINE:
-                    raise ChunkError("chunk line too long")
-                if cut >= 0 and self._line_done(bytes(self.line)):
-                    return -1 - pos
-        return end
-
-    def _line_done(self, line: bytes) -> bool:
-        self.line.clear()
-        if not line.endswith(b"\r\n"):
-            raise ChunkError("bare LF in a chunked body")
-        if self.state == "trailer":
-            return line == b"\r\n"
-        size = line[:-2].split(b";", 1)[0].strip()
-        if not _HEX.fullmatch(size):
-            raise ChunkError("bad chunk size")
-        self.left = int(size, 16)
-        self.state = "data" if self.left else "trailer"
-        return False
-
-    def decoded(self) -> bytes | None:
-        return self.data.value()

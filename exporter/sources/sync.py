@@ -17,6 +17,46 @@ from exporter.sources.files import IdsFileWatcher, source_name
 log = logging.getLogger("distribute.exporter")
 
 SOURCE_COUNTS_TTL = 15.0
+SUMMARY_SECONDS = 60.0  # ids-file additions: one info line at most this often (each one is at debug)
+
+
+class AdditionSummary:
+    """Counts the ids the files added, per kind and group, and says so at info at most once per
+    `every` seconds: a file that grows by a line a second would otherwise fill the log."""
+
+    def __init__(self, every: float = SUMMARY_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self.clock = clock
+        self.pending: Counter[tuple[str, str]] = Counter()
+        self.last = float("-inf")
+
+    def add(self, kind: str, group: str, n: int) -> None:
+        self.pending[(kind, group)] += n
+
+    def maybe_log(self) -> None:
+        now = self.clock()
+        if not self.pending or now - self.last < self.every:
+            return
+        since = "" if self.last == float("-inf") else f" in the last {now - self.last:.0f}s"
+        parts = " ".join(f"{kind}/{group}={n}" for (kind, group), n in sorted(self.pending.items()))
+        log.info("ids files added %d ids%s: %s", sum(self.pending.values()), since, parts)
+        self.pending.clear()
+        self.last = now
+
+
+def unreadable_ids_files(config: Config) -> list[str]:
+    """One line per file an `ids_file` glob matches that cannot be read now (for --config.check)."""
+    problems = []
+    for index, group in enumerate(config.jobs):
+        if not group.ids_file:
+            continue
+        for path in expand_ids_file(config, group.ids_file):
+            try:
+                with open(path, "rb") as handle:
+                    handle.read(1)
+            except OSError as exc:
+                problems.append(f"jobs[{index}].ids_file: cannot read {path}: {exc.strerror or exc}")
+    return problems
 
 
 class JobBook(Protocol):
@@ -33,8 +73,10 @@ class JobBook(Protocol):
 class ConfigSources:
     """The config's ids and ids files, tracked."""
 
-    def __init__(self, jobs: JobBook, on_invalid_line: Callable[[], None]) -> None:
+    def __init__(self, jobs: JobBook, on_invalid_line: Callable[[], None],
+                 summary: AdditionSummary | None = None) -> None:
         self.jobs = jobs
+        self.summary = summary or AdditionSummary()
         self.on_invalid_line = on_invalid_line
         self.watchers: dict[tuple[int, str], IdsFileWatcher] = {}
         self._source_counts: tuple[float, dict[str, int]] = (0.0, {})
@@ -78,8 +120,10 @@ class ConfigSources:
                     await self._forget_missing(source_name(path), set(), now)
             if added:
                 # Not flushed here: the file itself keeps these ids until the next batch does.
-                log.info("ids files added %d ids kind=%s group=%s pattern=%s", added, group.kind,
-                         group.group, group.ids_file)
+                log.debug("ids files added %d ids kind=%s group=%s pattern=%s", added, group.kind,
+                          group.group, group.ids_file)
+                self.summary.add(group.kind, group.group, added)
+        self.summary.maybe_log()
 
     async def _forget_missing(self, source: str, present: set[str], now: float) -> None:
         missing = await self.jobs.ids_from_source(source) - present

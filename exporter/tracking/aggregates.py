@@ -64,6 +64,10 @@ class JobAggregates:
         self.results: dict[tuple[str, str, str], int] = defaultdict(int)
         self.choices: dict[tuple[str, str, str], int] = defaultdict(int)
         self.tool_calls: dict[tuple[str, str], int] = defaultdict(int)
+        # (kind, group): jobs counted once when still unfinished past their deadline (deadlines.py),
+        # and the cutoff (a `created` time, under the key ()) up to which they have been counted.
+        self.deadline_exceeded: dict[tuple[str, str], int] = defaultdict(int)
+        self.deadline_cutoff: dict[tuple[()], float] = {(): 0.0}
         # The share of `jobs` that is final and only in the state file, persisted so that a start
         # does not have to count a million rows.
         self.closed: dict[JobLabels, int] = defaultdict(int)
@@ -84,6 +88,7 @@ class JobAggregates:
             labels = (kind, group, "", status)
             self.finished[labels] += 0
             self.duration_histogram(labels)
+        self.deadline_exceeded[(kind, group)] += 0
 
     def duration_histogram(self, labels: JobLabels) -> Histogram:
         histogram = self.durations.get(labels)
@@ -134,6 +139,21 @@ class JobAggregates:
             self._bump("choices", self.choices, (group, model, reason), n)
         if kind == "chat" and (tool_calls or choices):
             self._bump("tool_calls", self.tool_calls, (group, model), tool_calls)
+
+    # -- jobs past their deadline (tracking/deadlines.py) --------------------------------------------
+    @property
+    def deadline_cutoff_value(self) -> float:
+        return self.deadline_cutoff[()]
+
+    def count_deadline(self, kind: str, group: str) -> None:
+        self.version += 1
+        self._bump("deadline_exceeded", self.deadline_exceeded, (kind, group), 1)
+
+    def move_deadline_cutoff(self, cutoff: float) -> None:
+        """Persisted with the counts it covers (same batch): it never moves back."""
+        if cutoff > self.deadline_cutoff[()]:
+            self.deadline_cutoff[()] = cutoff
+            self.dirty.add(("deadline_cutoff", ()))
 
     # -- cost ------------------------------------------------------------------------------------
     def pricing(self, currency: str | None, groups: Iterable[tuple[str, str]]) -> None:
@@ -217,7 +237,7 @@ class ApiAggregates:
         self.version += 1
         self.latency.setdefault(kind, Histogram(self.bounds))
         for reason in ("timeout", "connect", "unauthorized", "rate_limited", "http_4xx", "http_5xx",
-                       "invalid_body"):
+                       "invalid_body", "protocol"):
             self.errors[(kind, reason)] += 0
 
     def record(self, kind: str, code: str, seconds: float, error_reason: str | None, now: float) -> None:

@@ -22,13 +22,13 @@ from exporter.api.results import JobResult
 from exporter.config.pricing import PriceTable
 from exporter.tracking.cost import charge
 from exporter.tracking.create_journal import CreateJournal
+from exporter.tracking import deadlines
 from exporter.tracking.job import FINISHED, GONE, OPEN, Job  # noqa: F401 (Job is part of this module's interface)
 from exporter.tracking.store import JOB_COLUMNS, Batch, StateStore
 
 log = logging.getLogger("distribute.state")
 
 FLUSH_CHUNK = 20_000  # rows of still-polled jobs per transaction beyond the first
-
 
 _by_id = attrgetter("id")
 
@@ -72,6 +72,7 @@ class TrackedJobs:
         self._file_has_more = True
         self.on_new: Callable[[list[Job]], None] = lambda jobs: None
         self.prices: PriceTable | None = None  # pricing.file: jobs finishing from now on use it
+        self.deadline_seconds = deadlines.DEFAULT_LIMIT  # metrics.job_deadline_seconds
         self.journal = CreateJournal(store.path)  # the proxy's creates until a flush wrote their rows
 
     # -- start-up --------------------------------------------------------------------------------
@@ -211,6 +212,7 @@ class TrackedJobs:
             self.by_created.moved(job.id, old_created, job.created)
             if job.created is not None:
                 self.agg.note_unfinished(job.kind, job.group, job.created, job.id)
+        deadlines.on_answer(self.agg, job, old_created, self.deadline_seconds)
         if result.status in FINAL_STATUSES:
             self._finish(job, result, now)
         self.agg.move(old_labels, job.labels)
@@ -229,6 +231,9 @@ class TrackedJobs:
             charge(job, self.prices, self.agg, now)
         self.exemplars.note(job.labels, job.id, job.duration, job.ended)
         self._close(job)
+
+    def sweep_deadlines(self, now: float) -> int:  # unfinished jobs newly past their deadline: deadlines.py
+        return deadlines.sweep(self.agg, self.by_created, self.open, now - self.deadline_seconds)
 
     def not_found(self, job: Job, now: float, grace: float) -> bool:
         """Record a 404; True when the grace is over and the job is now NOT_FOUND."""

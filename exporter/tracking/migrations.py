@@ -56,13 +56,22 @@ def _to_7(db: sqlite3.Connection) -> None:
             db.execute(statement)
 
 
+def _to_8(db: sqlite3.Connection) -> None:
+    # Version 8 adds two families to the counters table, nothing to the tables themselves: the
+    # deadline counter (`deadline_exceeded`) and the cutoff it has counted up to (`deadline_cutoff`;
+    # tracking/deadlines.py). Versions before it cannot restore those families, so the new number
+    # makes them refuse the file with a clear message instead of failing at start.
+    pass
+
+
 def add_column(db: sqlite3.Connection, table: str, column: str, definition: str) -> None:
     """ALTER TABLE ... ADD COLUMN unless the column is there already (a half-migrated copy)."""
     if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
         db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {definition}")
 
 
-MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3, 5: _to_5, 6: _to_6, 7: _to_7}
+MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3, 5: _to_5, 6: _to_6, 7: _to_7,
+                                                               8: _to_8}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

@@ -21,7 +21,8 @@ from operator import itemgetter
 from exporter.tracking import query_file, query_memory
 from exporter.tracking.job import Job
 from exporter.tracking.jobs import TrackedJobs
-from exporter.tracking.query import DEFAULT_SORT, SORTS, JobQuery, Page, Position  # noqa: F401 (the interface)
+from exporter.tracking.query import (DEFAULT_SORT, FILE_PREFIX, SORTS, SOURCES, JobQuery, Page,  # noqa: F401 (the interface)
+                                     Position)
 
 
 async def find(jobs: TrackedJobs, q: JobQuery) -> Page:

@@ -18,6 +18,12 @@ SORTS: dict[str, tuple[str, bool]] = {
 }
 DEFAULT_SORT = "-created"
 
+# `source` values: what tracked a job ("config", "api", "proxy") or the ids file it came from
+# ("file:<path>"); ANY_FILE asks for every ids file at once.
+FILE_PREFIX = "file:"
+ANY_FILE = "file"
+SOURCES = ("config", "api", "proxy", ANY_FILE)
+
 # A position in the order: (1 when the sort value is missing, else 0; the value, negated when
 # descending; the id). Tuples compare in exactly the order the SQL of query_file.py reads rows.
 Position = tuple[int, float, str]
@@ -60,10 +66,16 @@ def matches(q: JobQuery) -> Callable[[Job], bool]:
     """One predicate for the query's filters (built once: it runs for every unfinished job)."""
     checks: list[Callable[[Job], bool]] = []
     for attr, wanted in (("kind", q.kinds), ("group", q.groups), ("model", q.models),
-                         ("status", q.statuses), ("source", q.sources)):
+                         ("status", q.statuses)):
         if wanted:
             allowed = frozenset(wanted)
             checks.append(lambda j, a=attr, w=allowed: getattr(j, a) in w)
+    if q.sources:
+        sources = frozenset(q.sources)
+        if ANY_FILE in sources:
+            checks.append(lambda j, w=sources: j.source in w or j.source.startswith(FILE_PREFIX))
+        else:
+            checks.append(lambda j, w=sources: j.source in w)
     if q.created_before is not None:
         checks.append(lambda j, t=q.created_before: j.created is not None and j.created < t)
     if q.created_after is not None:

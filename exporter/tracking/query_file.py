@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from exporter.tracking.query import SORTS, JobQuery, Position
+from exporter.tracking.query import ANY_FILE, FILE_PREFIX, SORTS, JobQuery, Position
 from exporter.tracking.price_entries import PriceEntries
 from exporter.tracking.store import JOB_COLUMNS
 
@@ -16,8 +16,13 @@ def _where(q: JobQuery) -> tuple[list[str], list[Any]]:
     for column, wanted in (("kind", q.kinds), ("grp", q.groups), ("model", q.models),
                            ("status", q.statuses), ("source", q.sources)):
         if wanted:
-            clauses.append(f"{column} IN ({','.join('?' * len(wanted))})")
+            clause = f"{column} IN ({','.join('?' * len(wanted))})"
             args.extend(wanted)
+            if column == "source" and ANY_FILE in wanted:
+                # every "file:<path>": a range the source index serves (';' follows ':')
+                clause = f"({clause} OR (source >= ? AND source < ?))"
+                args.extend((FILE_PREFIX, FILE_PREFIX[:-1] + ";"))
+            clauses.append(clause)
     for clause, value in (("created < ?", q.created_before), ("created > ?", q.created_after),
                           ("ended > ?", q.finished_after), ("duration >= ?", q.min_duration)):
         if value is not None:
