@@ -35,6 +35,8 @@ from exporter.app.proxying import ProxyWiring, listen_url
 from exporter.sources.replication import Replication
 from exporter.sources.peers import merge_pages
 from exporter.metrics.handoff import HandoffCollector
+from exporter.metrics.traces import TracesCollector
+from exporter.tracking.trace_owed import TraceStats
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.store import StateStore
 from exporter.http.server import Site, build_web_app
@@ -81,6 +83,11 @@ class Exporter:
         self.api_agg = ApiAggregates(API_LATENCY_BUCKETS)
         self.jobs = TrackedJobs(self.store, self.job_agg)
         self.jobs.prices = config.prices
+        # tracing.endpoint: finished jobs owe a trace (kept in the state) that `traces` sends.
+        self.tracing = config.tracing.endpoint is not None
+        self.jobs.owe_traces = self.jobs.exemplars.traced = self.tracing
+        self.trace_stats = TraceStats()
+        self.traces: Any = None  # the TraceShipper, once started
         self.timeline = Timeline(self.job_agg, self.api_agg)
         self.limiter = RateLimiter(config.api.max_requests_per_second)
         self.client = self._make_client(config)
@@ -125,7 +132,8 @@ class Exporter:
 
     @staticmethod
     def _secrets(config: Config) -> list[str | None]:
-        return [s.reveal() if s else None for s in (config.api_key, config.registration_token, config.peer_password)]
+        secrets = (config.api_key, config.registration_token, config.peer_password, *(v for _, v in config.tracing_headers))
+        return [s.reveal() if s else None for s in secrets]
 
     def _make_client(self, config: Config) -> ApiClient:
         key = config.api_key.reveal() if config.api_key else None
@@ -147,6 +155,9 @@ class Exporter:
             today.restore(await self.store.call(self.store.spend_since, today.start_of_day(now)), now)
         if self.replication is not None:
             await self.replication.start()
+        if self.tracing:
+            from exporter.tracking.trace_export import TraceShipper  # needs the otel extra
+            self.traces = TraceShipper(self.store, self.config, self.trace_stats)
         self._declare_series(self.config)
         self.poller.schedule_all()
         with self.replication.holding_new_ids() if self.replication else contextlib.nullcontext():
@@ -163,6 +174,7 @@ class Exporter:
                            ("files", self._files_loop()), ("retention", self._retention_loop()),
                            ("timeline", self._timeline_loop()),
                            ("proxy-observer", self.proxying.tracking.run()),
+                           *((("traces", self.traces.run()),) if self.traces else ()),
                            *(self.replication.tasks() if self.replication else ())):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: %d jobs polled, %d closed, listening on %s", len(self.jobs.open),
@@ -213,6 +225,8 @@ class Exporter:
             self.registry.register(collector)
         if self.replication is not None:
             self.registry.register(HandoffCollector(self.replication.stats))
+        if self.tracing:
+            self.registry.register(TracesCollector(self.trace_stats))
         self.registry.register(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
         self.registry.register(Sampled(PlatformCollector(registry=None), float("inf")))
 
@@ -236,6 +250,8 @@ class Exporter:
                 await client.close()
             if self.replication is not None:
                 await self.replication.close()
+            if self.traces is not None:
+                self.traces.close()
             if self._runner is not None:
                 await self._runner.cleanup()
             await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)
@@ -306,7 +322,7 @@ class Exporter:
     def _apply(self, new: Config) -> None:
         old = self.config
         for key, what in ((("state", "path"), "state.path"), (("web", "listen_address"), "web.listen_address"),
-                          (("proxy", "listen_address"), "proxy.listen_address")):
+                          (("proxy", "listen_address"), "proxy.listen_address"), (("tracing", "endpoint"), "tracing.endpoint")):
             if getattr(getattr(old, key[0]), key[1]) != getattr(getattr(new, key[0]), key[1]):
                 log.warning("%s changed; that takes a restart", what)
         MASK.set(self._secrets(old) + self._secrets(new))
@@ -322,8 +338,8 @@ class Exporter:
         self.poller.config = new.poll
         self.jobs.prices = new.prices  # for jobs that finish from now on; what was counted stays
         self._declare_series(new)
-        self.config = dataclasses.replace(new, state=old.state, web=dataclasses.replace(
-            new.web, listen_address=old.web.listen_address))
+        self.config = dataclasses.replace(new, state=old.state, tracing=old.tracing, tracing_headers=old.tracing_headers,
+                                          web=dataclasses.replace(new.web, listen_address=old.web.listen_address))
 
     def _close_retired(self, client: ApiClient) -> None:
         if client in self._retired_clients:

@@ -153,6 +153,17 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """One OpenTelemetry trace per finished job (README, Traces): off while endpoint is unset."""
+
+    endpoint: str | None = _opt(None)  # OTLP/HTTP base URL, e.g. http://collector:4318
+    headers_file: str | None = _opt(None)  # "Name: value" lines sent with every export (vendors' keys)
+    service_name: str = _opt("distribute-exporter", nonempty=True)
+    # Traces owed but not exported yet, kept in the state; past this the oldest are dropped (counted).
+    max_pending: int = _opt(100_000, min=1)
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     poll: PollConfig = field(default_factory=PollConfig)
@@ -163,6 +174,7 @@ class Config:
     shard: ShardConfig = field(default_factory=ShardConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     # Not keys of the file: what loading it found.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
     api_key: Secret | None = field(default=None, metadata={"internal": True})
@@ -170,6 +182,8 @@ class Config:
     peer_password: Secret | None = field(default=None, metadata={"internal": True})
     warnings: tuple[str, ...] = field(default=(), metadata={"internal": True})
     prices: PriceTable | None = field(default=None, metadata={"internal": True})  # pricing.file, parsed
+    # tracing.headers_file, parsed: (name, value) pairs; the values are never printed.
+    tracing_headers: tuple[tuple[str, Secret], ...] = field(default=(), metadata={"internal": True})
 
     def resolve(self, path: str) -> Path:
         """A path written in the config, relative to the config file's folder."""

@@ -74,6 +74,7 @@ class TrackedJobs:
         self.on_new: Callable[[list[Job]], None] = lambda jobs: None
         self.prices: PriceTable | None = None  # pricing.file: jobs finishing from now on use it
         self.journal = CreateJournal(store.path)  # the proxy's creates until a flush wrote their rows
+        self.owe_traces = False  # tracing.endpoint: a job final here owes a trace, kept with its final row
 
     # -- start-up --------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -319,7 +320,8 @@ class TrackedJobs:
             polled = sorted((j for j in pending.values() if j.final == OPEN), key=_by_id)
             whole, updates = self._rows(polled[:FLUSH_CHUNK])
             batch = Batch(upserts=[j.row() for j in counted] + whole, deletes=list(deleted), updates=updates,
-                          retire=list(retire.items()), counters=self.agg.take_dirty(), handoffs=handoffs)
+                          retire=list(retire.items()), counters=self.agg.take_dirty(), handoffs=handoffs,
+                          traces=[(j.id, j.ended) for j in counted if j.final == FINISHED] if self.owe_traces else [])
             if batch:
                 try:
                     await self.store.write_durably(batch)

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from exporter.tracking import price_entries
 from exporter.tracking.migrations import HANDOFF_TABLE, SCHEMA_VERSION, migrate
+from exporter.tracking.trace_owed import OWE as OWE_TRACES, TRACES_TABLE
 
 APPLICATION_ID = 0x44495354  # "DIST": marks a file as ours, so a foreign database is refused
 
@@ -55,7 +56,7 @@ CREATE TABLE IF NOT EXISTS counters (
     family TEXT NOT NULL, labels TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (family, labels)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS retired (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
-""" + price_entries.SCHEMA + HANDOFF_TABLE
+""" + price_entries.SCHEMA + HANDOFF_TABLE + TRACES_TABLE
 
 T = TypeVar("T")
 
@@ -83,9 +84,11 @@ class Batch:
     # written by an UPDATE of the columns that can change while polled (see `write`).
     updates: list[tuple[Any, ...]] = field(default_factory=list)
     handoffs: list[tuple[str, int, str, float]] = field(default_factory=list)  # job id, target, payload, next_try
+    traces: list[tuple[str, float]] = field(default_factory=list)  # (job id, when): owed a trace (trace_owed.py)
 
     def __bool__(self) -> bool:
-        return bool(self.upserts or self.deletes or self.retire or self.counters or self.updates or self.handoffs)
+        return bool(self.upserts or self.deletes or self.retire or self.counters or self.updates or self.handoffs
+                    or self.traces)
 
 
 # What a row of a job still polled can not change: its identity, where it came from, and the indexed
@@ -321,6 +324,8 @@ class StateStore:
             if batch.handoffs:
                 db.executemany("INSERT INTO handoff (job_id, target, payload, next_try) VALUES (?, ?, ?, ?)",
                                batch.handoffs)
+            if batch.traces:  # with the final rows above: owed exactly when final (trace_owed.py)
+                db.executemany(OWE_TRACES, batch.traces)
 
     def insert_new(self, rows: list[tuple[Any, ...]], fsync: bool = True) -> None:
         """Write rows of jobs the file does not hold yet, in one transaction; a row already there

@@ -1,0 +1,43 @@
+"""The owed traces (trace_owed.py) as the shipper reads, settles and bounds them, on the state
+thread (`StateStore.call`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exporter.tracking.store import JOB_COLUMNS, StateStore
+
+
+def owed_batch(store: StateStore, limit: int) -> list[tuple[str, dict[str, Any] | None]]:
+    """The `limit` oldest owed traces: (job id, the job's row, None when the row is gone)."""
+    cols = ", ".join("j." + c for c in JOB_COLUMNS)
+    rows = store.db.execute(f"SELECT o.job_id, j.id IS NOT NULL, {cols} FROM traces_owed o "
+                            "LEFT JOIN jobs j ON j.id = o.job_id ORDER BY o.seq LIMIT ?", (limit,)).fetchall()
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    for row in rows:
+        job = dict(zip(JOB_COLUMNS, row[2:])) if row[1] else None
+        if job is not None:
+            job["price_entry"] = None  # not part of a trace (and an id into another table here)
+        out.append((row[0], job))
+    return out
+
+
+def settle(store: StateStore, job_ids: list[str]) -> None:
+    """The collector has these traces (or they cannot be built): owed no more."""
+    with store.transaction(fsync=False) as db:
+        db.executemany("DELETE FROM traces_owed WHERE job_id = ?", ((i,) for i in job_ids))
+
+
+def trim(store: StateStore, limit: int) -> int:
+    """Drop the oldest entries past `limit`; answer how many were dropped."""
+    with store.transaction(fsync=False) as db:
+        excess = db.execute("SELECT count(*) FROM traces_owed").fetchone()[0] - limit
+        if excess <= 0:
+            return 0
+        db.execute("DELETE FROM traces_owed WHERE seq IN (SELECT seq FROM traces_owed ORDER BY seq LIMIT ?)",
+                   (excess,))
+        return excess
+
+
+def pending(store: StateStore) -> int:
+    return store.db.execute("SELECT count(*) FROM traces_owed").fetchone()[0]
