@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine
 
 from exporter import __version__
-from exporter.config import AddressError, Config, ConfigError, check_peers, load_config
+from exporter.config import AddressError, Config, ConfigError, check_peers, check_state, load_config
 from exporter.config.addresses import parse_listen_address
 from exporter.logs import setup_logging
+from exporter.tracking.backends import BackendMissing, backend_for
 from exporter.tracking.store import StateError
 
 log = logging.getLogger("distribute.exporter")
@@ -47,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="every shard's base URL with {index} for its number, e.g. "
                              "http://distribute-exporter-{index}.distribute-exporter:9877 "
                              "(overrides shard.peer_url_template)")
+    parser.add_argument("--state.url", dest="state_url", default=None, metavar="URL",
+                        help="the shared PostgreSQL database of several replicas, "
+                             "postgresql://user@host:port/dbname (no password); overrides state.url")
     parser.add_argument("--log.level", dest="log_level", default="info",
                         choices=("debug", "info", "warn", "warning", "error"), help="log level (default info)")
     parser.add_argument("--log.format", dest="log_format", default="logfmt", choices=("logfmt", "json"),
@@ -74,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         from exporter.demo import run_demo
         return run_demo(args.listen, args.proxy_listen, runner(args.event_loop))
     try:
-        config = load_config(args.config_file)
+        config = with_state_url(load_config(args.config_file), args.state_url)
     except ConfigError as exc:
         if args.config_check:
             print(f"invalid: {exc}")
@@ -92,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.config_check:
         groups = len(config.jobs)
         ids = sum(len(g.ids) for g in config.jobs)
-        print(f"valid: {args.config_file} ({groups} job groups, {ids} ids listed inline)")
+        print(f"valid: {args.config_file}{' (PostgreSQL state)' if config.state.url else ''} ({groups} job groups, {ids} ids listed inline)")
         return 0
     for warning in config.warnings:
         log.warning("%s", warning)
@@ -111,8 +115,22 @@ def main(argv: list[str] | None = None) -> int:
         except AddressError as exc:
             log.error("--proxy.listen-address: %s", exc)
             return 1
+    if config.state.url:
+        try:
+            backend_for(config.state.url)
+        except BackendMissing as exc:
+            log.error("%s", exc)
+            return 1
     return run_exporter(config, args.config_file, args.listen, args.web_config, shard, args.proxy_listen,
                         args.event_loop)
+
+
+def with_state_url(config: Config, url: str | None) -> Config:
+    """--state.url over the config's state.url, checked the same way (form only: no connection)."""
+    if url is None:
+        return config
+    check_state(url, "--state.url")
+    return dataclasses.replace(config, state=dataclasses.replace(config.state, url=url))
 
 
 def runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:

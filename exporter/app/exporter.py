@@ -132,7 +132,8 @@ class Exporter:
 
     @staticmethod
     def _secrets(config: Config) -> list[str | None]:
-        secrets = (config.api_key, config.registration_token, config.peer_password, *(v for _, v in config.tracing_headers))
+        secrets = (config.api_key, config.registration_token, config.peer_password, config.state_password,
+                   *(v for _, v in config.tracing_headers))
         return [s.reveal() if s else None for s in secrets]
 
     def _make_client(self, config: Config) -> ApiClient:

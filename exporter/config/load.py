@@ -24,6 +24,7 @@ from exporter.api.ids import all_uuid4, is_uuid4, normalise
 from exporter.config.addresses import AddressError, parse_listen_address
 from exporter.config.model import (API_KEY_ENV, REGISTRATION_TOKEN_ENV, Config, ConfigError, Secret, ShardConfig)
 from exporter.config.pricing import PriceFileError, load_prices
+from exporter.config.state_url import StateUrlError, check_state_url
 from exporter.config.tracing import load_tracing
 
 
@@ -208,6 +209,16 @@ def _check_cross_fields(config: Config) -> None:
     # Shown on the status page and in logs; the key belongs in api.api_key_file.
     _no_credentials("api.base_url", config.api.base_url, "put the API key in api.api_key_file")
     check_peers(config.shard, config.shard.count)
+    if config.state.url is not None:
+        check_state(config.state.url, "state.url")
+
+
+def check_state(url: str, where: str) -> None:
+    """ConfigError naming `where` (the key or the flag) unless `url` is a well-formed state.url."""
+    try:
+        check_state_url(url)
+    except StateUrlError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _no_credentials(where: str, url: str, instead: str) -> None:
@@ -250,8 +261,11 @@ def _load_secrets(config: Config, env: Any) -> Config:
     if config.shard.peer_urls(config.shard.count) and token is None:
         raise ConfigError("shard.peers: replicas authenticate to each other with the registration token; "
                           f"set web.registration_token_file or {REGISTRATION_TOKEN_ENV}")
+    # Read at load like the other secret files, so that --config.check finds a missing one; libpq's
+    # PGPASSWORD and PGPASSFILE are left to the driver.
+    state_password = _read_secret(config, config.state.password_file, "state.password_file", warnings)
     return dataclasses.replace(config, api_key=api_key, registration_token=token, peer_password=peer_password,
-                               warnings=tuple(warnings))
+                               state_password=state_password, warnings=tuple(warnings))
 
 
 def _read_secret(config: Config, name: str | None, path: str, warnings: list[str]) -> Secret | None:

@@ -97,6 +97,10 @@ class StateConfig:
     path: str = _opt("distribute-exporter.db", nonempty=True)
     retention_seconds: float = _opt(7 * 24 * 3600.0, positive=True)
     flush_interval_seconds: float = _opt(1.0, positive=True)
+    # Unset: the SQLite file at `path` (one process). A postgresql:// URL (libpq's URI form, no
+    # password): the shared PostgreSQL database of several replicas (docs/replicas.md).
+    url: str | None = _opt(None)
+    password_file: str | None = _opt(None)
 
 
 @dataclass(frozen=True)
@@ -180,6 +184,7 @@ class Config:
     api_key: Secret | None = field(default=None, metadata={"internal": True})
     registration_token: Secret | None = field(default=None, metadata={"internal": True})
     peer_password: Secret | None = field(default=None, metadata={"internal": True})
+    state_password: Secret | None = field(default=None, metadata={"internal": True})  # state.password_file, read
     warnings: tuple[str, ...] = field(default=(), metadata={"internal": True})
     prices: PriceTable | None = field(default=None, metadata={"internal": True})  # pricing.file, parsed
     # tracing.headers_file, parsed: (name, value) pairs; the values are never printed.
