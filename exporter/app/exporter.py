@@ -37,6 +37,7 @@ from exporter.sources.peers import merge_pages
 from exporter.metrics.handoff import HandoffCollector
 from exporter.metrics.traces import TracesCollector
 from exporter.tracking.trace_owed import TraceStats
+from exporter.tracking.trace_queue import SqliteOwedTraces
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.store import StateStore
 from exporter.http.server import Site, build_web_app
@@ -158,7 +159,7 @@ class Exporter:
             await self.replication.start()
         if self.tracing:
             from exporter.tracking.trace_export import TraceShipper  # needs the otel extra
-            self.traces = TraceShipper(self.store, self.config, self.trace_stats)
+            self.traces = TraceShipper(SqliteOwedTraces(self.store), self.config, self.trace_stats)
         self._declare_series(self.config)
         self.poller.schedule_all()
         with self.replication.holding_new_ids() if self.replication else contextlib.nullcontext():

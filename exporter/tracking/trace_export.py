@@ -18,9 +18,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from exporter import __version__
 from exporter.config.model import Config
-from exporter.tracking import trace_queue
-from exporter.tracking.store import StateStore
-from exporter.tracking.trace_owed import TraceStats
+from exporter.tracking.trace_owed import OwedTraces, TraceStats
 from exporter.tracking.trace_spans import job_spans
 
 log = logging.getLogger("distribute.traces")
@@ -28,6 +26,9 @@ log = logging.getLogger("distribute.traces")
 BATCH = 256  # traces per export request (a few spans each)
 IDLE_SECONDS = 1.0  # how often to look for newly owed traces when none are waiting
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
+# With PostgreSQL, how long a batch taken by one replica is left to it (longer than an export's
+# timeout and the SDK's retries): if that replica dies, another sends it after this.
+LEASE = 120.0
 
 
 def signal_url(endpoint: str) -> str:
@@ -48,9 +49,9 @@ def make_exporter(config: Config) -> OTLPSpanExporter:
 
 
 class TraceShipper:
-    def __init__(self, store: StateStore, config: Config, stats: TraceStats,
+    def __init__(self, owed: OwedTraces, config: Config, stats: TraceStats,
                  exporter: Any | None = None) -> None:
-        self.store = store
+        self.owed = owed
         self.max_pending = config.tracing.max_pending
         self.stats = stats
         self.exporter = exporter or make_exporter(config)
@@ -69,14 +70,12 @@ class TraceShipper:
 
     async def ship_once(self) -> int:
         """Trim the backlog, export the oldest batch; answer how many traces were exported."""
-        store = self.store
-        dropped = await store.call(trace_queue.trim, store, self.max_pending)
+        dropped, self.stats.pending = await self.owed.trim(self.max_pending)
         if dropped:
             self.stats.outcomes["dropped"] += dropped
             log.warning("traces: %d owed traces dropped, the oldest first (tracing.max_pending is %d)",
                         dropped, self.max_pending)
-        owed = await store.call(trace_queue.owed_batch, store, BATCH)
-        self.stats.pending = await store.call(trace_queue.pending, store)
+        owed = await self.owed.take(BATCH, LEASE)
         if not owed:
             return 0
         gone = [job_id for job_id, row in owed if row is None]  # retired or untracked before export
@@ -97,7 +96,7 @@ class TraceShipper:
             self._backoff = 0.0
             ids = [job_id for job_id, _ in owed]
         if ids:
-            await store.call(trace_queue.settle, store, ids)
+            await self.owed.settle(ids)
         self.stats.outcomes["dropped"] += len(gone)
         self.stats.outcomes["exported"] += len(rows) if ok else 0
         self.stats.pending = max(0, self.stats.pending - len(ids))

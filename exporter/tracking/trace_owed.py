@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 # A rowid table: its rowid is the order in which traces became owed (oldest first).
 TRACES_TABLE = """
@@ -29,3 +30,17 @@ class TraceStats:
 
 
 OWE = "INSERT OR IGNORE INTO traces_owed (job_id, owed_at) VALUES (?, ?)"
+
+
+class OwedTraces(Protocol):
+    """The owed traces of one backend as the shipper (trace_export.py) sees them."""
+
+    async def take(self, limit: int, lease: float) -> list[tuple[str, dict[str, Any] | None]]:
+        """Up to `limit` of the oldest owed traces not taken by another replica within `lease`
+        seconds: (job id, the job's row, None when the row is gone)."""
+
+    async def settle(self, job_ids: list[str]) -> None:
+        """Owed no more: the collector took them (or they cannot be built)."""
+
+    async def trim(self, limit: int) -> tuple[int, int]:
+        """Drop the oldest entries past `limit`; answer (dropped, still owed)."""

@@ -1,5 +1,5 @@
-"""The owed traces (trace_owed.py) as the shipper reads, settles and bounds them, on the state
-thread (`StateStore.call`)."""
+"""The owed traces of the SQLite file (trace_owed.py) as the shipper reads, settles and bounds
+them, on the state thread. One process reads them: `take` needs no lease."""
 
 from __future__ import annotations
 
@@ -28,16 +28,28 @@ def settle(store: StateStore, job_ids: list[str]) -> None:
         db.executemany("DELETE FROM traces_owed WHERE job_id = ?", ((i,) for i in job_ids))
 
 
-def trim(store: StateStore, limit: int) -> int:
-    """Drop the oldest entries past `limit`; answer how many were dropped."""
+def trim(store: StateStore, limit: int) -> tuple[int, int]:
+    """Drop the oldest entries past `limit`; answer (dropped, still owed)."""
     with store.transaction(fsync=False) as db:
-        excess = db.execute("SELECT count(*) FROM traces_owed").fetchone()[0] - limit
-        if excess <= 0:
-            return 0
+        owed = db.execute("SELECT count(*) FROM traces_owed").fetchone()[0]
+        if owed <= limit:
+            return 0, owed
         db.execute("DELETE FROM traces_owed WHERE seq IN (SELECT seq FROM traces_owed ORDER BY seq LIMIT ?)",
-                   (excess,))
-        return excess
+                   (owed - limit,))
+        return owed - limit, limit
 
 
-def pending(store: StateStore) -> int:
-    return store.db.execute("SELECT count(*) FROM traces_owed").fetchone()[0]
+class SqliteOwedTraces:
+    """OwedTraces (trace_owed.py) of the SQLite file."""
+
+    def __init__(self, store: StateStore) -> None:
+        self.store = store
+
+    async def take(self, limit: int, lease: float) -> list[tuple[str, dict[str, Any] | None]]:
+        return await self.store.call(owed_batch, self.store, limit)
+
+    async def settle(self, job_ids: list[str]) -> None:
+        await self.store.call(settle, self.store, job_ids)
+
+    async def trim(self, limit: int) -> tuple[int, int]:
+        return await self.store.call(trim, self.store, limit)
