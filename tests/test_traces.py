@@ -201,3 +201,16 @@ def test_headers_file_is_sent_and_never_shown(simulator, exporter, receiver, tmp
     assert all(h.get("x-honeycomb-team") == key for h in receiver.headers)
     proc.stop()
     assert key not in proc.log_path.read_text(errors="replace")
+
+
+def test_the_latency_panel_links_to_the_tracing_data_source():
+    import json as _json
+
+    dashboard = _json.loads((REPO / "grafana" / "dashboards" / "distribute-jobs.json").read_text())
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["tracing_datasource"]["type"] == "datasource" and variables["tracing_datasource"]["query"] == "tempo"
+    latency = [p for p in dashboard["panels"] if p["title"].startswith("Latency p50")][0]
+    trace_links = [l for l in latency["fieldConfig"]["defaults"]["links"] if "${tracing_datasource}" in l["url"]]
+    assert len(trace_links) == 1
+    left = _json.loads(trace_links[0]["url"].split("left=", 1)[1])  # Explore's pane state is valid JSON
+    assert left["datasource"] == "${tracing_datasource}" and "span.distribute.job.kind" in left["queries"][0]["query"]
