@@ -214,3 +214,40 @@ def test_the_latency_panel_links_to_the_tracing_data_source():
     assert len(trace_links) == 1
     left = _json.loads(trace_links[0]["url"].split("left=", 1)[1])  # Explore's pane state is valid JSON
     assert left["datasource"] == "${tracing_datasource}" and "span.distribute.job.kind" in left["queries"][0]["query"]
+
+
+def test_a_proxied_create_links_the_applications_trace_and_names_the_requested_model(simulator, exporter, receiver,
+                                                                                        tmp_path):
+    import httpx
+
+    from helpers import free_port
+
+    sim = simulator("--seed", "12", "--speed", "50")
+    port = free_port()
+    cfg = write_config(tmp_path, (
+        f"api: {{base_url: '{sim.url}', max_requests_per_second: 0}}\n"
+        "poll: {interval_seconds: 0.3, max_interval_seconds: 1, not_found_grace_seconds: 30}\n"
+        "state: {path: state.db, flush_interval_seconds: 0.2}\n"
+        f"proxy: {{listen_address: '127.0.0.1:{port}'}}\n"
+        f"tracing: {{endpoint: '{receiver.url}'}}\n"))
+    exporter(cfg)
+    proxy = f"http://127.0.0.1:{port}"
+    app_trace, app_span = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    body = {"model": "Qwen2.5 7B", "messages": [{"role": "user", "content": "hi"}]}
+    fast = httpx.post(f"{proxy}/async/chat/create", json=body, timeout=20,
+                      headers={"traceparent": f"00-{app_trace}-{app_span}-01"}).json()["id"]
+    # A body past the fast path's 64 KiB goes through the other (aiohttp) path.
+    big = {**body, "messages": [{"role": "user", "content": "x" * 70_000}]}
+    slow = httpx.post(f"{proxy}/async/chat/create", json=big, timeout=20,
+                      headers={"traceparent": f"00-{app_trace}-{'1' * 16}-00"}).json()["id"]
+    bare = httpx.post(f"{proxy}/async/chat/create", json=body, timeout=20,
+                      headers={"traceparent": "not-a-traceparent"}).json()["id"]
+    wait_for(lambda: len(receiver.roots()) == 3, 90, what="3 traces")
+    roots = {s["attributes"]["distribute.job.id"]: s for s in receiver.roots()}
+    assert roots[fast]["links"] == [(app_trace, app_span)]
+    assert roots[slow]["links"] == [(app_trace, "1" * 16)]
+    assert roots[bare]["links"] == []  # a malformed traceparent is not kept
+    for job_id in (fast, slow, bare):
+        attrs = roots[job_id]["attributes"]
+        assert attrs["gen_ai.request.model"] == "Qwen2.5 7B" and attrs["distribute.job.source"] == "proxy"
+        assert roots[job_id]["trace_id"] == job_id.replace("-", "")

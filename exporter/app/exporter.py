@@ -160,6 +160,7 @@ class Exporter:
         if self.tracing:
             from exporter.tracking.trace_export import TraceShipper  # needs the otel extra
             self.traces = TraceShipper(SqliteOwedTraces(self.store), self.config, self.trace_stats)
+            self.proxying.note_create = self.traces.notes.add
         self._declare_series(self.config)
         self.poller.schedule_all()
         with self.replication.holding_new_ids() if self.replication else contextlib.nullcontext():

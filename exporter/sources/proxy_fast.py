@@ -37,7 +37,7 @@ class Forwarding(Protocol):
     def base_url(self) -> str: ...
 
     async def see(self, endpoint: str, kind: str, group: str, request_body: bytes | None, answer: bytes,
-                  encoding: str) -> None: ...
+                  encoding: str, traceparent: str | None = None) -> None: ...
 
 
 _IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS"})
@@ -357,7 +357,7 @@ class Client(asyncio.Protocol):
     async def _see(self, endpoint: str, kind: str, request: Request, exchange: Exchange, answer: Answer) -> None:
         body = exchange.body()
         if body is not None:
-            await self.forwarding.see(endpoint, kind, request.group, request.body, body, answer.encoding)
+            await self.forwarding.see(endpoint, kind, request.group, request.body, body, answer.encoding, request.traceparent)
 
     def _fail(self, endpoint: str, status: int, reason: str, error: str, message: str) -> bool:
         self.forwarding.stats.error(error)

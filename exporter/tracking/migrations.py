@@ -60,7 +60,9 @@ def _to_7(db: sqlite3.Connection) -> None:
 
 def _to_8(db: sqlite3.Connection) -> None:
     # Traces owed to the collector (tracking/trace_owed.py): jobs final before this version owe none.
-    db.execute(TRACES_TABLE)
+    for statement in TRACES_TABLE.split(";"):
+        if statement.strip():
+            db.execute(statement)
 
 
 def add_column(db: sqlite3.Connection, table: str, column: str, definition: str) -> None:

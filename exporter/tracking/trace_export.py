@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 
 from exporter import __version__
 from exporter.config.model import Config
-from exporter.tracking.trace_owed import OwedTraces, TraceStats
+from exporter.tracking.trace_owed import CreateNotes, OwedTraces, TraceStats
 from exporter.tracking.trace_spans import job_spans
 
 log = logging.getLogger("distribute.traces")
@@ -59,6 +59,7 @@ class TraceShipper:
         self.resource = Resource.create({"service.name": config.tracing.service_name,
                                          "service.version": __version__})
         self._backoff = 0.0
+        self.notes = CreateNotes()  # the proxy's creates (trace_owed.py), written at each round
 
     async def run(self) -> None:
         while True:
@@ -70,6 +71,9 @@ class TraceShipper:
 
     async def ship_once(self) -> int:
         """Trim the backlog, export the oldest batch; answer how many traces were exported."""
+        notes = self.notes.take()
+        if notes:
+            await self.owed.note_creates(notes)
         dropped, self.stats.pending = await self.owed.trim(self.max_pending)
         if dropped:
             self.stats.outcomes["dropped"] += dropped

@@ -15,7 +15,7 @@ from typing import Any
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags
 
 from exporter import __version__
 from exporter.tracking.job import transitions
@@ -72,8 +72,10 @@ def attributes(job: dict[str, Any], request_model: str | None = None) -> dict[st
     return attrs
 
 
-def job_spans(job: dict[str, Any], resource: Resource, request_model: str | None = None) -> list[ReadableSpan]:
-    """The spans of one final job (a row of the jobs table, JOB_COLUMNS names), root first."""
+def job_spans(job: dict[str, Any], resource: Resource) -> list[ReadableSpan]:
+    """The spans of one final job (a row of the jobs table, JOB_COLUMNS names, with the create's
+    `request_model` and `traceparent` when the proxy saw it), root first."""
+    request_model = job.get("request_model")
     job_id = job["id"]
     tid = trace_id(job_id)
     start = job["created"] if job["created"] is not None else job["first_tracked"]
@@ -84,7 +86,7 @@ def job_spans(job: dict[str, Any], resource: Resource, request_model: str | None
               else Status(StatusCode.UNSET))
     spans = [ReadableSpan(root_name(job), context=root, resource=resource, attributes=attributes(job, request_model),
                           kind=SpanKind.CLIENT, status=status, start_time=_ns(start), end_time=_ns(end),
-                          instrumentation_scope=SCOPE)]
+                          links=creator_link(job.get("traceparent")), instrumentation_scope=SCOPE)]
     for index, (phase, phase_start, phase_end) in enumerate(phases(job["history"], start, end)):
         context = SpanContext(tid, span_id(job_id, f"phase/{index}"), is_remote=False, trace_flags=_SAMPLED)
         spans.append(ReadableSpan(phase, context=context, parent=root, resource=resource,
@@ -92,6 +94,16 @@ def job_spans(job: dict[str, Any], resource: Resource, request_model: str | None
                                   start_time=_ns(phase_start), end_time=_ns(phase_end),
                                   instrumentation_scope=SCOPE))
     return spans
+
+
+def creator_link(traceparent: str | None) -> list[Link]:
+    """The application's span that created the job (its create request's traceparent, checked when
+    kept: trace_owed.TRACEPARENT), as a link: the two traces point at each other."""
+    if not traceparent:
+        return []
+    _, trace, span, flags = traceparent.split("-")
+    context = SpanContext(int(trace, 16), int(span, 16), is_remote=True, trace_flags=TraceFlags(int(flags, 16) & 1))
+    return [Link(context, {"distribute.link": "create"})]
 
 
 def phases(history: str, start: float, end: float) -> list[tuple[str, float, float]]:

@@ -55,6 +55,7 @@ CREATE TABLE IF NOT EXISTS traces_owed (
     seq bigserial PRIMARY KEY, job_id text NOT NULL UNIQUE, owed_at float8 NOT NULL,
     holder text, until float8 NOT NULL DEFAULT 0
 );
+CREATE TABLE IF NOT EXISTS trace_creates (job_id text PRIMARY KEY, request_model text, traceparent text);
 """
 
 Execute = Callable[[str], Awaitable[Any]]

@@ -30,16 +30,24 @@ class PgOwedTraces:
             f"ORDER BY seq LIMIT $1 FOR UPDATE SKIP LOCKED), "
             f"leased AS (UPDATE traces_owed o SET holder = $3, until = {NOW} + $2 FROM mine "
             f"WHERE o.seq = mine.seq RETURNING o.seq, o.job_id) "
-            f"SELECT l.job_id AS owed_id, j.id IS NOT NULL AS present, {_COLUMNS} FROM leased l "
-            f"LEFT JOIN jobs j ON j.id = l.job_id ORDER BY l.seq", limit, lease, self.holder)
+            f"SELECT l.job_id AS owed_id, j.id IS NOT NULL AS present, c.request_model, c.traceparent, {_COLUMNS} "
+            f"FROM leased l LEFT JOIN jobs j ON j.id = l.job_id LEFT JOIN trace_creates c ON c.job_id = l.job_id "
+            f"ORDER BY l.seq", limit, lease, self.holder)
         out: list[tuple[str, dict[str, Any] | None]] = []
         for row in rows:
-            job = {c: row[c] for c in JOB_COLUMNS} if row["present"] else None
+            job = {c: row[c] for c in (*JOB_COLUMNS, "request_model", "traceparent")} if row["present"] else None
             out.append((row["owed_id"], job))
         return out
 
+    async def note_creates(self, notes: list[tuple[str, str | None, str | None]]) -> None:
+        await self.pool.execute(
+            "INSERT INTO trace_creates SELECT * FROM unnest($1::text[], $2::text[], $3::text[]) "
+            "ON CONFLICT (job_id) DO NOTHING", [n[0] for n in notes], [n[1] for n in notes], [n[2] for n in notes])
+
     async def settle(self, job_ids: list[str]) -> None:
-        await self.pool.execute("DELETE FROM traces_owed WHERE job_id = ANY($1::text[])", job_ids)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM traces_owed WHERE job_id = ANY($1::text[])", job_ids)
+            await conn.execute("DELETE FROM trace_creates WHERE job_id = ANY($1::text[])", job_ids)
 
     async def trim(self, limit: int) -> tuple[int, int]:
         async with self.pool.acquire() as conn, conn.transaction():
