@@ -63,7 +63,11 @@ class TraceShipper:
 
     async def run(self) -> None:
         while True:
-            sent = await self.ship_once()
+            try:
+                sent = await self.ship_once()
+            except Exception as exc:  # the state unreadable for a moment: say so, try again later
+                log.error("traces: cannot read the owed traces: %s", exc)
+                sent, self._backoff = 0, min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
             if self._backoff:
                 await asyncio.sleep(self._backoff)
             elif sent < BATCH:
@@ -81,10 +85,16 @@ class TraceShipper:
                         dropped, self.max_pending)
         owed = await self.owed.take(BATCH, LEASE)
         if not owed:
+            self._backoff = 0.0  # nothing waits: the next owed trace goes out at the next round
             return 0
-        gone = [job_id for job_id, row in owed if row is None]  # retired or untracked before export
-        rows = [row for _, row in owed if row is not None]
-        spans = [span for row in rows for span in job_spans(row, self.resource)]
+        gone, rows, spans = [], [], []
+        for job_id, row in owed:
+            built = self._spans(row) if row is not None else None
+            if built is None:  # retired or untracked before export, or not a job id a trace can have
+                gone.append(job_id)
+            else:
+                rows.append(row)
+                spans.extend(built)
         ok = True
         if spans:
             ok = await in_daemon_thread(self.exporter.export, spans) == SpanExportResult.SUCCESS
@@ -105,6 +115,12 @@ class TraceShipper:
         self.stats.outcomes["exported"] += len(rows) if ok else 0
         self.stats.pending = max(0, self.stats.pending - len(ids))
         return len(rows) if ok else 0
+
+    def _spans(self, row: dict[str, Any]) -> list[Any] | None:
+        try:
+            return job_spans(row, self.resource)
+        except ValueError:  # an id that is not a UUID has no 128 bits to be a trace id
+            return None
 
     def close(self) -> None:
         """Stop without waiting on a collector that does not answer (what is owed stays owed)."""
