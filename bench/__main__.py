@@ -18,7 +18,6 @@ from bench import benchmarks as b
 from bench import config_load, cost, poll_realistic, tracing
 from bench import proxy as p
 from bench.jobs_query import jobs_query
-from bench.handoff import handoff
 
 HERE = Path(__file__).resolve().parent
 
@@ -115,18 +114,6 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("healthy_seconds", "<= 1 s (process start to /-/healthy)", lambda v: v <= 1),
         ("ready_seconds", "reported (process start to /-/ready)", None),
         ("check_seconds", "<= 1 s (--config.check, whole process)", lambda v: v <= 1)]),
-    "handoff": (handoff, {"seconds": 10, "rate": 500, "backlog": 50_000}, {"seconds": 4, "rate": 500, "backlog": 5_000}, [
-        ("added_p99_ms", "<= 2 ms (p99 other shard's ids - p99 own ids, interleaved, registration route, 500/s)",
-         lambda v: v <= 2),
-        ("sender_load_p99_ms", "reported (own ids with the sender busy - own ids alone)", None),
-        ("own_alone_p99_ms", "reported", None), ("other_p99_ms", "reported", None),
-        ("handoffs_per_second", "reported (one replica's sender, backlog after its owner was down)", None),
-        ("proxy_create_added_p99_ms", "<= 2 ms (p99 proxied creates of another shard's ids - p99 own, 500/s)",
-         lambda v: v <= 2),
-        ("proxy_create_own_p99_ms", "reported", None), ("proxy_create_other_p99_ms", "reported", None),
-        ("proxy_create_own_p50_ms", "reported", None), ("proxy_create_other_p50_ms", "reported", None),
-        ("proxy_creates_own", "reported (creates classed own)", None),
-        ("proxy_creates_other", "reported (creates classed another shard's)", None)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
 }

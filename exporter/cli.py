@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any, Callable, Coroutine
 
 from exporter import __version__
-from exporter.config import AddressError, Config, ConfigError, check_peers, check_state, load_config
+from exporter.config import RING_GONE, AddressError, Config, ConfigError, check_state, load_config
 from exporter.config.addresses import parse_listen_address
 from exporter.logs import setup_logging
+import exporter.tracking.pg  # noqa: F401 - registers the PostgreSQL backend when its driver is installed
 from exporter.tracking.backends import BackendMissing, backend_for
 from exporter.tracking.store import StateError
 
@@ -37,17 +38,6 @@ def build_parser() -> argparse.ArgumentParser:
                              "proxy.listen_address (default: off; conventional port 9878)")
     parser.add_argument("--web.config.file", dest="web_config", default=None, metavar="PATH",
                         help="TLS and basic auth in the Prometheus exporter-toolkit format; overrides web.config_file")
-    parser.add_argument("--shard.index", dest="shard_index", default=None, metavar="I",
-                        help="this replica's shard, 0..count-1; a StatefulSet pod name such as "
-                             "distribute-exporter-2 is read as its ordinal (overrides shard.index)")
-    parser.add_argument("--shard.count", dest="shard_count", default=None, type=int, metavar="N",
-                        help="how many replicas share the ids (overrides shard.count)")
-    parser.add_argument("--shard.peers", dest="shard_peers", default=None, metavar="URL,URL,...",
-                        help="every shard's base URL, in shard order, comma-separated (overrides shard.peers)")
-    parser.add_argument("--shard.peer-url-template", dest="shard_peer_template", default=None, metavar="URL",
-                        help="every shard's base URL with {index} for its number, e.g. "
-                             "http://distribute-exporter-{index}.distribute-exporter:9877 "
-                             "(overrides shard.peer_url_template)")
     parser.add_argument("--state.url", dest="state_url", default=None, metavar="URL",
                         help="the shared PostgreSQL database of several replicas, "
                              "postgresql://user@host:port/dbname (no password); overrides state.url")
@@ -71,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["state"]:  # distribute-exporter state export ...
         from exporter.state_command import main as state_main
         return state_main(argv[1:])
+    ring_flag = next((a for a in argv if a.startswith("--shard.")), None)
+    if ring_flag is not None:  # before argparse, whose answer to an unknown flag is a usage text and exit 2
+        print(f"distribute-exporter: {ring_flag.split('=', 1)[0]}: {RING_GONE}", file=sys.stderr)
+        return 1
     args = build_parser().parse_args(argv)
     level = "warning" if args.log_level == "warn" else args.log_level
     setup_logging(level, args.log_format)
@@ -100,15 +94,6 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     for warning in config.warnings:
         log.warning("%s", warning)
-    try:
-        peers = bool(args.shard_peers or args.shard_peer_template or config.shard.peers
-                     or config.shard.peer_url_template)
-        shard = parse_shard(args.shard_index, args.shard_count, config, draining_ok=peers)
-        config = apply_peer_flags(config, args.shard_peers, args.shard_peer_template,
-                                  shard[1] if shard else config.shard.count)
-    except (ValueError, ConfigError) as exc:
-        log.error("%s", exc)
-        return 1
     if args.proxy_listen is not None:
         try:
             parse_listen_address(args.proxy_listen)
@@ -121,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         except BackendMissing as exc:
             log.error("%s", exc)
             return 1
-    return run_exporter(config, args.config_file, args.listen, args.web_config, shard, args.proxy_listen,
+    return run_exporter(config, args.config_file, args.listen, args.web_config, args.proxy_listen,
                         args.event_loop)
 
 
@@ -148,50 +133,21 @@ def runner(choice: str) -> Callable[[Coroutine[Any, Any, int]], int]:
     return asyncio.run
 
 
-def parse_shard(index: str | None, count: int | None, config, draining_ok: bool = False) -> tuple[int, int] | None:
-    """--shard.index/--shard.count over the config's shard; the index may be a pod name ending in -N."""
-    if index is None and count is None:
-        return None
-    text = str(index if index is not None else config.shard.index)
-    ordinal = text.rsplit("-", 1)[-1]
-    if not ordinal.isdigit():
-        raise ValueError(f"--shard.index: not a number or a name ending in -<number>: {text!r}")
-    number, total = int(ordinal), count if count is not None else config.shard.count
-    # With peers, an index past the count is a replica being removed: it hands everything away.
-    if total < 1 or number < 0 or (number >= total and not draining_ok):
-        raise ValueError(f"--shard.index: {number} is not below --shard.count {total}")
-    return number, total
-
-
-def apply_peer_flags(config: Config, peers: str | None, template: str | None, count: int) -> Config:
-    """--shard.peers / --shard.peer-url-template over the config's; checked for `count` shards."""
-    shard = config.shard
-    if peers is not None:
-        shard = dataclasses.replace(shard, peers=tuple(p.strip() for p in peers.split(",") if p.strip()),
-                                    peer_url_template=None)
-    elif template is not None:
-        shard = dataclasses.replace(shard, peer_url_template=template, peers=())
-    flag = "--shard.peers" if peers is not None else "--shard.peer-url-template" if template is not None else None
-    try:
-        check_peers(shard, count)
-    except ConfigError as exc:
-        raise ConfigError(f"{flag}: {exc}" if flag else str(exc)) from None
-    if shard.peer_urls(count) and config.registration_token is None:
-        raise ConfigError("shard peers need the registration token (replicas authenticate with it): set "
-                          "web.registration_token_file or DISTRIBUTE_EXPORTER_REGISTRATION_TOKEN")
-    return dataclasses.replace(config, shard=shard)
-
-
 def run_exporter(config, config_path: str | None, listen: str | None, web_config: str | None = None,
-                 shard: tuple[int, int] | None = None, proxy_listen: str | None = None,
+                 proxy_listen: str | None = None,
                  event_loop: str = "auto") -> int:
     from exporter.app import Exporter
     from exporter.http.webconfig import WebConfigError
 
     async def serve() -> int:
         try:
-            exporter = Exporter(config, config_path, listen, web_config=web_config, shard=shard,
-                                proxy_listen=proxy_listen)
+            if config.state.url:  # several replicas sharing PostgreSQL (app/shared.py)
+                from exporter.app.shared import SharedExporter
+                exporter = SharedExporter(config, config_path, listen, web_config=web_config,
+                                          proxy_listen=proxy_listen)
+            else:
+                exporter = Exporter(config, config_path, listen, web_config=web_config,
+                                    proxy_listen=proxy_listen)
         except WebConfigError as exc:
             log.error("cannot load the web config: %s", exc)
             return 1

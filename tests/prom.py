@@ -13,16 +13,20 @@ from conftest import tool
 from helpers import REPO, Proc, free_port, http, wait_for
 
 
-def local_prometheus_config(targets: list[str], rules: list[Path], interval: str = "1s") -> dict[str, Any]:
-    """The shipped prometheus/prometheus.yml with its exporter job pointed at local targets."""
+def local_prometheus_config(targets: list[str], rules: list[Path], interval: str = "1s",
+                            jobs_target: str | None = None) -> dict[str, Any]:
+    """The shipped prometheus/prometheus.yml with its two exporter jobs pointed at local targets:
+    /metrics of every one of `targets`, /metrics/jobs of `jobs_target` (default: the first)."""
     shipped = yaml.safe_load((REPO / "prometheus" / "prometheus.yml").read_text())
     shipped["global"]["scrape_interval"] = interval
     shipped["global"]["evaluation_interval"] = interval
     shipped["rule_files"] = [str(r) for r in rules]
-    jobs = [j for j in shipped["scrape_configs"] if j["job_name"] == "distribute-exporter"]
-    assert jobs, "prometheus.yml must have a distribute-exporter scrape job"
-    jobs[0]["static_configs"] = [{"targets": targets}]
-    shipped["scrape_configs"] = jobs
+    jobs = {j["job_name"]: j for j in shipped["scrape_configs"]}
+    assert {"distribute-exporter", "distribute-exporter-jobs"} <= set(jobs), \
+        "prometheus.yml must have the distribute-exporter and distribute-exporter-jobs scrape jobs"
+    jobs["distribute-exporter"]["static_configs"] = [{"targets": targets}]
+    jobs["distribute-exporter-jobs"]["static_configs"] = [{"targets": [jobs_target or targets[0]]}]
+    shipped["scrape_configs"] = [jobs["distribute-exporter"], jobs["distribute-exporter-jobs"]]
     return shipped
 
 
@@ -49,5 +53,7 @@ class Prometheus(Proc):
         return float(result[0]["value"][1]) if result else None
 
     def targets_up(self) -> bool:
-        result = self.query('up{job="distribute-exporter"}')
-        return bool(result) and all(r["value"][1] == "1" for r in result)
+        """Every target of both exporter jobs scraped successfully."""
+        result = self.query('up{job=~"distribute-exporter|distribute-exporter-jobs"}')
+        return {r["metric"]["job"] for r in result} == {"distribute-exporter", "distribute-exporter-jobs"} \
+            and all(r["value"][1] == "1" for r in result)

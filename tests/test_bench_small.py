@@ -157,19 +157,6 @@ def test_jobs_query_small(tmp_path):
     assert figures["metrics_gzip_p99_ms"] > 0 and figures["metrics_identity_p99_ms"] > 0
     assert "metrics_gzip_p99_ratio" not in figures
     assert figures["ring_kb"] > 0 and figures["rss_mb"] > 0
-def test_handoff_small(tmp_path):
-    from bench.handoff import handoff
-
-    figures = handoff(tmp_path, seconds=1, rate=100, backlog=5000)  # raises unless every hand-off arrived
-    assert figures["handoffs_per_second"] > 0
-    assert figures["other_p99_ms"] >= figures["other_median_ms"] > 0 and figures["own_alone_p99_ms"] > 0
-    # the proxied creates: the simulator minted ids of both shards, each class got creates
-    assert figures["proxy_creates_own"] > 0 and figures["proxy_creates_other"] > 0
-    assert figures["proxy_creates_own"] + figures["proxy_creates_other"] == 100
-    assert figures["proxy_create_other_p99_ms"] >= figures["proxy_create_other_p50_ms"] > 0
-    assert figures["proxy_create_own_p99_ms"] >= figures["proxy_create_own_p50_ms"] > 0
-
-
 def test_tracing_small(tmp_path):
     from bench.tracing import traced_polls
 

@@ -174,19 +174,38 @@ def test_entrypoint_and_healthcheck_run_as_processes(simulator, tmp_path):
     assert bad.returncode != 0  # and it fails when nothing answers
 
 
-def test_compose_file_validates_offline():
+def test_compose_file_validates_offline(tmp_path):
     run = subprocess.run([tool("docker-compose"), "-f", "docker-compose.yml", "config", "-q"], cwd=REPO,
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    assert set(compose["services"]) >= {"simulator", "exporter", "prometheus", "grafana"}
-    for service in compose["services"].values():
+    services = compose["services"]
+    assert set(services) >= {"simulator", "postgres", "exporter-1", "exporter-2", "prometheus", "grafana"}
+    for service in services.values():
         for mount in service.get("volumes", []):
             source = mount.split(":")[0]
             if source.startswith("./"):
                 assert (REPO / source).exists(), mount
-    config = REPO / "deploy/compose/exporter.yaml"
-    run = subprocess.run([sys.executable, "-m", "exporter", "--config.check", "--config.file", str(config)],
+    for secret in compose["secrets"].values():
+        assert (REPO / secret["file"]).is_file(), secret
+    # two replicas of one exporter, on one database, both reachable as `exporter` (the Service's part)
+    replicas = [services["exporter-1"], services["exporter-2"]]
+    assert replicas[0]["command"] == replicas[1]["command"] and replicas[0]["image"] == replicas[1]["image"]
+    assert all(r["networks"]["default"]["aliases"] == ["exporter"] for r in replicas)
+    assert all("postgres" in r["depends_on"] for r in replicas)
+    assert {v.split(":")[0] for r in replicas for v in r["volumes"] if v.startswith("state")} == {"state-1", "state-2"}
+    scrape = {j["job_name"]: j for j in yaml.safe_load((REPO / "prometheus/prometheus.yml").read_text())["scrape_configs"]}
+    assert scrape["distribute-exporter"]["static_configs"][0]["targets"] == ["exporter-1:9877", "exporter-2:9877"]
+    assert scrape["distribute-exporter-jobs"]["static_configs"][0]["targets"] == ["exporter:9877"]
+    # the config both replicas read, checked as the exporter checks it (the secret at its local path)
+    config = yaml.safe_load((REPO / "deploy/compose/exporter.yaml").read_text())
+    assert config["state"]["url"].startswith("postgresql://distribute_exporter@postgres:5432/")
+    secret = services["postgres"]["environment"]["POSTGRES_PASSWORD_FILE"]
+    assert config["state"]["password_file"] == secret
+    local = tmp_path / "exporter.yaml"
+    local.write_text((REPO / "deploy/compose/exporter.yaml").read_text().replace(
+        secret, str(REPO / compose["secrets"]["postgres-password"]["file"])))
+    run = subprocess.run([sys.executable, "-m", "exporter", "--config.check", "--config.file", str(local)],
                          capture_output=True, text=True, cwd=REPO)
     assert run.returncode == 0, run.stdout
 

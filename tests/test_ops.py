@@ -28,7 +28,7 @@ RUNBOOKS = REPO / "docs" / "runbooks.md"
 RUNBOOK_BASE = "https://github.com/distribute-exporter/distribute-exporter/blob/main/docs/runbooks.md"
 # Alerts the other open issues add to prometheus/alerts.yaml (see ../shared/decisions.md and the brief):
 # their runbook sections are written already, so the runbook test covers them the moment they land.
-ANNOUNCED = {"DistributeJobsUnpriced", "DistributeSpendHigh", "DistributeHandoffBacklogGrowing",
+ANNOUNCED = {"DistributeJobsUnpriced", "DistributeSpendHigh",
              "DistributeProxyUpstreamFailing"}
 # Level-2 sections of docs/runbooks.md that are not about one alert.
 GENERAL_SECTIONS = {"Tools for every alert", "Silencing an alert"}
@@ -103,45 +103,54 @@ def test_a_fork_changes_the_runbook_base_in_one_step(tmp_path):
     _promtool_rules(_extracted_rules(tmp_path, generate_operator.render(moved_alerts), moved_tests))
 
 
-# --- ServiceMonitor: selects the Service's named metrics port ----------------------------------------
+# --- PodMonitor (/metrics per pod) and ScrapeConfig (/metrics/jobs once, through the Service) ---------
 
-def test_service_monitor_selects_the_metrics_port_of_the_service_and_statefulset():
+def _drop_regex(relabelings: list[dict]) -> str:
+    [rule] = [r for r in relabelings if r.get("action") == "drop"]
+    assert rule["sourceLabels"] == ["__name__"]
+    return rule["regex"]
+
+
+def test_pod_monitor_scrapes_each_pod_and_the_scrape_config_the_service_once():
+    from exporter.metrics.facts import JOB_FACT_NAMES
+
     base, extra = kustomized(KUBE), kustomized(OPERATOR)
     kinds = {d["kind"] for d in extra}
-    assert kinds == {"ServiceMonitor", "PrometheusRule"}
-    assert not {"ServiceMonitor", "PrometheusRule"} & {d["kind"] for d in base}, \
-        "the default kustomization must work without the Operator's CRDs"
+    assert kinds == {"PodMonitor", "ScrapeConfig", "PrometheusRule"}
+    assert not kinds & {d["kind"] for d in base}, "the default kustomization must work without the Operator's CRDs"
     namespace = yaml.safe_load((KUBE / "kustomization.yaml").read_text())["namespace"]
     assert yaml.safe_load((OPERATOR / "kustomization.yaml").read_text())["namespace"] == namespace
 
-    monitor = next(d for d in extra if d["kind"] == "ServiceMonitor")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    wanted = monitor["spec"]["selector"]["matchLabels"]
-    [endpoint] = monitor["spec"]["endpoints"]
-    services = [d for d in base if d["kind"] == "Service"
-                and wanted.items() <= d["metadata"].get("labels", {}).items()]
-    with_port = [s for s in services if endpoint["port"] in {p.get("name") for p in s["spec"]["ports"]}]
-    # exactly one: a second selected Service with the port would scrape every pod twice
-    assert len(with_port) == 1, [s["metadata"]["name"] for s in with_port]
-    service = with_port[0]
-    port = next(p for p in service["spec"]["ports"] if p["name"] == endpoint["port"])
-
-    sts = next(d for d in base if d["kind"] == "StatefulSet")
-    pod = sts["spec"]["template"]
-    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    container = next(c for c in pod["spec"]["containers"]
-                     if port["targetPort"] in {p.get("name") for p in c["ports"]})
-    container_port = next(p for p in container["ports"] if p["name"] == port["targetPort"])
-    assert container["readinessProbe"]["httpGet"]["port"] == container_port["name"]
+    deployment = next(d for d in base if d["kind"] == "Deployment")
+    pod = deployment["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     config = yaml.safe_load((KUBE / "exporter-config.yaml").read_text())
-    assert config["web"]["listen_address"].rsplit(":", 1)[1] == str(container_port["containerPort"])
-    assert endpoint.get("path", "/metrics") == "/metrics"
+    assert config["web"]["listen_address"].rsplit(":", 1)[1] == str(ports["metrics"])
 
-    # the Operator names the job after the Service: the exporter-down alert must look for that job
+    monitor = next(d for d in extra if d["kind"] == "PodMonitor")
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics" and endpoint.get("path", "/metrics") == "/metrics"
+    assert container["readinessProbe"]["httpGet"]["port"] == endpoint["port"]
+    assert _drop_regex(endpoint["metricRelabelings"]) == JOB_FACT_NAMES
+    # the job label is the pods' label named by jobLabel: the exporter-down alert must look for it
+    job = pod["metadata"]["labels"][monitor["spec"]["jobLabel"]]
     down = next(r for r in alert_rules() if r["alert"] == "DistributeExporterDown")
-    assert f'job="{service["metadata"]["name"]}"' in down["expr"]
-    assert "basicAuth" in (OPERATOR / "servicemonitor.yaml").read_text()  # the commented settings
-    assert "tlsConfig" in (OPERATOR / "servicemonitor.yaml").read_text()
+    assert f'job="{job}"' in down["expr"]
+    assert "basicAuth" in (OPERATOR / "podmonitor.yaml").read_text()  # the commented settings
+    assert "tlsConfig" in (OPERATOR / "podmonitor.yaml").read_text()
+
+    scrape = next(d for d in extra if d["kind"] == "ScrapeConfig")
+    assert scrape["apiVersion"] == "monitoring.coreos.com/v1alpha1"
+    assert scrape["spec"]["metricsPath"] == "/metrics/jobs"
+    service = next(d for d in base if d["kind"] == "Service")
+    port = next(p for p in service["spec"]["ports"] if p["targetPort"] == "metrics")
+    assert scrape["spec"]["staticConfigs"] == [
+        {"targets": [f"{service['metadata']['name']}.{namespace}.svc:{port['port']}"]}]  # one target: once
+    assert {"targetLabel": "job", "replacement": "distribute-exporter-jobs"} in scrape["spec"]["relabelings"]
+    assert "metricRelabelings" not in scrape["spec"]
 
 
 def test_kustomize_builds_both_and_labels_only_metadata():
@@ -154,13 +163,13 @@ def test_kustomize_builds_both_and_labels_only_metadata():
         assert run.returncode == 0, run.stderr
         built[base] = [d for d in yaml.safe_load_all(run.stdout) if d]
     operator = {d["kind"]: d for d in built[OPERATOR]}
-    assert set(operator) == {"ServiceMonitor", "PrometheusRule"}
+    assert set(operator) == {"PodMonitor", "ScrapeConfig", "PrometheusRule"}
     for doc in operator.values():
         assert doc["metadata"]["namespace"] == "distribute-exporter"
         assert "release" in doc["metadata"]["labels"]
-    service = next(d for d in built[KUBE] if d["kind"] == "Service")
-    assert operator["ServiceMonitor"]["spec"]["selector"]["matchLabels"].items() <= \
-        service["metadata"]["labels"].items()
+    deployment = next(d for d in built[KUBE] if d["kind"] == "Deployment")
+    assert operator["PodMonitor"]["spec"]["selector"]["matchLabels"].items() <= \
+        deployment["spec"]["template"]["metadata"]["labels"].items()
 
 
 # --- Runbooks ----------------------------------------------------------------------------------------
@@ -269,7 +278,7 @@ def test_the_version_is_written_once():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert "version" not in pyproject["project"] and "version" in pyproject["project"]["dynamic"]
     assert pyproject["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "exporter.__version__"}
-    images = re.findall(r"image: distribute-exporter:(\S+)", (KUBE / "statefulset.yaml").read_text())
+    images = re.findall(r"image: distribute-exporter:(\S+)", (KUBE / "deployment.yaml").read_text())
     assert images == [__version__]
 
 
@@ -353,8 +362,13 @@ def _run_installed(venv: Path, shipped_config: Path, workdir: Path) -> None:
 
 def test_compose_publishes_the_metrics_and_proxy_ports():
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    assert {"9877:9877", "9878:9878"} <= set(compose["services"]["exporter"]["ports"])
-    # The demo's exporter must run its proxy where compose publishes it.
-    from exporter.config.load import load_config
-    config = load_config(REPO / "deploy" / "compose" / "exporter.yaml")
+    assert {"9877:9877", "9878:9878"} <= set(compose["services"]["exporter-1"]["ports"])
+    published = [set(compose["services"][r]["ports"]) for r in ("exporter-1", "exporter-2")]
+    assert all({p.split(":")[1] for p in ports} == {"9877", "9878"} for ports in published)
+    assert not published[0] & published[1]  # each replica on host ports of its own
+    # The demo's exporters must run their proxy where compose publishes it.
+    from exporter.config.load import parse_config
+    secret = REPO / compose["secrets"]["postgres-password"]["file"]
+    text = (REPO / "deploy" / "compose" / "exporter.yaml").read_text()
+    config = parse_config(text.replace("/run/secrets/postgres-password", str(secret)), env={})
     assert config.proxy.listen_address == "0.0.0.0:9878"

@@ -299,22 +299,3 @@ def test_proxy_config_and_flag(tmp_path, simulator):
         assert parse_samples(exp.metrics(), "distribute_proxy_requests_total")
     finally:
         exp.stop()
-
-
-def test_with_shards_a_replica_tracks_only_its_own_ids_and_forwards_all(tmp_path, simulator):
-    from exporter.tracking.shard import owner
-
-    sim = simulator()
-    port = free_port()
-    exp = ExporterProc(proxy_config(tmp_path, sim.url, port, 30), "--shard.index", "0", "--shard.count", "2")
-    try:
-        ids: list[str] = []
-        while len({owner(i, 2) for i in ids}) < 2 or len(ids) < 6:  # ids of both shards
-            answer = httpx.post(f"http://127.0.0.1:{port}/async/speech/create", json=FAST_BODY)
-            assert answer.status_code == 200
-            ids.append(answer.json()["id"])
-        owned = [i for i in ids if owner(i, 2) == 0]
-        assert total(exp.samples("distribute_jobs")) == len(owned)
-        assert total(exp.samples("distribute_proxy_errors_total"), reason="not_owned") == len(ids) - len(owned)
-    finally:
-        exp.stop()

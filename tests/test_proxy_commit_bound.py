@@ -33,8 +33,6 @@ def test_a_stalled_commit_stops_holding_the_answer_and_still_finishes(monkeypatc
     async def scenario() -> None:
         wiring = ProxyWiring.__new__(ProxyWiring)  # only what `created` uses
         wiring.stats = proxying.ProxyStats()
-        wiring.replication = None
-        wiring.owned = lambda ids: ids
         wiring.tracking = StalledTracking()
         # The answer is released by the bound (0.2 s), not by the commit (which has not happened yet).
         started = asyncio.get_running_loop().time()
@@ -59,8 +57,6 @@ def test_a_prompt_commit_is_awaited_and_counts_nothing(monkeypatch):
     async def scenario() -> None:
         wiring = ProxyWiring.__new__(ProxyWiring)
         wiring.stats = proxying.ProxyStats()
-        wiring.replication = None
-        wiring.owned = lambda ids: ids
         wiring.tracking = StalledTracking()
         wiring.tracking.release.set()
         await wiring.created("id-2", "chat", "g", None)

@@ -4,8 +4,10 @@ start in one line. Run through the real CLI where a user would meet the answer."
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -57,9 +59,25 @@ def test_password_file_is_read_as_a_secret(tmp_path):
         parse_config(f"state: {{password_file: {tmp_path / 'none'}}}", env={})
 
 
-def _cli(*args: str, cwd=REPO) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, cwd=REPO, without_driver: bool = False) -> subprocess.CompletedProcess[str]:
+    env = None
+    if without_driver:  # a build without the `postgres` extra: asyncpg cannot be imported
+        env = {**os.environ, "PYTHONPATH": str(_without_asyncpg(Path(cwd)))}
     return subprocess.run([sys.executable, "-m", "exporter", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=60)
+                          cwd=cwd, timeout=60, env=env)
+
+
+def _without_asyncpg(folder: Path) -> Path:
+    site = folder / "no-asyncpg"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(
+        "import sys\n"
+        "class _Hide:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'asyncpg' or name.startswith('asyncpg.'):\n"
+        "            raise ImportError('asyncpg is not part of this build')\n"
+        "sys.meta_path.insert(0, _Hide())\n")
+    return site
 
 
 def test_config_check_validates_the_url_and_the_flag_without_connecting(tmp_path):
@@ -82,7 +100,8 @@ def test_without_a_backend_the_exporter_refuses_to_start_in_one_line(tmp_path):
     pw.write_text(SECRET)
     pw.chmod(0o600)
     config = write_config(tmp_path, f"state: {{url: 'postgresql://exporter@127.0.0.1:1/d', password_file: {pw}}}\n")
-    run = _cli("--config.file", str(config), "--web.listen-address", "127.0.0.1:0", cwd=tmp_path)
+    run = _cli("--config.file", str(config), "--web.listen-address", "127.0.0.1:0", cwd=tmp_path,
+               without_driver=True)
     assert run.returncode == 1
     lines = [line for line in run.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "PostgreSQL backend not available in this build" in lines[0], run.stderr
@@ -90,5 +109,37 @@ def test_without_a_backend_the_exporter_refuses_to_start_in_one_line(tmp_path):
     assert not (tmp_path / "distribute-exporter.db").exists()  # nothing opened, nothing written
     plain = write_config(tmp_path, "{}\n")
     run = _cli("--config.file", str(plain), "--web.listen-address", "127.0.0.1:0",
-               "--state.url", "postgresql://exporter@127.0.0.1:1/d", cwd=tmp_path)
+               "--state.url", "postgresql://exporter@127.0.0.1:1/d", cwd=tmp_path, without_driver=True)
     assert run.returncode == 1 and "PostgreSQL backend not available in this build" in run.stderr
+
+
+# ---- the hash ring is gone: its keys and flags are refused, pointing at what replaces them ----------
+
+RING_ADVICE = ("state.url", "docs/replicas.md#migrating-from-the-hash-ring")
+
+
+@pytest.mark.parametrize("text", ["shard: {index: 0, count: 3}", "shard: {}",
+                                  "shard:\n  peer_url_template: 'http://e-{index}:9877'"])
+def test_shard_keys_are_refused_in_one_line_by_the_real_cli(tmp_path, text):
+    config = write_config(tmp_path, text + "\n")
+    check = _cli("--config.check", "--config.file", str(config))
+    assert check.returncode == 1 and check.stdout.count("\n") == 1, check.stdout
+    assert check.stdout.startswith("invalid: shard: ") and all(a in check.stdout for a in RING_ADVICE)
+    start = _cli("--config.file", str(config), "--web.listen-address", "127.0.0.1:0", cwd=tmp_path)
+    lines = [line for line in start.stderr.splitlines() if line.strip()]
+    assert start.returncode == 1 and len(lines) == 1 and all(a in lines[0] for a in RING_ADVICE), start.stderr
+    assert "Traceback" not in start.stderr
+
+
+@pytest.mark.parametrize("flags", [["--shard.count", "3"], ["--shard.index=distribute-exporter-2"],
+                                   ["--shard.peers", "http://a:9877,http://b:9877"],
+                                   ["--shard.peer-url-template", "http://e-{index}:9877"]])
+def test_shard_flags_are_refused_in_one_line_by_the_real_cli(tmp_path, flags):
+    config = write_config(tmp_path, "{}\n")
+    for extra in ([], ["--config.check"]):
+        run = _cli("--config.file", str(config), "--web.listen-address", "127.0.0.1:0", *extra, *flags, cwd=tmp_path)
+        lines = [line for line in run.stderr.splitlines() if line.strip()]
+        assert run.returncode == 1 and len(lines) == 1, run.stderr
+        assert lines[0].startswith(f"distribute-exporter: {flags[0].split('=')[0]}: ")
+        assert all(a in lines[0] for a in RING_ADVICE) and run.stdout == ""
+    assert not (tmp_path / "distribute-exporter.db").exists()

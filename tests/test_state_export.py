@@ -8,6 +8,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -52,12 +53,17 @@ async def make_shard(path, seed: int, owed: list[str]) -> None:
     answer = json.dumps({"id": owed[1], "status": "COMPLETED", "model": "m", "created": int(now) - 30,
                          "finished": int(now), "usage": {"prompt_tokens": 7, "completion_tokens": 3},
                          "choices": [{"finish_reason": "stop"}]}).encode() if owed else b""
-    for job_id, op, extra in ([(owed[0], "registered", {}), (owed[1], "observed",
-                              {"answer": base64.b64encode(answer).decode()})] if owed else []):
-        entry = {"op": op, "id": job_id, "kind": "chat", "group": "nightly", "model": "", "source": "api", **extra}
-        tracked.queue_handoff(job_id, 1, json.dumps(entry), now)
+    entries = [(owed[0], "registered", {}),
+               (owed[1], "observed", {"answer": base64.b64encode(answer).decode()})] if owed else []
     await tracked.flush()
     store.shutdown()
+    # The outbox of a replica of the hash ring: entries owed to another shard, never delivered.
+    with sqlite3.connect(path) as db:
+        for job_id, op, extra in entries:
+            entry = {"op": op, "id": job_id, "kind": "chat", "group": "nightly", "model": "", "source": "api",
+                     **extra}
+            db.execute("INSERT INTO handoff (job_id, target, payload, next_try) VALUES (?, 1, ?, ?)",
+                       (job_id, json.dumps(entry), now))
 
 
 async def totals_of(path) -> JobAggregates:

@@ -1,4 +1,4 @@
-"""Unit tests of the pure parts: timestamps, answer parsing, schedule, rate limit, config, ids, shards."""
+"""Unit tests of the pure parts: timestamps, answer parsing, schedule, rate limit, config, ids."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from exporter.api.ids import BadLine, parse_id_lines
 from exporter.polling.ratelimit import RateLimiter
 from exporter.api.results import InvalidBody, parse_result
 from exporter.polling.schedule import auth_pause, error_delay, next_interval
-from exporter.tracking.shard import owner
 from exporter.api.timestamps import TimestampError, format_timestamp, parse_timestamp
 
 ID = "3b241101-e2bb-4255-8caf-4136c566a962"
@@ -194,7 +193,7 @@ def test_api_key_from_file_or_env_never_printed(tmp_path):
         parse_config(f"api: {{api_key_file: {tmp_path / 'none'}}}", env={})
 
 
-# ---- ids, histogram, shards ----------------------------------------------------------------------------------
+# ---- ids, histogram ----------------------------------------------------------------------------------------
 def test_id_lines_skip_comments_and_blank_and_flag_bad_lines():
     ids, bad = parse_id_lines(["# header", "", f"{ID.upper()}  # a comment", "nope", f"  {ID}  ", f"{ID}x", ID])
     assert ids == [ID, ID, ID] and bad == [BadLine(4, "nope"), BadLine(6, f"{ID}x")]
@@ -206,16 +205,6 @@ def test_histogram_buckets_are_cumulative_with_inf():
         h.observe(v)
     assert h.cumulative() == [("1.0", 2), ("5.0", 3), ("+Inf", 4)]
     assert (h.count, h.total) == (4, 14.5)
-
-
-def test_jump_hash_is_balanced_and_moves_few_ids():
-    ids = [f"3b241101-e2bb-4255-8caf-{i:012x}" for i in range(20000)]
-    three = [owner(i, 3) for i in ids]
-    assert all(abs(three.count(s) - len(ids) / 3) < len(ids) * 0.03 for s in range(3))
-    four = [owner(i, 4) for i in ids]
-    moved = sum(a != b for a, b in zip(three, four))
-    assert moved / len(ids) < 0.3  # ideal 1/4
-    assert all(b == 3 for a, b in zip(three, four) if a != b)  # ids only move to the new shard
 
 
 def test_a_chat_answer_carrying_something_called_results_is_read_without_it():

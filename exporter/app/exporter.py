@@ -5,7 +5,6 @@ shutdown."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import gc
 import logging
@@ -15,33 +14,31 @@ from pathlib import Path
 from typing import Any, Callable
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, PlatformCollector, ProcessCollector
+from prometheus_client import PlatformCollector, ProcessCollector
 
 from exporter import KINDS, __version__
 from exporter.tracking.aggregates import ApiAggregates, JobAggregates
 from exporter.polling.client import ApiClient, Transport, make_transport
-from exporter.metrics.collectors import ApiCollector, ExporterCollector, ExporterStatus, JobsCollector, Sampled
+from exporter.metrics.collectors import (ApiCollector, BuildInfoCollector, ExporterCollector, ExporterStatus,
+                                         JobsCollector, Sampled)
+from exporter.metrics.facts import MetricsFacts
 from exporter.metrics.exposition import GzipParts, TextRenderer
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import MASK
 from exporter.config.addresses import parse_listen_address
 from exporter.polling.poller import Poller
 from exporter.polling.ratelimit import RateLimiter
-from exporter.tracking.ownership import Ring
 from exporter.sources.registration import Registrar
 from exporter.sources.registration import routes as registration_routes
 from exporter.sources.sync import ConfigSources
 from exporter.app.proxying import ProxyWiring, listen_url
-from exporter.sources.replication import Replication
-from exporter.sources.peers import merge_pages
-from exporter.metrics.handoff import HandoffCollector
 from exporter.metrics.traces import TracesCollector
 from exporter.tracking.trace_owed import TraceStats
 from exporter.tracking.trace_queue import SqliteOwedTraces
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.store import StateStore
 from exporter.http.server import Site, build_web_app
-from exporter.http.jobs_api import JobsReader, Shards
+from exporter.http.jobs_api import JobsReader
 from exporter.http.jobs_api import routes as jobs_routes
 from exporter.tracking import queries
 from exporter.tracking.queries import JobQuery
@@ -65,7 +62,7 @@ def default_transport(config: Config) -> Transport:
 class Exporter:
     def __init__(self, config: Config, config_path: str | None = None, listen: str | None = None,
                  transport_factory: TransportFactory = default_transport,
-                 shard: tuple[int, int] | None = None, web_config: str | None = None,
+                 web_config: str | None = None,
                  proxy_listen: str | None = None) -> None:
         self.config = config
         web_file = web_config or (str(config.resolve(config.web.config_file)) if config.web.config_file else None)
@@ -73,7 +70,6 @@ class Exporter:
         self.config_path = config_path
         self.listen = listen or config.web.listen_address
         self.transport_factory = transport_factory
-        self.shard_override = shard
         self.ready = False
         self.status = ExporterStatus()
         self.status.reloaded(True)
@@ -94,21 +90,12 @@ class Exporter:
         self.client = self._make_client(config)
         self.poller = Poller(self.jobs, self.client, self.limiter, self.api_agg, config.poll,
                              config.api.max_concurrency)
-        self.registry = CollectorRegistry(auto_describe=False)
+        self.facts = MetricsFacts()  # SQLite: /metrics serves the job facts too
         self.renderer = TextRenderer()
         self.gzip_parts = GzipParts()
-        self.sources = ConfigSources(self.jobs, self.owned, self._invalid_id_line)
+        self.sources = ConfigSources(self.jobs, self._invalid_id_line)
         self.proxying = ProxyWiring(proxy_listen or config.proxy.listen_address, self.jobs, self.poller,
-                                    self.api_agg, lambda: self.config, self.owned)
-        tracking = self.proxying.tracking
-        self.ring = Ring(self.shard_index, self.shard_count, config.shard.peer_urls(self.shard_count))
-        # Only with peers configured: without them every replica keeps to its own ids, as before.
-        # The owner applies what the proxies of other replicas saw with the proxy's own hooks.
-        self.replication = (Replication(config, self.ring, self.jobs, self.poller.schedule, lambda: self.config,
-                                        tracking.created, tracking.observed, tracking.apply_now,
-                                        tracking.created_elsewhere)
-                            if self.ring.routed else None)
-        self.proxying.replication = self.replication
+                                    self.api_agg, lambda: self.config)
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self._reload_lock = asyncio.Lock()
@@ -117,30 +104,15 @@ class Exporter:
         MASK.set(self._secrets(config))
 
     # -- shape ---------------------------------------------------------------------------------------
-    @property
-    def shard_index(self) -> int:
-        return self.shard_override[0] if self.shard_override else self.config.shard.index
-
-    @property
-    def shard_count(self) -> int:
-        return self.shard_override[1] if self.shard_override else self.config.shard.count
-
-    def owned(self, ids: list[str]) -> list[str]:
-        """Those of `ids` in this replica's shard (all of them when there is one shard)."""
-        if self.shard_count == 1 and not self.ring.draining:
-            return ids
-        return [i for i in ids if self.ring.owns(i)]
-
     @staticmethod
     def _secrets(config: Config) -> list[str | None]:
-        secrets = (config.api_key, config.registration_token, config.peer_password, config.state_password,
+        secrets = (config.api_key, config.registration_token, config.state_password,
                    *(v for _, v in config.tracing_headers))
         return [s.reveal() if s else None for s in secrets]
 
     def _make_client(self, config: Config) -> ApiClient:
         key = config.api_key.reveal() if config.api_key else None
-        # The shard in the User-Agent lets the API's (and the simulator's) logs tell replicas apart.
-        agent = f"distribute-exporter/{__version__} (shard {self.shard_index}/{self.shard_count})"
+        agent = f"distribute-exporter/{__version__}"
         return ApiClient(config.api.base_url, key, self.transport_factory(config), agent)
 
     # -- life cycle ----------------------------------------------------------------------------------
@@ -155,17 +127,14 @@ class Exporter:
             now = time.time()
             today = self.job_agg.spend_today
             today.restore(await self.store.call(self.store.spend_since, today.start_of_day(now)), now)
-        if self.replication is not None:
-            await self.replication.start()
         if self.tracing:
             from exporter.tracking.trace_export import TraceShipper  # needs the otel extra
             self.traces = TraceShipper(SqliteOwedTraces(self.store), self.config, self.trace_stats)
             self.proxying.note_create = self.traces.notes.add
         self._declare_series(self.config)
         self.poller.schedule_all()
-        with self.replication.holding_new_ids() if self.replication else contextlib.nullcontext():
-            await self.sources.sync(self.config, initial=True)
-        await self.proxying.start(self.registry, self.guard.ssl_context)
+        await self.sources.sync(self.config, initial=True)
+        await self.proxying.start(self.facts.everything, self.guard.ssl_context)
         # What start-up loaded lives long: keep full collections from scanning it over and over (a
         # million jobs take a quarter of a second per scan). Refcounting still frees finished jobs.
         gc.freeze()
@@ -177,8 +146,7 @@ class Exporter:
                            ("files", self._files_loop()), ("retention", self._retention_loop()),
                            ("timeline", self._timeline_loop()),
                            ("proxy-observer", self.proxying.tracking.run()),
-                           *((("traces", self.traces.run()),) if self.traces else ()),
-                           *(self.replication.tasks() if self.replication else ())):
+                           *((("traces", self.traces.run()),) if self.traces else ())):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: %d jobs polled, %d closed, listening on %s", len(self.jobs.open),
                  self.jobs.closed_total, self.url)
@@ -190,18 +158,12 @@ class Exporter:
     async def _serve(self) -> None:
         host, port = parse_listen_address(self.listen)
         limits = self.config.web
-        site = Site(self.registry, self.renderer, self.gzip_parts, lambda: self.ready, self.reload,
+        site = Site(self.facts.everything, self.facts.jobs, self.renderer, self.gzip_parts, lambda: self.ready, self.reload,
                     self.overview, limits.max_request_body_bytes)
-        rep = self.replication
-        registrar = Registrar(lambda: self.config.registration_token, self.jobs, self.owned,
-                              lambda: self.shard_count > 1, rep.router.hand_off if rep else None,
-                              rep.ask_owner if rep else None)
-        shards = (Shards(rep.ring.index, rep.ring.count, lambda q, at: rep.client.pages("/api/v1/jobs", q, at),
-                         merge_pages) if rep else None)
-        reader = JobsReader(lambda query: queries.find(self.jobs, query), self.jobs.lookup, self.owned,
-                            rep.ask_owner if rep else None, shards)
+        registrar = Registrar(lambda: self.config.registration_token, self.jobs)
+        reader = JobsReader(lambda query: queries.find(self.jobs, query), self.jobs.lookup)
         app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
-                            [registration_routes(registrar), jobs_routes(reader), *([rep.routes()] if rep else [])])
+                            [registration_routes(registrar), jobs_routes(reader)])
         # keepalive_timeout also closes a connection that has not sent a whole request by then:
         # a client that trickles its headers cannot hold a slot for longer.
         self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
@@ -221,17 +183,15 @@ class Exporter:
         s.poll_restarts = lambda: self.poller.restarts
         s.polls = lambda: self.poller.polls
         s.tracked = lambda: (len(self.jobs.open), self.jobs.closed_total)
-        s.shard_index, s.shard_count = self.shard_index, self.shard_count
-        for collector in (JobsCollector(self.job_agg, self.jobs.is_current, self.jobs.exemplars),
-                          ApiCollector(self.api_agg),
-                          ExporterCollector(s)):
-            self.registry.register(collector)
-        if self.replication is not None:
-            self.registry.register(HandoffCollector(self.replication.stats))
+        facts = self.facts
+        facts.add_job_facts(JobsCollector(self.job_agg, self.jobs.is_current, self.jobs.exemplars))
+        facts.add_process_facts(ApiCollector(self.api_agg))
+        facts.add_to_both(BuildInfoCollector())
+        facts.add_process_facts(ExporterCollector(s))
+        facts.add_process_facts(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
+        facts.add_process_facts(Sampled(PlatformCollector(registry=None), float("inf")))
         if self.tracing:
-            self.registry.register(TracesCollector(self.trace_stats))
-        self.registry.register(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
-        self.registry.register(Sampled(PlatformCollector(registry=None), float("inf")))
+            facts.add_process_facts(TracesCollector(self.trace_stats))
 
     def _declare_series(self, config: Config) -> None:
         for kind, group in config.groups():
@@ -251,8 +211,6 @@ class Exporter:
         finally:
             for client in [self.client, *self._retired_clients]:
                 await client.close()
-            if self.replication is not None:
-                await self.replication.close()
             if self.traces is not None:
                 self.traces.close()
             if self._runner is not None:
@@ -355,7 +313,7 @@ class Exporter:
             if n:
                 jobs.setdefault(kind, Counter())[status] += n
         return {"jobs": jobs, "up": self.api_agg.up, "last_success": self.api_agg.last_success,
-                "base_url": self.config.api.base_url, "shard": f"{self.shard_index}/{self.shard_count}"}
+                "base_url": self.config.api.base_url}
 
     async def overview(self) -> dict[str, Any]:
         """What the status page shows: the summary, tracked ids per source, the last hour's

@@ -1,6 +1,5 @@
 """Wiring of the pass-through proxy: its listener, the hooks it calls, and what the status page shows
-of it. With peers the hooks go through the hand-off router; without, a replica tracks through its
-proxy only the ids of its own shard, so that no job is counted by two replicas."""
+of it."""
 
 from __future__ import annotations
 
@@ -16,7 +15,6 @@ from exporter.metrics.proxy import ProxyCollector, ProxyStats
 from exporter.polling.poller import Poller
 from exporter.sources.proxy import Proxy, ProxyHooks
 from exporter.sources.proxy_observe import ProxyTracking
-from exporter.sources.replication import Replication
 from exporter.tracking.aggregates import ApiAggregates
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.proxied import ProxiedJobs
@@ -38,16 +36,14 @@ def listen_url(listen: str, tls: bool, port: int) -> str:
 
 class ProxyWiring:
     def __init__(self, listen: str | None, jobs: TrackedJobs, poller: Poller, api_agg: ApiAggregates,
-                 current: Callable[[], Config], owned: Callable[[list[str]], list[str]]) -> None:
+                 current: Callable[[], Config]) -> None:
         self.listen = listen
         self.current = current
-        self.owned = owned
         self.api_agg = api_agg
         self.stats = ProxyStats()
         self.tracking = ProxyTracking(ProxiedJobs(jobs, lambda: current().proxy.fsync_creates), poller.defer,
                                       self.stats, current)
         self.proxy: Proxy | None = None
-        self.replication: Replication | None = None  # set by the wiring once built (it takes our hooks)
         # With tracing on: keeps a create's requested model and traceparent for its trace (set by the wiring).
         self.note_create: Callable[[str, str | None, str | None], None] | None = None
         self._tls = False
@@ -72,11 +68,7 @@ class ProxyWiring:
         await self.tracking.drain()
 
     async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
-        if self.replication is not None:
-            await self._bounded(self.replication.router.created(job_id, kind, group, model), job_id)
-        elif not self.owned([job_id]):
-            self.stats.error("not_owned")
-        elif not self.tracking.created_now(job_id, kind, group, model):  # stored at once, unless an fsync is due
+        if not self.tracking.created_now(job_id, kind, group, model):  # stored at once, unless an fsync is due
             await self._bounded(self.tracking.synced(job_id, kind), job_id)
 
     async def _bounded(self, commit: Awaitable[None], job_id: str) -> None:
@@ -90,12 +82,7 @@ class ProxyWiring:
                         job_id)
 
     def observed(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
-        if self.replication is not None:
-            self.replication.router.observed(job_id, kind, group, model, body)
-        elif self.owned([job_id]):
-            self.tracking.observed(job_id, kind, group, model, body)
-        else:
-            self.stats.error("not_owned")
+        self.tracking.observed(job_id, kind, group, model, body)
 
     @property
     def url(self) -> str | None:

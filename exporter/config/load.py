@@ -22,7 +22,7 @@ import yaml
 
 from exporter.api.ids import all_uuid4, is_uuid4, normalise
 from exporter.config.addresses import AddressError, parse_listen_address
-from exporter.config.model import (API_KEY_ENV, REGISTRATION_TOKEN_ENV, Config, ConfigError, Secret, ShardConfig)
+from exporter.config.model import API_KEY_ENV, REGISTRATION_TOKEN_ENV, RING_GONE, Config, ConfigError, Secret
 from exporter.config.pricing import PriceFileError, load_prices
 from exporter.config.state_url import StateUrlError, check_state_url
 from exporter.config.tracing import load_tracing
@@ -51,6 +51,8 @@ def parse_config(text: str, *, base_dir: Path = Path("."), env: dict[str, str] |
         raise ConfigError(f"{name}:{where}: {problem}") from None
     if data is None:
         data = {}
+    if isinstance(data, dict) and "shard" in data:
+        raise ConfigError(f"shard: {RING_GONE}")
     config = _build(Config, data, "")
     config = _check_jobs(config)
     _check_cross_fields(config)
@@ -189,9 +191,6 @@ def _ids_plainly_fine(config: Config) -> bool:
 def _check_cross_fields(config: Config) -> None:
     if config.poll.max_interval_seconds < config.poll.interval_seconds:
         raise ConfigError("poll.max_interval_seconds: must be at least poll.interval_seconds")
-    draining = bool(config.shard.peers or config.shard.peer_url_template)  # see Ring.draining
-    if config.shard.index >= config.shard.count and not draining:
-        raise ConfigError(f"shard.index: must be below shard.count ({config.shard.count})")
     buckets = config.metrics.duration_buckets
     if not buckets or list(buckets) != sorted(set(buckets)) or buckets[0] <= 0:
         raise ConfigError("metrics.duration_buckets: must be positive and strictly increasing")
@@ -208,7 +207,6 @@ def _check_cross_fields(config: Config) -> None:
         raise ConfigError(f"api.base_url: must start with http:// or https://, not {config.api.base_url!r}")
     # Shown on the status page and in logs; the key belongs in api.api_key_file.
     _no_credentials("api.base_url", config.api.base_url, "put the API key in api.api_key_file")
-    check_peers(config.shard, config.shard.count)
     if config.state.url is not None:
         check_state(config.state.url, "state.url")
 
@@ -227,27 +225,6 @@ def _no_credentials(where: str, url: str, instead: str) -> None:
         raise ConfigError(f"{where}: must not hold a user name or password (user@host); {instead}")
 
 
-def check_peers(shard: ShardConfig, count: int) -> None:
-    """shard.peers or shard.peer_url_template, well-formed and one per shard (ConfigError if not)."""
-    if shard.peers and shard.peer_url_template:
-        raise ConfigError("shard.peer_url_template: give shard.peers or shard.peer_url_template, not both")
-    if shard.peer_url_template is not None and "{index}" not in shard.peer_url_template:
-        raise ConfigError("shard.peer_url_template: must contain {index}")
-    for i, url in enumerate(shard.peer_urls(count)):
-        where = f"shard.peers[{i}]" if shard.peers else "shard.peer_url_template"
-        if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"{where}: must start with http:// or https://, not {url[:80]!r}")
-        _no_credentials(where, url, "use shard.peer_basic_auth_username and shard.peer_basic_auth_password_file")
-    if shard.peers and len(shard.peers) != count:
-        raise ConfigError(f"shard.peers: lists {len(shard.peers)} URLs for {count} shards (shard.count); "
-                          "give one per shard, in shard order")
-    if bool(shard.peer_cert_file) != bool(shard.peer_key_file):
-        raise ConfigError("shard.peer_cert_file: needs shard.peer_key_file too (and the other way round)")
-    if bool(shard.peer_basic_auth_username) != bool(shard.peer_basic_auth_password_file):
-        raise ConfigError("shard.peer_basic_auth_username: needs shard.peer_basic_auth_password_file too "
-                          "(and the other way round)")
-
-
 def _load_secrets(config: Config, env: Any) -> Config:
     warnings: list[str] = []
     api_key = _read_secret(config, config.api.api_key_file, "api.api_key_file", warnings)
@@ -256,16 +233,10 @@ def _load_secrets(config: Config, env: Any) -> Config:
     token = _read_secret(config, config.web.registration_token_file, "web.registration_token_file", warnings)
     if token is None and env.get(REGISTRATION_TOKEN_ENV):
         token = Secret(env[REGISTRATION_TOKEN_ENV].strip())
-    peer_password = _read_secret(config, config.shard.peer_basic_auth_password_file,
-                                 "shard.peer_basic_auth_password_file", warnings)
-    if config.shard.peer_urls(config.shard.count) and token is None:
-        raise ConfigError("shard.peers: replicas authenticate to each other with the registration token; "
-                          f"set web.registration_token_file or {REGISTRATION_TOKEN_ENV}")
     # Read at load like the other secret files, so that --config.check finds a missing one; libpq's
     # PGPASSWORD and PGPASSFILE are left to the driver.
     state_password = _read_secret(config, config.state.password_file, "state.password_file", warnings)
-    return dataclasses.replace(config, api_key=api_key, registration_token=token, peer_password=peer_password,
-                               state_password=state_password, warnings=tuple(warnings))
+    return dataclasses.replace(config, api_key=api_key, registration_token=token, state_password=state_password, warnings=tuple(warnings))
 
 
 def _read_secret(config: Config, name: str | None, path: str, warnings: list[str]) -> Secret | None:

@@ -22,6 +22,12 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message starts with the key path of the culprit."""
 
 
+# The hash ring (shard.* keys, --shard.* flags) is gone: what a config or command line that still
+# uses it is told, in one line.
+RING_GONE = ("the hash ring is gone: several replicas now share one PostgreSQL database through state.url; "
+             "see docs/replicas.md#migrating-from-the-hash-ring")
+
+
 class Secret:
     """A value that must never be printed: its repr and str give a placeholder."""
 
@@ -109,33 +115,6 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True)
-class ShardConfig:
-    index: int = _opt(0, min=0)
-    count: int = _opt(1, min=1)
-    # How to reach every shard (position = shard index), for hand-offs and routed reads.
-    peers: tuple[str, ...] = _opt(())
-    peer_url_template: str | None = _opt(None)
-    # What a replica presents to its peers when their web config asks for basic auth or client
-    # certificates (the registration token goes along in X-Registration-Token in any case).
-    peer_basic_auth_username: str | None = _opt(None)
-    peer_basic_auth_password_file: str | None = _opt(None)
-    peer_cert_file: str | None = _opt(None)
-    peer_key_file: str | None = _opt(None)
-    peer_ca_file: str | None = _opt(None)
-    handoff_timeout_seconds: float = _opt(5.0, positive=True)
-    handoff_max_backoff_seconds: float = _opt(30.0, positive=True)
-    reshard_settle_seconds: float = _opt(120.0, min=0)
-
-    def peer_urls(self, count: int) -> tuple[str, ...]:
-        """Every shard's base URL for `count` shards; empty when no peers are configured."""
-        if self.peers:
-            return tuple(u.rstrip("/") for u in self.peers)
-        if self.peer_url_template:
-            return tuple(self.peer_url_template.replace("{index}", str(i)).rstrip("/") for i in range(count))
-        return ()
-
-
-@dataclass(frozen=True)
 class PricingConfig:
     file: str | None = _opt(None)  # the price file; without it nothing is priced
     currency: str = _opt("USD", pattern=r"[A-Za-z][A-Za-z0-9_]{0,15}")
@@ -175,7 +154,6 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     state: StateConfig = field(default_factory=StateConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    shard: ShardConfig = field(default_factory=ShardConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
     tracing: TracingConfig = field(default_factory=TracingConfig)
@@ -183,7 +161,6 @@ class Config:
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
     api_key: Secret | None = field(default=None, metadata={"internal": True})
     registration_token: Secret | None = field(default=None, metadata={"internal": True})
-    peer_password: Secret | None = field(default=None, metadata={"internal": True})
     state_password: Secret | None = field(default=None, metadata={"internal": True})  # state.password_file, read
     warnings: tuple[str, ...] = field(default=(), metadata={"internal": True})
     prices: PriceTable | None = field(default=None, metadata={"internal": True})  # pricing.file, parsed

@@ -1,6 +1,5 @@
 """The query string of `GET /api/v1/jobs`: parsed and checked into a JobQuery, or one error naming
-the parameter at fault. The cursor is opaque to clients: base64url of the sort and the position; the
-merged list's (with peers) holds the position of every shard not yet exhausted."""
+the parameter at fault. The cursor is opaque to clients: base64url of the sort and the position."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ STATUSES = ("UNKNOWN", "CREATED", "QUEUED", "POSTPONED", "ASSIGNED_CONNECTIONS",
 DEFAULT_LIMIT, MAX_LIMIT = 100, 1000
 MULTI = {"kind": "kinds", "group": "groups", "model": "models", "status": "statuses", "source": "sources"}
 TIMES = {"created_before": "created_before", "created_after": "created_after", "finished_after": "finished_after"}
-SINGLE = {*TIMES, "unfinished", "min_duration_seconds", "sort", "limit", "cursor", "local"}
+SINGLE = {*TIMES, "unfinished", "min_duration_seconds", "sort", "limit", "cursor"}
 _RELATIVE = re.compile(r"^-(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -34,9 +33,8 @@ class BadParameter(ValueError):
         self.name = name
 
 
-def parse_query(params: MultiMapping[str], now: Callable[[], float] = time.time, merged: bool = False) -> JobQuery:
-    """The JobQuery the parameters ask for; BadParameter names the first one that is wrong. With
-    `merged` the cursor is the merged list's, left to `shard_cursors`."""
+def parse_query(params: MultiMapping[str], now: Callable[[], float] = time.time) -> JobQuery:
+    """The JobQuery the parameters ask for; BadParameter names the first one that is wrong."""
     for name in params:
         if name not in MULTI and name not in SINGLE:
             raise BadParameter(name, "unknown parameter")
@@ -73,17 +71,9 @@ def parse_query(params: MultiMapping[str], now: Callable[[], float] = time.time,
     if not limit.isdigit() or not 1 <= int(limit) <= MAX_LIMIT:
         raise BadParameter("limit", f"must be an integer from 1 to {MAX_LIMIT}")
     values["limit"] = int(limit)
-    if "cursor" in one and not merged:
+    if "cursor" in one:
         values["after"] = decode_cursor(one["cursor"], sort)
     return JobQuery(**values)
-
-
-def is_local(params: MultiMapping[str]) -> bool:
-    """`local=true`: this replica's own jobs only (it means nothing without peers)."""
-    flag = _singles(params).get("local", "false").lower()
-    if flag not in ("true", "false"):
-        raise BadParameter("local", "must be true or false")
-    return flag == "true"
 
 
 def _singles(params: MultiMapping[str]) -> Mapping[str, str]:
@@ -125,23 +115,12 @@ def parse_time(name: str, text: str, now: float) -> float:
     return moment.timestamp()
 
 
-def record_position(record: Mapping[str, Any], sort: str) -> Position:
-    """A listed record's place in the order, as tracking.query.position gives a Job's."""
-    column, descending = SORTS[sort]
-    value = record.get(column)
-    if value is None:
-        return (1, 0.0, record["id"])
-    return (0, -value if descending else value, record["id"])
-
-
 def encode_cursor(sort: str, after: Position) -> str:
     return _encode([sort, *after])
 
 
 def decode_cursor(text: str, sort: str) -> Position:
     data = _decode(text)
-    if isinstance(data, dict):
-        raise BadParameter("cursor", "was given out by the merged list: page it without local=true")
     try:
         name, flag, value, job_id = data
         position = _position([flag, value, job_id])
@@ -152,35 +131,6 @@ def decode_cursor(text: str, sort: str) -> Position:
     if name != sort:
         raise BadParameter("cursor", f"was given out for sort={name}, not sort={sort}")
     return position
-
-
-def encode_shard_cursors(sort: str, count: int, cursors: Mapping[int, str]) -> str:
-    """The merged list's cursor: where each shard goes on (its own cursor, "" = its beginning); a
-    shard left out is exhausted. Holds positions, not the shards' cursors, to stay short."""
-    at = {str(s): list(decode_cursor(c, sort)) if c else None for s, c in sorted(cursors.items())}
-    return _encode({"sort": sort, "shards": count, "at": at})
-
-
-def shard_cursors(text: str | None, sort: str, count: int) -> dict[int, str]:
-    """Each shard's own cursor ("" = from its beginning) from the merged list's cursor (None: the
-    first page, every shard from its beginning)."""
-    if text is None:
-        return {shard: "" for shard in range(count)}
-    data = _decode(text)
-    if isinstance(data, list):
-        raise BadParameter("cursor", "was given out with local=true: page the merged list with its own")
-    try:
-        name, shards, at = data["sort"], data["shards"], data["at"]
-        cursors = {int(s): encode_cursor(name, _position(p)) if p is not None else "" for s, p in at.items()}
-        if name not in SORTS or not isinstance(shards, int) or any(not 0 <= s < shards for s in cursors):
-            raise ValueError
-    except (ValueError, TypeError, KeyError, AttributeError):
-        raise BadParameter("cursor", "not a cursor this exporter gave out") from None
-    if name != sort:
-        raise BadParameter("cursor", f"was given out for sort={name}, not sort={sort}")
-    if shards != count:
-        raise BadParameter("cursor", f"was given out by {shards} shards, now there are {count}: start again")
-    return cursors
 
 
 def _position(item: Any) -> Position:

@@ -1,4 +1,4 @@
-"""The exporter's HTTP endpoints: /metrics, the landing page, health, readiness and reload.
+"""The exporter's HTTP endpoints: /metrics, /metrics/jobs, the landing page, health, readiness and reload.
 
 Routes see a `Site`: the few objects and callables they use, handed over by the wiring, never the
 whole exporter.
@@ -24,15 +24,19 @@ RouteAdder = Callable[[web.Application], None]
 class Site:
     """What the pages and routes may use."""
 
-    registry: CollectorRegistry
+    registry: CollectorRegistry  # /metrics: everything this process serves
+    jobs_registry: CollectorRegistry  # /metrics/jobs: the job facts alone (metrics/facts.py)
     renderer: TextRenderer
     gzip_parts: GzipParts
     is_ready: Callable[[], bool]
     reload: Callable[[], Awaitable[tuple[bool, str]]]
-    # jobs by kind and status, API up and last success, base URL, shard, tracked ids per source,
+    # jobs by kind and status, API up and last success, base URL, tracked ids per source,
     # the last hour's samples and the jobs to look at (http/status.py)
     overview: Callable[[], Awaitable[dict[str, Any]]]
     max_body_bytes: int
+    # With shared state (PostgreSQL): bring the job facts up to date (a short cache) before
+    # /metrics/jobs renders them; raises an HTTP error while they cannot be read at all.
+    refresh_jobs: Callable[[], Awaitable[None]] | None = None
 
 
 SITE = web.AppKey("site", Site)
@@ -42,6 +46,7 @@ def build_web_app(site: Site, middlewares: list | None = None, routes: Iterable[
     app = web.Application(client_max_size=site.max_body_bytes, middlewares=middlewares or [])
     app[SITE] = site
     app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics/jobs", job_metrics)
     app.router.add_get("/", landing)
     app.router.add_get("/-/healthy", healthy)
     app.router.add_get("/-/ready", ready)
@@ -53,6 +58,18 @@ def build_web_app(site: Site, middlewares: list | None = None, routes: Iterable[
 
 
 async def metrics(request: web.Request) -> web.Response:
+    return _exposition(request, request.app[SITE].registry)
+
+
+async def job_metrics(request: web.Request) -> web.Response:
+    site = request.app[SITE]
+    if site.refresh_jobs is not None:
+        await site.refresh_jobs()
+    return _exposition(request, site.jobs_registry)
+
+
+def _exposition(request: web.Request, registry: CollectorRegistry) -> web.Response:
+    """`registry` in the format the scraper asks for (text, cached per collector, or OpenMetrics)."""
     site = request.app[SITE]
     encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
     headers = {"Content-Type": content_type}
@@ -60,10 +77,10 @@ async def metrics(request: web.Request) -> web.Response:
     if gzipped:
         headers["Content-Encoding"] = "gzip"
     if content_type.startswith("text/plain"):  # the fast, cached path
-        parts = render_parts(site.registry, site.renderer)
+        parts = render_parts(registry, site.renderer)
         body = site.gzip_parts.compress(parts) if gzipped else b"".join(b for _, b in parts)
     else:
-        body = encoder(site.registry)
+        body = encoder(registry)
         body = gzip.compress(body, compresslevel=1) if gzipped else body
     return web.Response(body=body, headers=headers)
 

@@ -37,7 +37,7 @@ async def landing(request: web.Request, overview: dict[str, Any]) -> web.Respons
     last = overview["last_success"]
     tables = {name: [_row(job, now) for job in jobs] for name, jobs in overview["tables"].items()}
     return page("landing.html", version=__version__, base_url=overview["base_url"], up=overview["up"],
-                last_success=_when(last) if last else "never", shard=overview["shard"], statuses=statuses,
+                last_success=_when(last) if last else "never", statuses=statuses,
                 jobs=sorted(overview["jobs"].items()), sources=sorted(overview["sources"].items()),
                 charts=charts.charts(overview["samples"], overview["duration_bounds"], now), tables=tables,
                 sample_seconds=f"{overview['sample_seconds']:g}", refresh_seconds=REFRESH_SECONDS,

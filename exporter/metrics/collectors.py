@@ -120,16 +120,28 @@ class ApiCollector(FamilyCollector):
                          "result request last got a well-formed answer.", (), {(): agg.last_success})
 
 
+class BuildInfoCollector(FamilyCollector):
+    """Which build answers. Exposition:
+
+        distribute_exporter_build_info{python_version="3.11.7",version="0.1.0"} 1.0
+    """
+
+    def version(self) -> int:
+        return 0  # never changes while the process runs
+
+    def families(self) -> Iterator[Family]:
+        yield Family("distribute_exporter_build_info", "gauge", "Always 1; the labels say which build runs.",
+                     ("version", "python_version"), {(__version__, platform.python_version()): 1})
+
+
 class ExporterCollector(FamilyCollector):
     """The exporter's own state. Exposition, for example:
 
-        distribute_exporter_build_info{python_version="3.11.7",version="0.1.0"} 1.0
         distribute_config_last_reload_successful 1.0
         distribute_config_last_reload_success_timestamp_seconds 1.7639e+09
         distribute_exporter_poll_loop_restarts_total 0.0
         distribute_exporter_polls_total 1523.0
         distribute_exporter_tracked_jobs{state="polled"} 120.0
-        distribute_exporter_shard_info{count="1",index="0"} 1.0
     """
 
     def __init__(self, status: "ExporterStatus") -> None:
@@ -138,8 +150,6 @@ class ExporterCollector(FamilyCollector):
     def families(self) -> Iterator[Family]:
         s = self.status
         polled, closed = s.tracked()
-        yield Family("distribute_exporter_build_info", "gauge", "Always 1; the labels say which build runs.",
-                     ("version", "python_version"), {(__version__, platform.python_version()): 1})
         yield Family("distribute_config_last_reload_successful", "gauge",
                      "1 when the last load of the config file succeeded, else 0.", (), {(): 1 if s.reload_ok else 0})
         yield Family("distribute_config_last_reload_success_timestamp_seconds", "gauge",
@@ -158,8 +168,6 @@ class ExporterCollector(FamilyCollector):
         yield Family("distribute_exporter_http_connections_rejected", "counter",
                      "HTTP connections closed at once because web.max_connections were open.", (),
                      {(): s.connections_rejected})
-        yield Family("distribute_exporter_shard_info", "gauge", "Always 1; which shard of the ids this replica "
-                     "tracks.", ("index", "count"), {(str(s.shard_index), str(s.shard_count)): 1})
 
 
 class ExporterStatus:
@@ -171,8 +179,6 @@ class ExporterStatus:
         self.invalid_id_lines = 0
         self.state_write_errors = 0
         self.connections_rejected = 0
-        self.shard_index = 0
-        self.shard_count = 1
         self.poll_restarts: Callable[[], int] = lambda: 0
         self.polls: Callable[[], int] = lambda: 0
         self.tracked: Callable[[], tuple[int, int]] = lambda: (0, 0)

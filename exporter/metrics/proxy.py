@@ -21,10 +21,10 @@ UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 # connect/timeout: no answer (the application got 502/504); too_large: a request body over
 # proxy.max_body_bytes (413); upstream_body: the upstream broke off mid-answer; client: the application
 # hung up; observe: an answer the exporter could not use or apply; commit: a create not stored before
-# its answer went back (the flush stores it later); dropped: observations over the queue's bound;
-# not_owned: an id of another shard, forwarded but not tracked here (several replicas).
+# its answer went back (the flush stores it later); commit_late: a create answered before its commit
+# (COMMIT_WAIT_SECONDS); dropped: observations over the queue's bound.
 ERROR_REASONS = ("connect", "timeout", "too_large", "upstream_body", "client", "observe", "commit", "commit_late",
-                 "dropped", "not_owned")
+                 "dropped")
 
 
 class ProxyStats:
@@ -74,6 +74,5 @@ class ProxyCollector(FamilyCollector):
         yield Family("distribute_proxy_observed_answers", "counter", "Result answers (200) the application fetched "
                      "through the proxy and the exporter applied, by kind.", ("kind",), dict(s.observed))
         yield Family("distribute_proxy_errors", "counter", "Failures on the proxy path by reason: connect, timeout, "
-                     "too_large, upstream_body, client, observe, commit, dropped, and ids of other shards left "
-                     "untracked: not_owned (see README, Proxy).",
+                     "too_large, upstream_body, client, observe, commit, commit_late, dropped (see README, Proxy).",
                      ("reason",), dict(s.errors))

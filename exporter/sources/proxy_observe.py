@@ -60,16 +60,6 @@ class ProxyTracking:
         if not self.created_now(job_id, kind, group, model):
             await self.synced(job_id, kind)
 
-    async def created_elsewhere(self, job_id: str, kind: str, group: str, model: str | None) -> None:
-        """The same for a create another replica's proxy handed over (maybe again: a no-op then)."""
-        try:
-            await self.proxied.track_proxied(job_id, kind, group, model, self.clock(),
-                                             self.config().poll.interval_seconds, True)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self._not_stored(job_id, kind, exc)
-
     def _not_stored(self, job_id: str, kind: str, exc: Exception) -> None:
         self.stats.error("commit")
         log.error("proxied create not stored before its answer job_id=%s kind=%s: %s", job_id, kind, exc)
@@ -105,14 +95,6 @@ class ProxyTracking:
         except Exception:  # a bug must not stop the loop: the poller still covers the job
             self.stats.error("observe")
             log.exception("applying a proxied answer failed job_id=%s kind=%s", job_id, kind)
-
-    async def apply_now(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
-        """Apply an answer before returning (an owner applying what another replica's proxy saw,
-        before it acknowledges the hand-off); an unusable answer is counted, never raised."""
-        try:
-            await self._apply(job_id, kind, group, model, body)
-        except InvalidBody:
-            self.stats.error("observe")
 
     async def _apply(self, job_id: str, kind: str, group: str, model: str | None, body: bytes) -> None:
         config = self.config()

@@ -10,7 +10,7 @@ import hmac
 import json
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 from aiohttp import web
 
@@ -32,16 +32,10 @@ class RegisteredJobs(Protocol):
 
 @dataclass(frozen=True)
 class Registrar:
-    """What the routes use: the current token, the jobs, and this replica's shard."""
+    """What the routes use: the current token and the jobs."""
 
     token: Callable[[], Secret | None]
     jobs: RegisteredJobs
-    owned: Callable[[list[str]], list[str]]
-    sharded: Callable[[], bool]
-    # With peers configured: queue ids other shards own for them (how many), and pass a request
-    # about one id (method, id) to its owner: (status, body, content type), raising when it is down.
-    hand_off: Callable[[list[str], str, str], int] | None = None
-    ask_owner: Callable[[str, str], Awaitable[tuple[int, bytes, str]]] | None = None
 
 
 REGISTRAR = web.AppKey("registrar", Registrar)
@@ -102,22 +96,9 @@ async def register(request: web.Request) -> web.Response:
     registrar = request.app[REGISTRAR]
     ids = [normalise(i) for i in body["ids"]]
     kind, group = body["kind"], body.get("group", "default")
-    owned = registrar.owned(ids)
-    accepted, duplicates = await registrar.jobs.track(owned, kind, group, "api", time.time())
-    handed = 0
-    if registrar.hand_off is not None:
-        mine = set(owned)
-        handed = registrar.hand_off([i for i in dict.fromkeys(ids) if i not in mine], kind, group)
-    # 202 only once the ids are durably stored, here or in the outbox (the same transaction)
-    await registrar.jobs.flush()
-    if registrar.hand_off is not None:  # `track` saw only the owned ids: count the others' repeats too
-        duplicates = len(ids) - len(accepted) - handed
-    answer = {"accepted": len(accepted) + handed, "duplicates": duplicates}
-    if registrar.hand_off is not None:
-        answer["handed_off"] = handed
-    elif registrar.sharded():
-        answer["not_owned"] = len(ids) - len(owned)
-    return web.json_response(answer, status=202)
+    accepted, duplicates = await registrar.jobs.track(ids, kind, group, "api", time.time())
+    await registrar.jobs.flush()  # 202 only once the ids are durably stored
+    return web.json_response({"accepted": len(accepted), "duplicates": duplicates}, status=202)
 
 
 def _check_body(body: Any) -> web.Response | None:
@@ -140,31 +121,12 @@ def _check_body(body: Any) -> web.Response | None:
     return None
 
 
-def _elsewhere(registrar: Registrar, request: web.Request, job_id: str) -> bool:
-    """True when another shard owns `job_id` and should answer (peers configured, not ?local=true);
-    never for what is no job id (the owner is asked with the token: no path may ride along)."""
-    return (registrar.ask_owner is not None and request.query.get("local", "").lower() != "true" and is_uuid4(job_id)
-            and not registrar.owned([job_id]))
-
-
-async def _from_owner(registrar: Registrar, method: str, job_id: str) -> web.Response:
-    """The owner's answer, passed on; 502 when the owner gives none."""
-    assert registrar.ask_owner is not None
-    try:
-        status, body, content_type = await registrar.ask_owner(method, job_id)
-    except Exception as exc:  # PeerUnavailable: the owner is down or unreachable
-        return _error(502, f"the shard that owns this id did not answer ({exc})")
-    return web.Response(status=status, body=body, content_type=content_type or "application/json")
-
-
 async def forget(request: web.Request) -> web.Response:
     refused = _authorised(request)
     if refused is not None:
         return refused
     registrar = request.app[REGISTRAR]
     job_id = normalise(request.match_info["job_id"])
-    if _elsewhere(registrar, request, job_id):
-        return await _from_owner(registrar, "DELETE", job_id)
     jobs = registrar.jobs
     if not await jobs.untrack(job_id, time.time()):
         return _error(404, "not tracked")

@@ -31,12 +31,10 @@ class JobBook(Protocol):
 
 
 class ConfigSources:
-    """The config's ids and ids files, tracked for the shard `owned` keeps."""
+    """The config's ids and ids files, tracked."""
 
-    def __init__(self, jobs: JobBook, owned: Callable[[list[str]], list[str]],
-                 on_invalid_line: Callable[[], None]) -> None:
+    def __init__(self, jobs: JobBook, on_invalid_line: Callable[[], None]) -> None:
         self.jobs = jobs
-        self.owned = owned
         self.on_invalid_line = on_invalid_line
         self.watchers: dict[tuple[int, str], IdsFileWatcher] = {}
         self._source_counts: tuple[float, dict[str, int]] = (0.0, {})
@@ -46,9 +44,8 @@ class ConfigSources:
         now = time.time()
         wanted: set[str] = set()
         for group in config.jobs:
-            owned = self.owned(list(group.ids))
-            wanted.update(owned)
-            accepted, _ = await self.jobs.track(owned, group.kind, group.group, "config", now)
+            wanted.update(group.ids)
+            accepted, _ = await self.jobs.track(list(group.ids), group.kind, group.group, "config", now)
             if accepted and not initial:
                 log.info("config added %d ids kind=%s group=%s", len(accepted), group.kind, group.group)
         keep = {(g.kind, g.group) for g in config.jobs if not g.forget_removed}
@@ -72,11 +69,10 @@ class ConfigSources:
                 for bad in change.bad:
                     self.on_invalid_line()
                     log.warning("skipping invalid id file=%s line=%d text=%r", change.path, bad.line_no, bad.text)
-                owned = self.owned(change.ids)
-                accepted, _ = await self.jobs.track(owned, group.kind, group.group, source_name(change.path), now)
+                accepted, _ = await self.jobs.track(change.ids, group.kind, group.group, source_name(change.path), now)
                 added += len(accepted)
                 if change.complete and group.forget_removed:
-                    await self._forget_missing(source_name(change.path), set(owned), now)
+                    await self._forget_missing(source_name(change.path), set(change.ids), now)
             if group.forget_removed:
                 for path in gone:
                     await self._forget_missing(source_name(path), set(), now)

@@ -1,1 +1,1 @@
-"""Tracked jobs: their state in memory and in the SQLite file, the aggregates metrics read, shard ownership."""
+"""Tracked jobs: their state in memory and in the SQLite file and the aggregates metrics read."""

@@ -66,7 +66,6 @@ class TrackedJobs:
         self.by_created = CreatedIndex()  # unfinished jobs by `created` (tracking/queries.py)
         # Tracked ids whose row the file does not hold yet: written whole, the others by UPDATE.
         self._unwritten: set[str] = set()
-        self._handoffs: list[tuple[str, int, str, float]] = []  # owed to other shards: see outbox.py
         self._flush_lock = asyncio.Lock()
         # False while every row of the file is an open job held in `open`: then a new id needs no
         # look-up in the file (the first load of a million-line ids file makes no queries).
@@ -133,15 +132,6 @@ class TrackedJobs:
     def dropped(self) -> set[str]:
         """Ids untracked or retired since the last flush: their rows in the file no longer count."""
         return self._deleted | set(self._retire) if self._deleted or self._retire else set()
-
-    async def held_or_held_before(self, job_id: str) -> bool:
-        """True when `job_id` is tracked here or was (finished, retired): tracking it afresh would
-        count it again. An id untracked or handed away counts as new, as in `track`."""
-        if self.in_memory(job_id) is not None or job_id in self._retire:
-            return True
-        if job_id in self._deleted or not self._file_has_more:
-            return False
-        return bool(await self.store.call(self.store.known, [job_id]))
 
     def adopt(self, job: Job) -> None:
         """Start tracking a new job built by the caller (an id no file can hold yet)."""
@@ -265,51 +255,12 @@ class TrackedJobs:
         self._unwritten.discard(job.id)  # a final row is always written whole
         self.agg.close(job.labels)
 
-    # -- other shards ------------------------------------------------------------------------------
-    def queue_handoff(self, job_id: str, target: int, payload: str, now: float) -> None:
-        """Owe `payload` to shard `target`: written to the outbox with the next batch."""
-        self._handoffs.append((job_id, target, payload, now))
-
-    async def release(self, job_id: str) -> Job | None:
-        """Take a job out of this replica without a tombstone (its new owner takes it, counted as it
-        is: counters stay here, the gauge and the closed count drop). None when it is not here."""
-        job = await self._take_out(job_id)
-        if job is not None:
-            self._deleted.add(job_id)
-        return job
-
-    async def take_over(self, job: Job) -> bool:
-        """Take a job another shard held, with its state, counting nothing again; False when this
-        replica already has it final (or retired), or has it unfinished and the given state is too."""
-        current = self.in_memory(job.id)
-        if current is None:
-            if await self.held_or_held_before(job.id) or job.id in self._retire or self.in_memory(job.id) is not None:
-                return False  # held before; or retired, or arrived by another way, during the await
-        elif current.final != OPEN or job.final == OPEN:
-            return False
-        else:
-            await self._take_out(job.id)  # held here and open: out of memory and the gauges, no await
-        self._deleted.discard(job.id)
-        self._unwritten.add(job.id)  # the row here, if any, is the old one: written whole
-        self.agg.move(None, job.labels)
-        self._pending[job.id] = job
-        if job.final != OPEN:
-            self.agg.close(job.labels)
-            self._file_has_more = True
-        else:
-            self.open[job.id] = job
-            self.by_created.moved(job.id, None, job.created)
-            if job.created is not None:
-                self.agg.note_unfinished(job.kind, job.group, job.created, job.id)
-            self.on_new([job])
-        return True
-
     # -- persistence -----------------------------------------------------------------------------
     async def flush(self) -> int:
         """Write everything changed since the last flush; answer how many jobs were written."""
         async with self._flush_lock:
-            pending, deleted, retire, handoffs = self._pending, self._deleted, self._retire, self._handoffs
-            self._pending, self._deleted, self._retire, self._handoffs = {}, set(), {}, []
+            pending, deleted, retire = self._pending, self._deleted, self._retire
+            self._pending, self._deleted, self._retire = {}, set(), {}
             self.writing = pending
             journaled = self.journal.rotate()  # every create appended so far is in `pending` or written
             # Rows of finished jobs go with the counters they changed, in one transaction. Rows of
@@ -320,7 +271,7 @@ class TrackedJobs:
             polled = sorted((j for j in pending.values() if j.final == OPEN), key=_by_id)
             whole, updates = self._rows(polled[:FLUSH_CHUNK])
             batch = Batch(upserts=[j.row() for j in counted] + whole, deletes=list(deleted), updates=updates,
-                          retire=list(retire.items()), counters=self.agg.take_dirty(), handoffs=handoffs,
+                          retire=list(retire.items()), counters=self.agg.take_dirty(),
                           traces=[(j.id, j.ended) for j in counted if j.final == FINISHED] if self.owe_traces else [])
             if batch:
                 try:
@@ -370,7 +321,6 @@ class TrackedJobs:
                 self._pending.setdefault(job.id, job)
         self._deleted.update(batch.deletes)
         self._retire.update(dict(batch.retire))
-        self._handoffs[:0] = batch.handoffs
         for family, labels, _ in batch.counters:
             self.agg.dirty.add((family, labels))
 

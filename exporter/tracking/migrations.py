@@ -40,8 +40,8 @@ def _to_6(db: sqlite3.Connection) -> None:
     # price_entries table, which comes with the schema).
     add_column(db, "jobs", "estimated_cost", "REAL")
     add_column(db, "jobs", "price_entry", "INTEGER")
-# Hand-offs to other shards not yet acknowledged: what a replica took responsibility for and owes
-# the owner. `payload` is the JSON the owner's POST /api/v1/handoff takes (one entry).
+# Hand-offs to other shards not yet acknowledged, from the hash ring of earlier versions: nothing
+# writes this table any more; it stays so that `state export` can apply what an old file still owes.
 HANDOFF_TABLE = """
 CREATE TABLE IF NOT EXISTS handoff (
     id INTEGER PRIMARY KEY AUTOINCREMENT, job_id TEXT NOT NULL, target INTEGER NOT NULL,

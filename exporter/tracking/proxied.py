@@ -28,8 +28,7 @@ SETTLED_IDS = 100_000  # ids known final or not to be tracked, remembered so tha
 class GroupCommit(Generic[T]):
     """Items added while one write runs are written together by the next: a burst costs about one
     disk write, and none waits for the flush interval or for a large batch. The proxy's creates use
-    it for their fsync (ProxiedJobs), and so do the hand-offs of creates another shard owns
-    (sources/routing.py)."""
+    it for their fsync (ProxiedJobs)."""
 
     def __init__(self, write: Callable[[list[T]], Awaitable[None]], name: str = "group-commit") -> None:
         self.write = write
@@ -81,14 +80,8 @@ class ProxiedJobs:
         self._settled: OrderedDict[str, None] = OrderedDict()
 
     async def track_proxied(self, job_id: str, kind: str, group: str, model: str | None, now: float,
-                            first_poll_in: float, handed: bool = False) -> None:
-        """Track a job created through the proxy and store it (`store_created`, then `synced`).
-
-        `handed`: the create came from another replica's proxy. Hand-offs arrive at least once, so
-        the same create may come again after the job finished here: then it changes nothing.
-        """
-        if handed and self.jobs.in_memory(job_id) is None and await self.jobs.held_or_held_before(job_id):
-            return
+                            first_poll_in: float) -> None:
+        """Track a job created through the proxy and store it (`store_created`, then `synced`)."""
         self.store_created(job_id, kind, group, model, now, first_poll_in)
         await self.synced()
 

@@ -83,12 +83,10 @@ class Batch:
     # Rows (JOB_COLUMNS order) of jobs still polled whose row in the file is theirs and still polled:
     # written by an UPDATE of the columns that can change while polled (see `write`).
     updates: list[tuple[Any, ...]] = field(default_factory=list)
-    handoffs: list[tuple[str, int, str, float]] = field(default_factory=list)  # job id, target, payload, next_try
     traces: list[tuple[str, float]] = field(default_factory=list)  # (job id, when): owed a trace (trace_owed.py)
 
     def __bool__(self) -> bool:
-        return bool(self.upserts or self.deletes or self.retire or self.counters or self.updates or self.handoffs
-                    or self.traces)
+        return bool(self.upserts or self.deletes or self.retire or self.counters or self.updates or self.traces)
 
 
 # What a row of a job still polled can not change: its identity, where it came from, and the indexed
@@ -321,9 +319,6 @@ class StateStore:
             if batch.counters:
                 db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                                ((f, labels_key(l), json.dumps(v)) for f, l, v in batch.counters))
-            if batch.handoffs:
-                db.executemany("INSERT INTO handoff (job_id, target, payload, next_try) VALUES (?, ?, ?, ?)",
-                               batch.handoffs)
             if batch.traces:  # with the final rows above: owed exactly when final (trace_owed.py)
                 db.executemany(OWE_TRACES, batch.traces)
 

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from exporter.tracking.store import StateError
+
 log = logging.getLogger("distribute.state")
 
 # A session left "idle in transaction" (a replica stopped between statements) holds its row locks
@@ -19,7 +21,7 @@ CONNECT_TIMEOUT = 10.0
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 
 
-class StateDatabaseError(Exception):
+class StateDatabaseError(StateError):
     """A state database that cannot be used as configured (one line, no password)."""
 
 
@@ -52,25 +54,30 @@ def read_password(password_file: str | None) -> str | None:
     return text.splitlines()[0] if text else ""
 
 
-async def create_pool(url: str, password_file: str | None = None, max_size: int = 10) -> Any:
-    """One pool of sessions to the state database (raises what asyncpg raises when it is down)."""
+async def create_pool(url: str, password_file: str | None = None, max_size: int = 10,
+                      password: str | None = None) -> Any:
+    """One pool of sessions to the state database (raises what asyncpg raises when it is down).
+    `password` (state.password_file, read at config load) or `password_file`, else libpq's
+    PGPASSWORD / PGPASSFILE, which asyncpg reads itself."""
     import asyncpg  # the optional `postgres` extra: only a replica configured with state.url needs it
 
     check_url(url)
     return await asyncpg.create_pool(
-        dsn=url, password=read_password(password_file), min_size=1, max_size=max_size,
+        dsn=url, password=password if password is not None else read_password(password_file),
+        min_size=1, max_size=max_size,
         timeout=CONNECT_TIMEOUT, command_timeout=60,
         server_settings={"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
                          "application_name": "distribute-exporter"})
 
 
-async def create_pool_waiting(url: str, password_file: str | None = None, max_size: int = 10) -> Any:
+async def create_pool_waiting(url: str, password_file: str | None = None, max_size: int = 10,
+                              password: str | None = None) -> Any:
     """`create_pool`, retried with back-off while the database cannot be reached: one log line when
     it cannot (naming the host, never the password), one when it can again."""
     delay, failed = BACKOFF_FIRST, False
     while True:
         try:
-            pool = await create_pool(url, password_file, max_size)
+            pool = await create_pool(url, password_file, max_size, password)
         except StateDatabaseError:
             raise
         except (OSError, asyncio.TimeoutError, ConnectionError) as exc:

@@ -91,7 +91,9 @@ def read_state_file(path: str) -> Snapshot:
             retired = [tuple(r) for r in db.execute("SELECT id, at FROM retired")]
             counters = [(f, tuple(json.loads(l)), json.loads(v)) for f, l, v in
                         db.execute("SELECT family, labels, value FROM counters")]
-            handoffs = [json.loads(p) for (p,) in db.execute("SELECT payload FROM handoff ORDER BY id")]
+            has_outbox = db.execute("SELECT 1 FROM sqlite_master WHERE name = 'handoff'").fetchone()
+            handoffs = ([json.loads(p) for (p,) in db.execute("SELECT payload FROM handoff ORDER BY id")]
+                        if has_outbox else [])
         finally:
             store.close()
     return Snapshot(jobs, retired, counters, handoffs)

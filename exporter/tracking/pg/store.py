@@ -51,17 +51,45 @@ class PgJobStore:
         return await self.pool.fetchval(f"SELECT {NOW}")
 
     # -- ids -------------------------------------------------------------------------------------
-    async def register(self, ids: Iterable[str], kind: str, group: str, source: str) -> tuple[list[str], int]:
+    async def register(self, ids: Iterable[str], kind: str, group: str, source: str,
+                       model: str = "", due_in: float = 0.0) -> tuple[list[str], int]:
         ids = list(ids)
         fresh = sorted(set(ids))  # key order: concurrent registrations lock in the same order
         rows = await self.pool.fetch(
-            f"INSERT INTO jobs (id, kind, grp, source, first_tracked, next_due) "
-            f"SELECT i, $2, $3, $4, {NOW}, {NOW} FROM unnest($1::text[]) AS i "
+            f"INSERT INTO jobs (id, kind, grp, source, model, first_tracked, next_due) "
+            f"SELECT i, $2, $3, $4, $5, {NOW}, {NOW} + $6 FROM unnest($1::text[]) AS i "
             f"WHERE NOT EXISTS (SELECT 1 FROM retired r WHERE r.id = i) "
-            f"ON CONFLICT (id) DO NOTHING RETURNING id", fresh, kind, group, source)
+            f"ON CONFLICT (id) DO NOTHING RETURNING id", fresh, kind, group, source, model, due_in)
         accepted = {r["id"] for r in rows}
         ordered = [i for i in dict.fromkeys(ids) if i in accepted]
         return ordered, len(ids) - len(ordered)
+
+    async def register_many(self, rows: list[tuple[str, str, str, str, str]], due_in: float) -> int:
+        """Rows (id, kind, group, source, model) of several creates in one statement and commit."""
+        rows = sorted(rows)
+        status = await self.pool.execute(
+            f"INSERT INTO jobs (id, kind, grp, source, model, first_tracked, next_due) "
+            f"SELECT i, k, g, s, m, {NOW}, {NOW} + $6 FROM unnest($1::text[], $2::text[], $3::text[], "
+            f"$4::text[], $5::text[]) AS r(i, k, g, s, m) WHERE NOT EXISTS (SELECT 1 FROM retired t WHERE t.id = i) "
+            f"ON CONFLICT (id) DO NOTHING", *(list(c) for c in zip(*rows)), due_in)
+        return int(status.rsplit(" ", 1)[1])
+
+    async def untrack(self, job_id: str) -> bool:
+        """Stop tracking one id: an unfinished one is forgotten, a final one stays a tombstone (and
+        leaves the `closed` count) so that it is never counted twice."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow("DELETE FROM jobs WHERE id = $1 RETURNING kind, grp, model, status, final",
+                                      job_id)
+            if row is None:
+                return False
+            if row["final"] != OPEN:
+                await conn.execute(f"INSERT INTO retired VALUES ($1, {NOW}) ON CONFLICT DO NOTHING", job_id)
+                await add_counters(conn, [("closed", (row["kind"], row["grp"], row["model"], row["status"]), -1.0)])
+        return True
+
+    async def sources(self) -> dict[str, int]:
+        return {r["source"]: r["n"] for r in await self.pool.fetch(
+            "SELECT source, count(*) AS n FROM jobs GROUP BY source")}
 
     async def get(self, job_id: str) -> Job | None:
         row = await self.pool.fetchrow(f"SELECT {_COLUMNS} FROM jobs WHERE id = $1", job_id)

@@ -1,0 +1,333 @@
+"""The running exporter when several replicas share PostgreSQL (`state.url`): stateless and
+interchangeable. The database holds every job; this process holds claims in flight, its own
+process facts (/metrics) and a short cache of the job facts (/metrics/jobs).
+
+Start-up serves HTTP at once (alive, not ready), connects with back-off, migrates under the
+advisory lock, stores the config's ids, then polls. Losing the database later pauses polling; the
+HTTP side keeps answering and readiness says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import PlatformCollector, ProcessCollector
+
+from exporter import KINDS, __version__
+from exporter.app.exporter import API_LATENCY_BUCKETS, PROCESS_SAMPLE_SECONDS, TransportFactory, default_transport
+from exporter.app.proxying import listen_url
+from exporter.app.shared_proxy import SharedProxy
+from exporter.config import Config, ConfigError, load_config
+from exporter.config.addresses import parse_listen_address
+from exporter.http.guard import Guard, limit_connections, middleware
+from exporter.http.jobs_api import JobsReader
+from exporter.http.jobs_api import routes as jobs_routes
+from exporter.http.server import Site, build_web_app
+from exporter.logs import MASK
+from exporter.metrics.collectors import ApiCollector, BuildInfoCollector, ExporterCollector, ExporterStatus, Sampled
+from exporter.metrics.facts import MetricsFacts
+from exporter.metrics.exposition import GzipParts, TextRenderer
+from exporter.metrics.shared_state import SharedJobsCollector, SharedStateCollector, SharedStateView
+from exporter.polling.client import ApiClient
+from exporter.polling.ratelimit import RateLimiter
+from exporter.polling.shared_poller import DatabaseHealth, SharedPoller
+from exporter.sources.registration import Registrar
+from exporter.sources.registration import routes as registration_routes
+from exporter.sources.sync import ConfigSources
+from exporter.tracking.aggregates import ApiAggregates, JobAggregates
+from exporter.tracking.pg import queries as pg_queries
+from exporter.tracking.pg.book import SharedBook
+from exporter.tracking.pg.connect import create_pool_waiting, where
+from exporter.tracking.pg.schema import SchemaError
+from exporter.tracking.pg.store import PgJobStore
+from exporter.tracking.queries import JobQuery
+from exporter.tracking.store import StateError
+
+log = logging.getLogger("distribute.exporter")
+
+HEARTBEAT_SECONDS = 2.0
+REPLICA_TTL_SECONDS = 10.0  # a replica not heard from for this long no longer takes a share
+LEADER_TERM_SECONDS = 30.0
+RETENTION_SWEEP_SECONDS = 10.0
+FACTS_CACHE_SECONDS = 1.0  # /metrics/jobs: one read of the database per second at most, per replica
+
+
+class FactsCache:
+    """The job facts read from the database at most once per FACTS_CACHE_SECONDS; concurrent
+    scrapes share one read; while the database is away the last answer is served."""
+
+    def __init__(self) -> None:
+        self.store: PgJobStore | None = None
+        self._agg: JobAggregates | None = None
+        self._at = 0.0
+        self.generation = 0
+        self._reading: asyncio.Task[JobAggregates] | None = None
+
+    async def get(self) -> JobAggregates | None:
+        if self.store is None:
+            return None
+        if self._agg is not None and time.monotonic() - self._at < FACTS_CACHE_SECONDS:
+            return self._agg
+        if self._reading is None or self._reading.done():
+            self._reading = asyncio.ensure_future(self.store.facts())
+        try:
+            agg = await asyncio.shield(self._reading)
+            if agg is not self._agg:
+                self._agg, self._at = agg, time.monotonic()
+                self.generation += 1
+        except Exception as exc:
+            log.debug("job facts not read from the database: %s", exc)
+        return self._agg
+
+    @property
+    def last(self) -> JobAggregates | None:
+        return self._agg
+
+    async def refresh(self) -> None:
+        """Before /metrics/jobs renders: 503 until the database has answered once."""
+        if await self.get() is None:
+            raise web.HTTPServiceUnavailable(text="the state database has not answered yet\n")
+
+
+class SharedExporter:
+    def __init__(self, config: Config, config_path: str | None = None, listen: str | None = None,
+                 transport_factory: TransportFactory = default_transport, web_config: str | None = None,
+                 proxy_listen: str | None = None) -> None:
+        assert config.state.url, "SharedExporter needs state.url"
+        self.config = config
+        self.config_path = config_path
+        web_file = web_config or (str(config.resolve(config.web.config_file)) if config.web.config_file else None)
+        self.guard = Guard(Path(web_file) if web_file else None)
+        self.listen = listen or config.web.listen_address
+        self.name = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+        self.status = ExporterStatus()
+        self.status.reloaded(True)
+        self.api_agg = ApiAggregates(API_LATENCY_BUCKETS)
+        self.limiter = RateLimiter(config.api.max_requests_per_second)
+        key = config.api_key.reveal() if config.api_key else None
+        self.client = ApiClient(config.api.base_url, key, transport_factory(config),
+                                f"distribute-exporter/{__version__} (replica {self.name})")
+        self.health = DatabaseHealth()
+        self.facts = FactsCache()
+        self.store: PgJobStore | None = None
+        self.poller: SharedPoller | None = None
+        self.replicas = 1
+        self.started = False
+        self.metrics = MetricsFacts(shared_state=True)  # /metrics: this process; /metrics/jobs: the database's
+        self.renderer, self.gzip_parts = TextRenderer(), GzipParts()
+        self.proxy = SharedProxy(proxy_listen or config.proxy.listen_address, config, lambda: self.config)
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        MASK.set([s.reveal() if s else None for s in (config.api_key, config.registration_token,
+                                                      config.state_password)])
+
+    @property
+    def url(self) -> str:
+        return listen_url(self.listen, self.guard.ssl_context is not None, self.port)
+
+    def is_ready(self) -> bool:
+        return self.started and self.health.up
+
+    # -- life cycle --------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Serve HTTP (alive, not ready), connect and migrate, store the config's ids, poll."""
+        self._register_collectors()
+        await self._serve()
+        state = self.config.state
+        password = self.config.state_password.reveal() if self.config.state_password else None
+        pool = await create_pool_waiting(state.url, max_size=self.config.api.max_concurrency + 4, password=password)
+        self.store = PgJobStore(pool, self.config.metrics.duration_buckets, self.config.prices)
+        try:
+            await self.store.migrate()
+        except SchemaError as exc:
+            raise StateError(str(exc)) from None
+        self.health.ok()
+        self.facts.store = self.store
+        book = SharedBook(self.store)
+        self.registrar_jobs.book = book
+        self.sources = ConfigSources(book, self._invalid_id_line)
+        await self.sources.sync(self.config, initial=True)
+        lease = max(10.0, 2 * self.config.api.timeout_seconds + 5.0)
+        self.poller = SharedPoller(self.store, self.client, self.limiter, self.api_agg, self.config.poll,
+                                   self.config.api.max_concurrency, lease, self.health)
+        await self.proxy.start(self.store, self.health, self.metrics.everything, self.guard.ssl_context)
+        self.started = True
+        for name, coro in (("poller", self.poller.run()), ("heartbeat", self._heartbeat_loop()),
+                           ("leader", self._leader_loop()), ("files", self._files_loop()),
+                           ("web-config", self.guard.watch()), *self.proxy.tasks()):
+            self._tasks.append(asyncio.create_task(coro, name=name))
+        log.info("ready: replica %s on the state database %s, listening on %s", self.name, where(state.url), self.url)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        await self.proxy.stop()
+        if self.store is not None:
+            try:
+                await asyncio.wait_for(self.store.leave(self.name), 1.0)
+            except Exception:
+                pass  # its heartbeat row expires by itself
+            await self.store.pool.close()
+        await self.client.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def reload(self) -> tuple[bool, str]:
+        if self.config_path is None:
+            return False, "no config file to reload"
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            self.status.reloaded(False)
+            log.error("config reload failed, keeping the running config: %s", exc)
+            return False, f"reload failed: {exc}"
+        import dataclasses
+        self.config = dataclasses.replace(new, state=self.config.state, state_password=self.config.state_password)
+        if self.poller is not None:
+            self.poller.config = new.poll
+            await self.sources.sync(self.config)
+        self.limiter.reconfigure(new.api.max_requests_per_second / max(1, self.replicas))
+        self.status.reloaded(True)
+        return True, "config reloaded"
+
+    # -- HTTP ----------------------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        host, port = parse_listen_address(self.listen)
+        limits = self.config.web
+        site = Site(self.metrics.everything, self.metrics.jobs, self.renderer, self.gzip_parts, self.is_ready,
+                    self.reload, self.overview, limits.max_request_body_bytes, refresh_jobs=self.facts.refresh)
+        self.registrar_jobs = _LateBook()
+        registrar = Registrar(lambda: self.config.registration_token, self.registrar_jobs)
+        reader = JobsReader(self._find, self._lookup)
+        app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
+                            [registration_routes(registrar), jobs_routes(reader)])
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
+                                     keepalive_timeout=limits.read_timeout_seconds,
+                                     max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes)
+        await self._runner.setup()
+        assert self._runner.server is not None
+        limit_connections(self._runner.server, limits.max_connections, self.status.connection_rejected)
+        tcp = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=self.guard.ssl_context)
+        await tcp.start()
+        server = tcp._server
+        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
+
+    async def _find(self, query: JobQuery):
+        if self.store is None:
+            raise web.HTTPServiceUnavailable(text="the state database has not answered yet\n")
+        return await pg_queries.find(self.store.pool, query)
+
+    async def _lookup(self, job_id: str):
+        if self.store is None:
+            raise web.HTTPServiceUnavailable(text="the state database has not answered yet\n")
+        return await self.store.get(job_id)
+
+    async def overview(self) -> dict[str, Any]:
+        agg = await self.facts.get()
+        jobs: dict[str, dict[str, int]] = {}
+        for (kind, _g, _m, status), n in (agg.jobs.items() if agg else ()):
+            if n:
+                jobs.setdefault(kind, {}).setdefault(status, 0)
+                jobs[kind][status] += n
+        now = time.time()
+        tables: dict[str, list] = {}
+        if self.store is not None:
+            for name, q in (("oldest", JobQuery(unfinished=True, sort="created", limit=10)),
+                            ("slowest", JobQuery(unfinished=False, finished_after=now - 3600, sort="-duration",
+                                                 limit=10)),
+                            ("failed", JobQuery(statuses=("ERROR", "NOT_FOUND"), finished_after=now - 3600,
+                                                limit=10))):
+                tables[name] = (await pg_queries.find(self.store.pool, q)).jobs
+        sources = await self.store.sources() if self.store is not None else {}
+        return {"jobs": jobs, "up": self.api_agg.up, "last_success": self.api_agg.last_success,
+                "base_url": self.config.api.base_url,
+                "sources": sources, "tables": tables, "samples": [],
+                "duration_bounds": tuple(self.config.metrics.duration_buckets), "sample_seconds": 10,
+                "spend_today": None, "proxy": self.proxy.overview()}
+
+    def _register_collectors(self) -> None:
+        s = self.status
+        s.poll_restarts = lambda: self.poller.restarts if self.poller else 0
+        s.polls = lambda: self.poller.polls if self.poller else 0
+        s.tracked = lambda: (self.poller.leases if self.poller else 0, 0)
+        for kind in KINDS:
+            self.api_agg.declare_kind(kind)
+        view = SharedStateView(lambda: self.health.up, lambda: self.health.errors,
+                               lambda: self.poller.leases if self.poller else 0,
+                               lambda: self.poller.stale if self.poller else 0, lambda: self.replicas)
+        facts = self.metrics
+        facts.add_job_facts(SharedJobsCollector(lambda: self.facts.last, lambda: self.facts.generation))
+        facts.add_process_facts(ApiCollector(self.api_agg))
+        facts.add_to_both(BuildInfoCollector())
+        facts.add_process_facts(ExporterCollector(s))
+        facts.add_process_facts(SharedStateCollector(view))
+        facts.add_process_facts(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
+        facts.add_process_facts(Sampled(PlatformCollector(registry=None), float("inf")))
+
+    # -- background loops ------------------------------------------------------------------------------
+    async def _heartbeat_loop(self) -> None:
+        assert self.store is not None
+        while True:
+            try:
+                self.replicas = max(1, await self.store.heartbeat(self.name, REPLICA_TTL_SECONDS))
+                self.health.ok()
+                self.limiter.reconfigure(self.config.api.max_requests_per_second / self.replicas)
+            except Exception as exc:
+                self.health.failed(exc)
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    async def _leader_loop(self) -> None:
+        """Retention on one replica at a time: the holder of the `retention` row's unexpired term."""
+        assert self.store is not None
+        while True:
+            try:
+                if await self.store.lead("retention", self.name, LEADER_TERM_SECONDS):
+                    dropped = await self.store.retire_ended_before(self.config.state.retention_seconds)
+                    if dropped:
+                        log.info("retention dropped %d finished jobs older than %gs", dropped,
+                                 self.config.state.retention_seconds)
+            except Exception as exc:
+                log.debug("retention sweep skipped: %s", exc)
+            await asyncio.sleep(min(RETENTION_SWEEP_SECONDS, max(0.5, self.config.state.retention_seconds / 4)))
+
+    async def _files_loop(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.config.poll.interval_seconds / 2))
+            try:
+                await self.sources.scan_files(self.config)
+            except Exception as exc:
+                log.debug("ids file scan deferred: %s", exc)
+
+    def _invalid_id_line(self) -> None:
+        self.status.invalid_id_lines += 1
+
+
+class _LateBook:
+    """The registration API's jobs before the database answers: 503 until then."""
+
+    book: SharedBook | None = None
+
+    def _ready(self) -> SharedBook:
+        if self.book is None:
+            raise web.HTTPServiceUnavailable(text="the state database has not answered yet\n")
+        return self.book
+
+    async def track(self, ids: list[str], kind: str, group: str, source: str, now: float) -> tuple[list[str], int]:
+        return await self._ready().track(ids, kind, group, source, now)
+
+    async def untrack(self, job_id: str, now: float) -> bool:
+        return await self._ready().untrack(job_id, now)
+
+    async def flush(self) -> int:
+        return 0
