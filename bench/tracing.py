@@ -67,14 +67,15 @@ class Collector:
 
 def _run(workdir: Path, ids: int, nginx: Nginx, collector: Collector | None) -> float:
     """Polls per second until every id is final; with a collector that takes traces, then waits
-    until every trace went out (the spans per second are the collector's)."""
+    until every trace went out (the spans per second are the collector's). nginx's answer finished
+    long ago: a long retention keeps the jobs (a job retired before its trace went out has none)."""
     _ids_file(workdir / "ids.txt", ids)
     tracing = f"tracing: {{endpoint: '{collector.url}'}}" if collector else ""
     exporter = Exporter(workdir, f"""
 api: {{base_url: 'http://127.0.0.1:{nginx.port}', max_requests_per_second: 0, max_concurrency: 32}}
 poll: {{interval_seconds: 60, max_interval_seconds: 60}}
 jobs: [{{kind: speech, ids_file: ids.txt}}]
-state: {{path: state.db}}
+state: {{path: state.db, retention_seconds: 100000000}}
 {tracing}""")
     try:
         exporter.wait_ready()
