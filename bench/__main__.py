@@ -16,6 +16,7 @@ from typing import Callable
 
 from bench import benchmarks as b
 from bench import config_load, cost, poll_realistic, tracing
+from bench import postgres as pg
 from bench import proxy as p
 from bench.jobs_query import jobs_query
 
@@ -114,6 +115,20 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("healthy_seconds", "<= 1 s (process start to /-/healthy)", lambda v: v <= 1),
         ("ready_seconds", "reported (process start to /-/ready)", None),
         ("check_seconds", "<= 1 s (--config.check, whole process)", lambda v: v <= 1)]),
+    "postgres": (pg.postgres, {"ids": 20_000, "facts_jobs": 1_000_000}, {"ids": 2_000, "facts_jobs": 50_000}, [
+        ("sqlite_polls_per_second", "reported (one replica on SQLite, same upstream)", None),
+        ("pg_one_ratio", ">= 0.7 (one replica on PostgreSQL / SQLite)", lambda v: v >= 0.7),
+        ("pg_three_ratio", "reported (three replicas on PostgreSQL / SQLite; 2 cores)", None),
+        ("pg_one_cpu_share", "reported (cores busy in PostgreSQL, one replica)", None),
+        ("pg_three_cpu_share", "reported (cores busy in PostgreSQL, three replicas)", None),
+        ("claim_p99_ms", "reported (32 due jobs, SKIP LOCKED)", None),
+        ("apply_p99_ms", "reported (a non-final answer)", None),
+        ("apply_final_p99_ms", "reported (a final answer with its counters, one transaction)", None),
+        ("register_p99_ms", "reported (100 ids)", None),
+        ("export_seconds", "reported (state export of the prepared file)", None),
+        ("facts_read_p99_ms", "reported (the database read behind /metrics/jobs, uncached)", None),
+        ("metrics_jobs_p99_ms", "<= 50 ms", lambda v: v <= 50),
+        ("metrics_jobs_median_ms", "reported", None)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
 }

@@ -73,7 +73,7 @@ class Exporter:
                  env: dict[str, str] | None = None) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.yaml").write_text(config)
-        self.port = port or free_port()  # given when peers must know it before the start
+        self.port = port or free_port()  # given when others must know it before the start
         self.log = open(workdir / "exporter.log", "wb")
         self.started = time.monotonic()
         self.proc = subprocess.Popen([sys.executable, "-m", "exporter", "--config.file", "config.yaml",

@@ -213,3 +213,46 @@ def test_a_replica_whose_database_is_down_at_start_is_alive_not_ready_and_says_s
     lines = [line for line in log.splitlines() if "state database" in line]
     assert len(lines) == 1 and f"127.0.0.1:{port}/nothing" in lines[0], lines
     assert PASSWORD not in log and "Traceback" not in log
+
+
+def leases(proc: ExporterProc) -> float:
+    return sum(proc.samples("distribute_exporter_leases_held").values())
+
+
+@pytest.mark.slow
+def test_a_replica_paused_past_its_lease_changes_nothing_and_scaling_needs_no_procedure(
+        simulator, exporter, tmp_path, pg_db):
+    url, password_file = pg_db
+    sim = simulator("--seed", "45")
+    sim.faults(latency_ms=1500)  # answers take a while: claims are in flight when a replica is paused
+    procs: list[ExporterProc] = []
+
+    def start(i: int) -> ExporterProc:
+        config = replica_config(tmp_path / f"r{i}", sim.url, url, password_file)
+        config.write_text(config.read_text().replace("timeout_seconds: 2}", "timeout_seconds: 3, max_concurrency: 4}"))
+        procs.append(exporter(config, env=ENV))
+        return procs[-1]
+    a, b, c = start(0), start(1), start(2)
+    ids = sim.create("chat", 40, age_seconds=OLD)
+    assert register(a.url, "chat", ids) == (40, 0)
+    wait_for(lambda: leases(a) > 0, 30, 0.05, what="replica a holding claims")
+    a.popen.send_signal(signal.SIGSTOP)
+    try:
+        truth = truth_finished(sim, ids)
+        # The others poll a's jobs once its leases (11-14 s here) run out.
+        wait_for(lambda: finished_of(job_facts(b.url)) == truth, 120, 0.3, what="a's jobs finished by the others")
+    finally:
+        a.popen.send_signal(signal.SIGCONT)
+    wait_for(lambda: leases(a) == 0, 60, 0.2, what="a's late answers handled")
+    assert finished_of(job_facts(a.url)) == finished_of(job_facts(c.url)) == truth  # nothing counted twice
+
+    # 3 -> 4 -> 2 replicas: start one, stop two, with no procedure; nothing lost, nothing twice.
+    d = start(3)
+    more = sim.create("images", 20, age_seconds=OLD)
+    assert register(d.url, "images", more) == (20, 0)
+    b.stop()
+    c.stop()
+    truth = truth_finished(sim, ids + more)
+    for proc in (a, d):
+        wait_for(lambda: finished_of(job_facts(proc.url)) == truth, 120, 0.3, what="totals after scaling down")
+    assert sum(truth.values()) == len(ids) + len(more)

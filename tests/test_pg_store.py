@@ -206,3 +206,25 @@ def test_retention_drops_old_final_jobs_keeps_counters_and_never_tracks_them_aga
         finally:
             await store.pool.close()
     asyncio.run(go())
+
+
+def test_the_gauges_leader_row_serves_scrapes_and_a_stale_row_is_replaced_by_a_scan(pg_db):
+    url, pw = pg_db
+
+    async def go():
+        store = await opened(url, pw)
+        try:
+            await store.register(["a", "b", "c"], "chat", "g", "config")
+            await store.refresh_gauges()
+            await store.register(["d", "e"], "chat", "g", "config")
+            cached = await store.facts(max_age=60)
+            live = await store.facts()
+            await store.pool.execute("UPDATE gauges SET at = at - 120")
+            stale = await store.facts(max_age=60)
+            return cached, live, stale
+        finally:
+            await store.pool.close()
+    cached, live, stale = asyncio.run(go())
+    assert cached.jobs[("chat", "g", "", "UNKNOWN")] == 3  # the leader's row, as it was computed
+    assert live.jobs[("chat", "g", "", "UNKNOWN")] == 5
+    assert stale.jobs[("chat", "g", "", "UNKNOWN")] == 5  # too old: scanned instead

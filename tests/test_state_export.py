@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
+from contextlib import closing
 
 from exporter.api.results import JobResult
 from exporter.tracking.aggregates import JobAggregates
@@ -58,7 +59,7 @@ async def make_shard(path, seed: int, owed: list[str]) -> None:
     await tracked.flush()
     store.shutdown()
     # The outbox of a replica of the hash ring: entries owed to another shard, never delivered.
-    with sqlite3.connect(path) as db:
+    with closing(sqlite3.connect(path)) as db, db:
         for job_id, op, extra in entries:
             entry = {"op": op, "id": job_id, "kind": "chat", "group": "nightly", "model": "", "source": "api",
                      **extra}

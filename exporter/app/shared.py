@@ -10,6 +10,7 @@ HTTP side keeps answering and readiness says so.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import secrets
@@ -45,7 +46,8 @@ from exporter.sources.sync import ConfigSources
 from exporter.tracking.aggregates import ApiAggregates, JobAggregates
 from exporter.tracking.pg import queries as pg_queries
 from exporter.tracking.pg.book import SharedBook
-from exporter.tracking.pg.connect import create_pool_waiting, where
+from exporter.tracking.pg.connect import create_pool, create_pool_waiting, where
+from exporter.tracking.pg.facts import GAUGES_SECONDS
 from exporter.tracking.pg.schema import SchemaError
 from exporter.tracking.pg.store import PgJobStore
 from exporter.tracking.queries import JobQuery
@@ -58,6 +60,9 @@ REPLICA_TTL_SECONDS = 10.0  # a replica not heard from for this long no longer t
 LEADER_TERM_SECONDS = 30.0
 RETENTION_SWEEP_SECONDS = 10.0
 FACTS_CACHE_SECONDS = 1.0  # /metrics/jobs: one read of the database per second at most, per replica
+# The gauges over unfinished jobs are read from the row the `gauges` leader refreshes every
+# GAUGES_SECONDS; an older row (its leader gone, a new one not yet in) is replaced by a scan.
+GAUGES_MAX_AGE = 3 * GAUGES_SECONDS
 
 
 class FactsCache:
@@ -77,7 +82,7 @@ class FactsCache:
         if self._agg is not None and time.monotonic() - self._at < FACTS_CACHE_SECONDS:
             return self._agg
         if self._reading is None or self._reading.done():
-            self._reading = asyncio.ensure_future(self.store.facts())
+            self._reading = asyncio.ensure_future(self.store.facts(max_age=GAUGES_MAX_AGE))
         try:
             agg = await asyncio.shield(self._reading)
             if agg is not self._agg:
@@ -144,8 +149,10 @@ class SharedExporter:
         await self._serve()
         state = self.config.state
         password = self.config.state_password.reveal() if self.config.state_password else None
-        pool = await create_pool_waiting(state.url, max_size=self.config.api.max_concurrency + 4, password=password)
-        self.store = PgJobStore(pool, self.config.metrics.duration_buckets, self.config.prices)
+        pool = await create_pool_waiting(state.url, max_size=8, password=password)
+        answers = await create_pool(state.url, max_size=self.config.api.max_concurrency + 2, password=password,
+                                    relaxed=True)
+        self.store = PgJobStore(pool, self.config.metrics.duration_buckets, self.config.prices, answers)
         try:
             await self.store.migrate()
         except SchemaError as exc:
@@ -162,7 +169,8 @@ class SharedExporter:
         await self.proxy.start(self.store, self.health, self.metrics.everything, self.guard.ssl_context)
         self.started = True
         for name, coro in (("poller", self.poller.run()), ("heartbeat", self._heartbeat_loop()),
-                           ("leader", self._leader_loop()), ("files", self._files_loop()),
+                           ("retention", self._lead("retention", self._retention, self._retention_every)),
+                           ("gauges", self._lead("gauges", self.store.refresh_gauges, lambda: GAUGES_SECONDS)), ("files", self._files_loop()),
                            ("web-config", self.guard.watch()), *self.proxy.tasks()):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: replica %s on the state database %s, listening on %s", self.name, where(state.url), self.url)
@@ -178,6 +186,7 @@ class SharedExporter:
                 await asyncio.wait_for(self.store.leave(self.name), 1.0)
             except Exception:
                 pass  # its heartbeat row expires by itself
+            await self.store.answers.close()
             await self.store.pool.close()
         await self.client.close()
         if self._runner is not None:
@@ -192,7 +201,6 @@ class SharedExporter:
             self.status.reloaded(False)
             log.error("config reload failed, keeping the running config: %s", exc)
             return False, f"reload failed: {exc}"
-        import dataclasses
         self.config = dataclasses.replace(new, state=self.config.state, state_password=self.config.state_password)
         if self.poller is not None:
             self.poller.config = new.poll
@@ -287,19 +295,27 @@ class SharedExporter:
                 self.health.failed(exc)
             await asyncio.sleep(HEARTBEAT_SECONDS)
 
-    async def _leader_loop(self) -> None:
-        """Retention on one replica at a time: the holder of the `retention` row's unexpired term."""
+    async def _lead(self, task: str, work, every) -> None:
+        """Run `work` every `every()` seconds while this replica holds the lead of `task` (a row with
+        an expiry in the database: another replica takes over when this one stops renewing it)."""
         assert self.store is not None
         while True:
             try:
-                if await self.store.lead("retention", self.name, LEADER_TERM_SECONDS):
-                    dropped = await self.store.retire_ended_before(self.config.state.retention_seconds)
-                    if dropped:
-                        log.info("retention dropped %d finished jobs older than %gs", dropped,
-                                 self.config.state.retention_seconds)
+                if await self.store.lead(task, self.name, LEADER_TERM_SECONDS):
+                    await work()
             except Exception as exc:
-                log.debug("retention sweep skipped: %s", exc)
-            await asyncio.sleep(min(RETENTION_SWEEP_SECONDS, max(0.5, self.config.state.retention_seconds / 4)))
+                log.debug("%s skipped: %s", task, exc)
+            await asyncio.sleep(every())
+
+    async def _retention(self) -> None:
+        assert self.store is not None
+        dropped = await self.store.retire_ended_before(self.config.state.retention_seconds)
+        if dropped:
+            log.info("retention dropped %d finished jobs older than %gs", dropped, self.config.state.retention_seconds)
+
+    def _retention_every(self) -> float:
+        # Short retentions (tests, small disks) are swept more often than every RETENTION_SWEEP_SECONDS.
+        return min(RETENTION_SWEEP_SECONDS, max(0.5, self.config.state.retention_seconds / 4))
 
     async def _files_loop(self) -> None:
         while True:

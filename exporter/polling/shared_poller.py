@@ -105,7 +105,7 @@ class SharedPoller:
             await self._room.wait()
             # No more than the free workers, nor than the rate limit lets go within about a second:
             # a claim waiting in this replica's queue is a lease running out unused.
-            limit = max(1, min(self._idle, int(self.limiter.burst)))
+            limit = self._idle if self.limiter.rate <= 0 else max(1, min(self._idle, int(self.limiter.burst)))
             try:
                 claims = await self.store.claim(limit, self.lease)
             except Exception as exc:  # the database is down or slow: pause, keep serving

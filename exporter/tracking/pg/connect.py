@@ -55,10 +55,11 @@ def read_password(password_file: str | None) -> str | None:
 
 
 async def create_pool(url: str, password_file: str | None = None, max_size: int = 10,
-                      password: str | None = None) -> Any:
+                      password: str | None = None, relaxed: bool = False) -> Any:
     """One pool of sessions to the state database (raises what asyncpg raises when it is down).
     `password` (state.password_file, read at config load) or `password_file`, else libpq's
-    PGPASSWORD / PGPASSFILE, which asyncpg reads itself."""
+    PGPASSWORD / PGPASSFILE, which asyncpg reads itself. `relaxed` sessions commit without waiting
+    for the WAL's flush (synchronous_commit off): only for writes a crash may lose harmlessly."""
     import asyncpg  # the optional `postgres` extra: only a replica configured with state.url needs it
 
     check_url(url)
@@ -67,7 +68,8 @@ async def create_pool(url: str, password_file: str | None = None, max_size: int 
         min_size=1, max_size=max_size,
         timeout=CONNECT_TIMEOUT, command_timeout=60,
         server_settings={"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
-                         "application_name": "distribute-exporter"})
+                         "application_name": "distribute-exporter",
+                         **({"synchronous_commit": "off"} if relaxed else {})})
 
 
 async def create_pool_waiting(url: str, password_file: str | None = None, max_size: int = 10,

@@ -45,6 +45,8 @@ CREATE TABLE IF NOT EXISTS replicas (name text PRIMARY KEY, seen float8 NOT NULL
 -- Periodic work done by one replica at a time: the holder until `until` (no session lock, so it
 -- works through a transaction-pooling PgBouncer).
 CREATE TABLE IF NOT EXISTS leaders (task text PRIMARY KEY, holder text NOT NULL, until float8 NOT NULL);
+-- Values computed by one replica for all (the gauges over unfinished jobs: see facts.py).
+CREATE TABLE IF NOT EXISTS gauges (key text PRIMARY KEY, value text NOT NULL, at float8 NOT NULL);
 -- SQLite files already copied by `state export` (their hand-off entries are applied once).
 CREATE TABLE IF NOT EXISTS imports (source text PRIMARY KEY, at float8 NOT NULL);
 """

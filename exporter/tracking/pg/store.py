@@ -22,6 +22,7 @@ from exporter.tracking import finishing
 from exporter.tracking.aggregates import JobAggregates
 from exporter.tracking.contract import Applied, Claim
 from exporter.tracking.job import FINISHED, OPEN, Job
+from exporter.tracking.pg import facts
 from exporter.tracking.pg.schema import NOW, migrate
 from exporter.tracking.pg.traces import OWE as OWE_TRACE
 from exporter.tracking.store import JOB_COLUMNS, labels_key
@@ -37,10 +38,16 @@ def _job(row: Any) -> Job:
 class PgJobStore:
     """The JobStore on a pool of asyncpg sessions (see connect.py)."""
 
-    def __init__(self, pool: Any, duration_buckets: Iterable[float], prices: PriceTable | None = None) -> None:
+    def __init__(self, pool: Any, duration_buckets: Iterable[float], prices: PriceTable | None = None,
+                 answers_pool: Any = None) -> None:
         self.pool = pool
+        # Claims and answers may go through sessions that commit without waiting for the disk
+        # (connect.py, `relaxed`): what a database crash loses of them is a lease or an answer, and
+        # the job simply comes due again and is asked again; nothing acknowledged travels there.
+        self.answers = answers_pool if answers_pool is not None else pool
         self.bounds = tuple(float(b) for b in duration_buckets)
         self.prices = prices
+        self._labels = facts.LabelCache()
         self.owe_traces = False  # tracing.endpoint: a job made COMPLETED/ERROR here owes a trace (pg/traces.py)
 
     async def migrate(self) -> int:
@@ -97,7 +104,7 @@ class PgJobStore:
 
     # -- polling ---------------------------------------------------------------------------------
     async def claim(self, limit: int, lease: float) -> list[Claim]:
-        rows = await self.pool.fetch(
+        rows = await self.answers.fetch(
             f"WITH due AS (SELECT id FROM jobs WHERE final = 0 AND next_due <= {NOW} "
             f"ORDER BY next_due LIMIT $1 FOR UPDATE SKIP LOCKED) "
             f"UPDATE jobs j SET next_due = {NOW} + $2 * (1 + random() * {LEASE_JITTER}), epoch = j.epoch + 1 "
@@ -113,7 +120,7 @@ class PgJobStore:
         if result.status != job.status:
             job.note_status(result.status, claim.now())
             history = job.history
-        done = await self.pool.fetchval(
+        done = await self.answers.fetchval(
             f"UPDATE jobs SET status = $3, model = CASE WHEN $4 = '' THEN model ELSE $4 END, created = $5, "
             f"finished = $6, last_polled = {NOW}, polls = polls + 1, history = $7, interval = $8, errors = 0, "
             f"last_answer_code = 200, next_due = {NOW} + $8 "
@@ -123,7 +130,7 @@ class PgJobStore:
 
     async def apply_error(self, claim: Claim, code: int | None, delay: float) -> Applied:
         """A failed poll: counted on the job, due again after `delay` (under the claim's epoch)."""
-        done = await self.pool.fetchval(
+        done = await self.answers.fetchval(
             f"UPDATE jobs SET errors = errors + 1, polls = polls + 1, last_polled = {NOW}, "
             f"last_answer_code = $3, next_due = {NOW} + $4 WHERE id = $1 AND epoch = $2 AND final = 0 RETURNING 1",
             claim.job.id, claim.epoch, code, delay)
@@ -140,7 +147,7 @@ class PgJobStore:
         return await self._finish(claim.job.id, None, claim.epoch)
 
     async def _finish(self, job_id: str, result: JobResult | None, epoch: int | None) -> Applied:
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.answers.acquire() as conn, conn.transaction():
             row = await conn.fetchrow(f"SELECT {_COLUMNS}, epoch, {NOW} AS at FROM jobs WHERE id = $1 FOR UPDATE",
                                       job_id)
             if row is None:
@@ -169,7 +176,7 @@ class PgJobStore:
         return Applied.FINAL
 
     async def _why_not(self, job_id: str) -> Applied:
-        final = await self.pool.fetchval("SELECT final FROM jobs WHERE id = $1", job_id)
+        final = await self.answers.fetchval("SELECT final FROM jobs WHERE id = $1", job_id)
         if final is None:
             return Applied.UNKNOWN
         return Applied.ALREADY_FINAL if final != OPEN else Applied.STALE
@@ -177,26 +184,18 @@ class PgJobStore:
     async def defer(self, job_id: str, delay: float) -> None:
         """Push an unfinished job's next own poll to at least `delay` from now (the application
         fetched its answer through a proxy)."""
-        await self.pool.execute(f"UPDATE jobs SET next_due = greatest(next_due, {NOW} + $2) "
+        await self.answers.execute(f"UPDATE jobs SET next_due = greatest(next_due, {NOW} + $2) "
                                 "WHERE id = $1 AND final = 0", job_id, delay)
 
     # -- facts -----------------------------------------------------------------------------------
-    async def facts(self) -> JobAggregates:
-        agg = JobAggregates(self.bounds)
-        async with self.pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            counters = await conn.fetch("SELECT family, labels, value FROM counters")
-            open_counts = await conn.fetch("SELECT kind, grp, model, status, count(*) AS n FROM jobs "
-                                           "WHERE final = 0 GROUP BY 1, 2, 3, 4")
-            oldest = await conn.fetch("SELECT DISTINCT ON (kind, grp) kind, grp, created, id FROM jobs "
-                                      "WHERE final = 0 AND created IS NOT NULL ORDER BY kind, grp, created")
-        finishing.restore(agg, ((r["family"], tuple(json.loads(r["labels"])), r["value"]) for r in counters))
-        agg.add_counts(list(agg.closed.items()))
-        agg.add_counts(((r["kind"], r["grp"], r["model"], r["status"]), r["n"]) for r in open_counts)
-        for r in oldest:
-            agg.note_unfinished(r["kind"], r["grp"], r["created"], r["id"])
-        if self.prices is not None:
-            agg.currency = self.prices.currency
-        return agg
+    async def facts(self, max_age: float | None = None) -> JobAggregates:
+        """The job facts; with `max_age`, the gauges over unfinished jobs may come from the row the
+        `gauges` leader writes (at most that old) instead of a scan (see facts.py)."""
+        return await facts.read_facts(self.pool, self.bounds, self.prices.currency if self.prices else None,
+                                      self._labels, max_age)
+
+    async def refresh_gauges(self) -> None:
+        await facts.refresh_gauges(self.pool)
 
     @staticmethod
     def is_current(job_id: str, created: float) -> bool:
