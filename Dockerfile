@@ -7,8 +7,9 @@ WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
 COPY exporter ./exporter
 # The uvloop extra: 10-20% less CPU per proxied request and per poll (docs/dependencies.md);
-# the postgres extra: the driver for state.url (several replicas on one PostgreSQL).
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[uvloop,postgres]"
+# the postgres extra: the driver for state.url (several replicas on one PostgreSQL); the otel extra:
+# the OpenTelemetry SDK and OTLP/HTTP exporter for tracing.endpoint (one trace per finished job).
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[uvloop,postgres,otel]"
 
 FROM python:3.11.10-slim-bookworm
 LABEL org.opencontainers.image.title="distribute-exporter" \

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench import benchmarks as b
-from bench import config_load, cost, poll_realistic
+from bench import config_load, cost, poll_realistic, tracing
 from bench import postgres as pg
 from bench import proxy as p
 from bench.jobs_query import jobs_query
@@ -77,6 +77,12 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("ratio_to_wrk_plain", "reported", None), ("ratio_to_wrk_priced", "reported", None),
         ("cpu_us_per_poll_plain", "reported", None), ("cpu_us_per_poll_priced", "reported", None),
         ("cpu_ratio", "reported", None)]),
+    "tracing": (tracing.traced_polls, {"ids": 50_000}, {"ids": 5_000}, [
+        ("polls_per_second_off", "reported", None), ("polls_per_second_on", "reported", None),
+        ("rate_ratio_on", ">= 0.9 (tracing on, same run)", lambda v: v >= 0.9),
+        ("rate_ratio_hang", ">= 0.95 (a collector that never answers, same run)", lambda v: v >= 0.95),
+        ("spans_per_second", "reported (spans the collector took, first to last)", None),
+        ("spans_exported", "reported", None)]),
     "jobs_query": (jobs_query, {"jobs": 1_000_000}, {"jobs": 100_000, "requests": 50, "scrapes": 60}, [
         ("oldest_unfinished_p99_ms", "<= 50 ms", lambda v: v <= 50),
         ("slowest_last_hour_p99_ms", "<= 50 ms", lambda v: v <= 50),

@@ -59,7 +59,12 @@ def templating(with_jobs: bool) -> dict[str, Any]:
                   variable("model", "Model", 'label_values(distribute_jobs{instance=~"$instance", kind=~"$kind", group=~"$group"}, model)'),
                   # where people's browsers reach the exporter: the latency panel's links open its jobs API
                   {"name": "exporter_url", "label": "Exporter URL", "type": "textbox", "query": EXPORTER_URL,
-                   "current": {"text": EXPORTER_URL, "value": EXPORTER_URL}, "hide": 0}]
+                   "current": {"text": EXPORTER_URL, "value": EXPORTER_URL}, "hide": 0},
+                  # The tracing data source (Tempo; tracing.endpoint sends the traces there through a
+                  # collector): the latency panel's trace link opens its jobs' traces in Explore. With
+                  # none configured the variable is empty and the link leads nowhere useful.
+                  {"name": "tracing_datasource", "label": "Traces", "type": "datasource", "query": "tempo",
+                   "current": {}, "hide": 0, "refresh": 1}]
     else:
         items += [variable("kind", "Kind", 'label_values(distribute_api_requests_total{instance=~"$instance"}, kind)')]
     return {"list": items}
@@ -90,8 +95,9 @@ def dashboard(uid: str, title: str, description: str, panels: list[dict[str, Any
 
 
 def latency_panel(buckets: str) -> dict[str, Any]:
-    """Quantiles with the exemplars Prometheus stored (each a job id: the datasource's
-    exemplarTraceIdDestinations links it to /jobs/<id>), and a link to the slowest jobs' list."""
+    """Quantiles with the exemplars Prometheus stored (each a job id, and its trace id with tracing
+    on: the datasource's exemplarTraceIdDestinations link them to /jobs/<id> and to the trace), a
+    link to the slowest jobs' list and one to the series' traces ($tracing_datasource)."""
     latency = panel("Latency p50 / p90 / p99 by kind and model", "Quantiles of finished - created, from the "
                     "distribute_job_duration_seconds histogram (interpolated within buckets). The dots are "
                     "exemplars: a recent job of each bucket; hover one and follow job_id to the job's page on the "
@@ -103,8 +109,18 @@ def latency_panel(buckets: str) -> dict[str, Any]:
     latency["fieldConfig"]["defaults"]["links"] = [{
         "title": "Slowest ${__field.labels.kind} jobs of ${__field.labels.model} on the exporter",
         "url": "${exporter_url}/api/v1/jobs?kind=${__field.labels.kind}&model=${__field.labels.model:percentencode}"
-               "&sort=-duration&finished_after=${__from:date:seconds}", "targetBlank": True}]
+               "&sort=-duration&finished_after=${__from:date:seconds}", "targetBlank": True},
+        {"title": "Traces of ${__field.labels.kind} jobs of ${__field.labels.model} (${tracing_datasource})",
+         "url": TRACES_EXPLORE, "targetBlank": True}]
     return latency
+
+
+# Grafana Explore on the tracing data source, with a TraceQL search for the series' jobs (their root
+# spans carry distribute.job.kind and gen_ai.response.model, see README, Traces).
+TRACEQL = ('{ span.distribute.job.kind = \\"${__field.labels.kind}\\" && '
+           'span.gen_ai.response.model = \\"${__field.labels.model}\\" }')
+TRACES_EXPLORE = ('/explore?left={"datasource":"${tracing_datasource}","queries":[{"refId":"A",'
+                  '"queryType":"traceql","query":"' + TRACEQL + '"}],"range":{"from":"${__from}","to":"${__to}"}}')
 
 
 def jobs_dashboard() -> dict[str, Any]:

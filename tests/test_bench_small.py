@@ -167,3 +167,17 @@ def test_postgres_small(tmp_path):
     for name in ("claim", "apply", "apply_final", "register", "facts_read", "metrics_jobs"):
         assert figures[f"{name}_p99_ms"] > 0, name
     assert figures["export_seconds"] > 0
+
+
+def test_tracing_small(tmp_path):
+    from bench.tracing import traced_polls
+
+    figures = traced_polls(tmp_path, ids=500)
+    assert figures["polls_per_second_off"] > 0 and figures["polls_per_second_on"] > 0
+    assert figures["polls_per_second_hang"] > 0 and figures["spans_per_second"] > 0
+    assert figures["spans_exported"] == 500  # one root span per job (final at the first answer: no phases)
+    for run, owed in (("off", 0), ("on", 0), ("hang", 500)):  # sent, or still owed to a collector that hangs
+        store = StateStore(str(tmp_path / run / "state.db"))
+        store.open()
+        assert store.db.execute("SELECT count(*) FROM traces_owed").fetchone()[0] == owed
+        store.close()

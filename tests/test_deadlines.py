@@ -199,5 +199,5 @@ def test_a_schema_7_file_is_migrated_and_keeps_its_counts(tmp_path):
         return finished, version, cutoff
 
     finished, version, cutoff = asyncio.run(reopen())
-    assert SCHEMA_VERSION == 8 and version == "8"
+    assert SCHEMA_VERSION >= 8 and version == str(SCHEMA_VERSION)  # 8: the deadline families; later ones too
     assert finished == {("chat", "g", "m", "COMPLETED"): 1} and cutoff == 0.0

@@ -33,6 +33,9 @@ from exporter.sources.registration import Registrar
 from exporter.sources.registration import routes as registration_routes
 from exporter.sources.sync import ConfigSources
 from exporter.app.proxying import ProxyWiring, listen_url
+from exporter.metrics.traces import TracesCollector
+from exporter.tracking.trace_owed import TraceStats
+from exporter.tracking.trace_queue import SqliteOwedTraces
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.store import StateStore
 from exporter.http.server import Site, build_web_app
@@ -80,6 +83,11 @@ class Exporter:
         self.jobs = TrackedJobs(self.store, self.job_agg)
         self.jobs.prices = config.prices
         self.jobs.deadline_seconds = config.metrics.job_deadline_seconds
+        # tracing.endpoint: finished jobs owe a trace (kept in the state) that `traces` sends.
+        self.tracing = config.tracing.endpoint is not None
+        self.jobs.owe_traces = self.jobs.exemplars.traced = self.tracing
+        self.trace_stats = TraceStats()
+        self.traces: Any = None  # the TraceShipper, once started
         self.timeline = Timeline(self.job_agg, self.api_agg)
         self.limiter = RateLimiter(config.api.max_requests_per_second)
         self.client = self._make_client(config)
@@ -103,7 +111,9 @@ class Exporter:
     # -- shape ---------------------------------------------------------------------------------------
     @staticmethod
     def _secrets(config: Config) -> list[str | None]:
-        return [s.reveal() if s else None for s in (config.api_key, config.registration_token, config.state_password)]
+        secrets = (config.api_key, config.registration_token, config.state_password,
+                   *(v for _, v in config.tracing_headers))
+        return [s.reveal() if s else None for s in secrets]
 
     def _make_client(self, config: Config) -> ApiClient:
         key = config.api_key.reveal() if config.api_key else None
@@ -122,6 +132,10 @@ class Exporter:
             now = time.time()
             today = self.job_agg.spend_today
             today.restore(await self.store.call(self.store.spend_since, today.start_of_day(now)), now)
+        if self.tracing:
+            from exporter.tracking.trace_export import TraceShipper  # needs the otel extra
+            self.traces = TraceShipper(SqliteOwedTraces(self.store), self.config, self.trace_stats)
+            self.proxying.note_create = self.traces.notes.add
         self._declare_series(self.config)
         self.poller.schedule_all()
         await self.sources.sync(self.config, initial=True)
@@ -136,7 +150,8 @@ class Exporter:
                            ("web-config", self.guard.watch()),
                            ("files", self._files_loop()), ("retention", self._retention_loop()),
                            ("timeline", self._timeline_loop()),
-                           ("proxy-observer", self.proxying.tracking.run())):
+                           ("proxy-observer", self.proxying.tracking.run()),
+                           *((("traces", self.traces.run()),) if self.traces else ())):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: %d jobs polled, %d closed, listening on %s", len(self.jobs.open),
                  self.jobs.closed_total, self.url)
@@ -190,6 +205,8 @@ class Exporter:
         facts.add_process_facts(ExporterCollector(s))
         facts.add_process_facts(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
         facts.add_process_facts(Sampled(PlatformCollector(registry=None), float("inf")))
+        if self.tracing:
+            facts.add_process_facts(TracesCollector(self.trace_stats))
 
     def _declare_series(self, config: Config) -> None:
         for kind, group in config.groups():
@@ -209,6 +226,8 @@ class Exporter:
         finally:
             for client in [self.client, *self._retired_clients]:
                 await client.close()
+            if self.traces is not None:
+                self.traces.close()
             if self._runner is not None:
                 await self._runner.cleanup()
             await asyncio.get_running_loop().run_in_executor(None, self.store.shutdown)
@@ -280,7 +299,7 @@ class Exporter:
     def _apply(self, new: Config) -> None:
         old = self.config
         for key, what in ((("state", "path"), "state.path"), (("web", "listen_address"), "web.listen_address"),
-                          (("proxy", "listen_address"), "proxy.listen_address")):
+                          (("proxy", "listen_address"), "proxy.listen_address"), (("tracing", "endpoint"), "tracing.endpoint")):
             if getattr(getattr(old, key[0]), key[1]) != getattr(getattr(new, key[0]), key[1]):
                 log.warning("%s changed; that takes a restart", what)
         MASK.set(self._secrets(old) + self._secrets(new))
@@ -297,8 +316,8 @@ class Exporter:
         self.jobs.prices = new.prices  # for jobs that finish from now on; what was counted stays
         self.jobs.deadline_seconds = new.metrics.job_deadline_seconds  # counted jobs stay counted
         self._declare_series(new)
-        self.config = dataclasses.replace(new, state=old.state, web=dataclasses.replace(
-            new.web, listen_address=old.web.listen_address))
+        self.config = dataclasses.replace(new, state=old.state, tracing=old.tracing, tracing_headers=old.tracing_headers,
+                                          web=dataclasses.replace(new.web, listen_address=old.web.listen_address))
 
     def _close_retired(self, client: ApiClient) -> None:
         if client in self._retired_clients:

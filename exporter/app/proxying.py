@@ -44,6 +44,8 @@ class ProxyWiring:
         self.tracking = ProxyTracking(ProxiedJobs(jobs, lambda: current().proxy.fsync_creates), poller.defer,
                                       self.stats, current)
         self.proxy: Proxy | None = None
+        # With tracing on: keeps a create's requested model and traceparent for its trace (set by the wiring).
+        self.note_create: Callable[[str, str | None, str | None], None] | None = None
         self._tls = False
 
     async def start(self, registry: CollectorRegistry, ssl_context: Any) -> None:
@@ -54,7 +56,7 @@ class ProxyWiring:
         host, port = parse_listen_address(self.listen)
         registry.register(ProxyCollector(self.stats))
         config = self.current()
-        self.proxy = Proxy(ProxyHooks(self.created, self.observed), self.stats, lambda: self.current().proxy,
+        self.proxy = Proxy(ProxyHooks(self.created, self.observed, self.note_create), self.stats, lambda: self.current().proxy,
                            lambda: self.current().api.base_url, config.api.max_response_bytes)
         self._tls = ssl_context is not None
         try:

@@ -36,6 +36,7 @@ from exporter.http.server import Site, build_web_app
 from exporter.logs import MASK
 from exporter.metrics.collectors import ApiCollector, BuildInfoCollector, ExporterCollector, ExporterStatus, Sampled
 from exporter.metrics.facts import MetricsFacts
+from exporter.metrics.traces import TracesCollector
 from exporter.metrics.exposition import GzipParts, TextRenderer
 from exporter.metrics.shared_state import SharedJobsCollector, SharedStateCollector, SharedStateView
 from exporter.polling.client import ApiClient
@@ -52,6 +53,8 @@ from exporter.tracking.pg.connect import create_pool, create_pool_waiting, where
 from exporter.tracking.pg.facts import GAUGES_SECONDS
 from exporter.tracking.pg.schema import SchemaError
 from exporter.tracking.pg.store import PgJobStore
+from exporter.tracking.pg.traces import PgOwedTraces
+from exporter.tracking.trace_owed import TraceStats
 from exporter.tracking.queries import JobQuery
 from exporter.tracking.store import StateError
 from exporter.tracking.timeline import SAMPLE_SECONDS, Timeline
@@ -98,8 +101,12 @@ class SharedExporter:
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
+        # tracing.endpoint: a job made final by any replica or proxy owes a trace (pg/traces.py);
+        # the replicas share the sending.
+        self.trace_stats = TraceStats()
+        self.traces: Any = None  # the TraceShipper, once the database answered
         MASK.set([s.reveal() if s else None for s in (config.api_key, config.registration_token,
-                                                      config.state_password)])
+                                                      config.state_password, *(v for _, v in config.tracing_headers))])
 
     @property
     def url(self) -> str:
@@ -131,6 +138,11 @@ class SharedExporter:
             raise StateError(str(exc)) from None
         self.health.ok()
         self.facts.store = self.store
+        if self.config.tracing.endpoint is not None:
+            from exporter.tracking.trace_export import TraceShipper  # needs the otel extra
+            self.store.owe_traces = True
+            self.traces = TraceShipper(PgOwedTraces(pool, self.name), self.config, self.trace_stats)
+            self.proxy.note_create = self.traces.notes.add
         book = SharedBook(self.store)
         self.registrar_jobs.book = book
         self.sources = ConfigSources(book, self._invalid_id_line)
@@ -143,7 +155,8 @@ class SharedExporter:
         for name, coro in (("poller", self.poller.run()), ("heartbeat", self._heartbeat_loop()),
                            ("retention", self._lead("retention", self._retention, self._retention_every)),
                            ("gauges", self._lead("gauges", self.store.refresh_gauges, lambda: GAUGES_SECONDS)), ("files", self._files_loop()),
-                           ("web-config", self.guard.watch()), ("timeline", self._timeline_loop()), *self.proxy.tasks()):
+                           ("web-config", self.guard.watch()), ("timeline", self._timeline_loop()), *self.proxy.tasks(),
+                           *((("traces", self.traces.run()),) if self.traces else ())):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: replica %s on the state database %s, listening on %s", self.name, where(state.url), self.url)
 
@@ -153,6 +166,8 @@ class SharedExporter:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.proxy.stop()
+        if self.traces is not None:
+            self.traces.close()
         if self.store is not None:
             try:
                 await asyncio.wait_for(self.store.leave(self.name), 1.0)
@@ -173,7 +188,8 @@ class SharedExporter:
             self.status.reloaded(False)
             log.error("config reload failed, keeping the running config: %s", exc)
             return False, f"reload failed: {exc}"
-        self.config = dataclasses.replace(new, state=self.config.state, state_password=self.config.state_password)
+        self.config = dataclasses.replace(new, state=self.config.state, state_password=self.config.state_password,
+                                          tracing=self.config.tracing, tracing_headers=self.config.tracing_headers)
         if self.poller is not None:
             self.poller.config = new.poll
             await self.sources.sync(self.config)
@@ -267,6 +283,8 @@ class SharedExporter:
         facts.add_process_facts(SharedStateCollector(view))
         facts.add_process_facts(Sampled(ProcessCollector(registry=None), PROCESS_SAMPLE_SECONDS))
         facts.add_process_facts(Sampled(PlatformCollector(registry=None), float("inf")))
+        if self.config.tracing.endpoint is not None:
+            facts.add_process_facts(TracesCollector(self.trace_stats))
 
     # -- background loops ------------------------------------------------------------------------------
     async def _heartbeat_loop(self) -> None:

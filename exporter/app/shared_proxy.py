@@ -48,6 +48,8 @@ class SharedProxy:
         self.store: PgJobStore | None = None
         self.health: DatabaseHealth | None = None
         self.proxy: Proxy | None = None
+        # With tracing on: keeps a create's requested model and traceparent for its trace (set by the app).
+        self.note_create: Callable[[str, str | None, str | None], None] | None = None
         self._commit: GroupCommit[Row] = GroupCommit(self._write, "proxy-commit")
         self._observed: asyncio.Queue[tuple[str, str, str, str | None, bytes]] = asyncio.Queue(OBSERVED_QUEUE)
         self._late = 0  # creates in the journal not yet in the database
@@ -61,7 +63,7 @@ class SharedProxy:
         host, port = parse_listen_address(self.listen)
         registry.register(ProxyCollector(self.stats))
         config = self.current()
-        self.proxy = Proxy(ProxyHooks(self.created, self.observed), self.stats, lambda: self.current().proxy,
+        self.proxy = Proxy(ProxyHooks(self.created, self.observed, self.note_create), self.stats, lambda: self.current().proxy,
                            lambda: self.current().api.base_url, config.api.max_response_bytes)
         try:
             await self.proxy.start(host, port, ssl_context)

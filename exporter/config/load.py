@@ -25,6 +25,7 @@ from exporter.config.addresses import AddressError, parse_listen_address
 from exporter.config.model import API_KEY_ENV, REGISTRATION_TOKEN_ENV, RING_GONE, Config, ConfigError, Secret
 from exporter.config.pricing import PriceFileError, load_prices
 from exporter.config.state_url import StateUrlError, check_state_url
+from exporter.config.tracing import load_tracing
 
 
 def load_config(path: str | Path, *, env: dict[str, str] | None = None) -> Config:
@@ -56,7 +57,7 @@ def parse_config(text: str, *, base_dir: Path = Path("."), env: dict[str, str] |
     config = _check_jobs(config)
     _check_cross_fields(config)
     config = _load_secrets(dataclasses.replace(config, base_dir=base_dir), os.environ if env is None else env)
-    return _load_prices(config)
+    return load_tracing(_load_prices(config))
 
 
 # libyaml's loader, when PyYAML was built with it, parses a config of 50,000 inline ids ten times

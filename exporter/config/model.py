@@ -149,6 +149,17 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True)
+class TracingConfig:
+    """One OpenTelemetry trace per finished job (README, Traces): off while endpoint is unset."""
+
+    endpoint: str | None = _opt(None)  # OTLP/HTTP base URL, e.g. http://collector:4318
+    headers_file: str | None = _opt(None)  # "Name: value" lines sent with every export (vendors' keys)
+    service_name: str = _opt("distribute-exporter", nonempty=True)
+    # Traces owed but not exported yet, kept in the state; past this the oldest are dropped (counted).
+    max_pending: int = _opt(100_000, min=1)
+
+
+@dataclass(frozen=True)
 class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     poll: PollConfig = field(default_factory=PollConfig)
@@ -158,6 +169,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     pricing: PricingConfig = field(default_factory=PricingConfig)
     proxy: ProxyConfig = field(default_factory=ProxyConfig)
+    tracing: TracingConfig = field(default_factory=TracingConfig)
     # Not keys of the file: what loading it found.
     base_dir: Path = field(default=Path("."), metadata={"internal": True})
     api_key: Secret | None = field(default=None, metadata={"internal": True})
@@ -165,6 +177,8 @@ class Config:
     state_password: Secret | None = field(default=None, metadata={"internal": True})  # state.password_file, read
     warnings: tuple[str, ...] = field(default=(), metadata={"internal": True})
     prices: PriceTable | None = field(default=None, metadata={"internal": True})  # pricing.file, parsed
+    # tracing.headers_file, parsed: (name, value) pairs; the values are never printed.
+    tracing_headers: tuple[tuple[str, Secret], ...] = field(default=(), metadata={"internal": True})
 
     def resolve(self, path: str) -> Path:
         """A path written in the config, relative to the config file's folder."""

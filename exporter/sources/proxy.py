@@ -50,10 +50,13 @@ class ProxyHooks:
         the id is durably stored. Never raises.
     observed(job_id, kind, group, model, body): a 200 answer of /async/{kind}/result went back to
         the application; queued, applied off the application's path. Never raises, never blocks.
+    traced(job_id, model, traceparent): what a job's trace keeps of its create (the requested model,
+        the application's W3C traceparent); only with tracing on. Never raises, never blocks.
     """
 
     created: Callable[[str, str, str, str | None], Awaitable[None]]
     observed: Callable[[str, str, str, str | None, bytes], None]
+    traced: Callable[[str, str | None, str | None], None] | None = None
 
 
 class BodyTooLarge(Exception):
@@ -324,27 +327,29 @@ class Proxy:
     async def _seen(self, request: web.BaseRequest, endpoint: str, kind: str, tee: _Tee, body: bytes,
                     headers: CIMultiDictProxy[str]) -> None:
         await self.see(endpoint, kind, request.headers.get(GROUP_HEADER, ""), tee.kept(), body,
-                       headers.get("Content-Encoding", "identity").strip().lower())
+                       headers.get("Content-Encoding", "identity").strip().lower(), request.headers.get("traceparent"))
 
     async def see(self, endpoint: str, kind: str, group: str, request_body: bytes | None, answer: bytes,
-                  encoding: str) -> None:
+                  encoding: str, traceparent: str | None = None) -> None:
         """Let the hooks see a 200 answer of a create or result (both paths); never raises."""
         readable = _readable(answer, encoding, self.observe_max)
         if readable is None:
             return
         try:
-            await self._tell_hooks(endpoint, kind, self._group(group), request_body, readable)
+            await self._tell_hooks(endpoint, kind, self._group(group), request_body, readable, traceparent)
         except Exception:  # the hooks promise not to raise; the answer goes back whatever they do
             self.stats.error("commit" if endpoint == "create" else "observe")
             log.exception("proxy hook failed on POST /async/%s/%s", kind, endpoint)
 
     async def _tell_hooks(self, endpoint: str, kind: str, group: str, request_body: bytes | None,
-                          body: bytes) -> None:
+                          body: bytes, traceparent: str | None = None) -> None:
         if endpoint == "create":
             job_id, model = _json_field(body, "id"), _json_field(request_body, "model")
             if isinstance(job_id, str) and is_uuid4(job_id):
-                await self.hooks.created(normalise(job_id), kind, group,
-                                         model[:128] if isinstance(model, str) and model else None)
+                model = model[:128] if isinstance(model, str) and model else None
+                if self.hooks.traced is not None:
+                    self.hooks.traced(normalise(job_id), model, traceparent)
+                await self.hooks.created(normalise(job_id), kind, group, model)
             return
         job_id = _json_field(request_body, "id")
         if isinstance(job_id, str) and is_uuid4(job_id):

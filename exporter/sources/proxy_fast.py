@@ -272,7 +272,8 @@ class Client(asyncio.Protocol):
     async def _see(self, endpoint: str, kind: str, request: Request, exchange: Exchange, answer: Answer) -> None:
         body = exchange.body()
         if body is not None:
-            await self.forwarding.see(endpoint, kind, request.group, request.body, body, answer.encoding)
+            await self.forwarding.see(endpoint, kind, request.group, request.body, body, answer.encoding,
+                                      request.traceparent)
 
     def _fail(self, endpoint: str, status: int, reason: str, error: str, message: str) -> bool:
         self.forwarding.stats.error(error)

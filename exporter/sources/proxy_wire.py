@@ -50,6 +50,11 @@ class Request:
     named: set[bytes]  # field names the Connection fields name (lower case): hop-by-hop too
 
     @property
+    def traceparent(self) -> str | None:
+        """The application's W3C trace context, if it sent one (a create's becomes a span link)."""
+        return next((v.decode("latin-1") for n, v in self.fields if n.lower() == b"traceparent"), None)
+
+    @property
     def close(self) -> bool:
         """The application asked to close the connection after this answer."""
         return b"close" in self.named

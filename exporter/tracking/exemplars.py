@@ -19,6 +19,7 @@ class Sighting:
     job_id: str
     value: float  # the job's duration (buckets) or 1 (the finished counter)
     at: float  # when it finished (Unix time)
+    trace_id: str | None = None  # the job's trace (tracing.endpoint set): its id without dashes
 
 
 class Exemplars:
@@ -28,13 +29,15 @@ class Exemplars:
         self.bounds = bounds
         self.buckets: dict[JobLabels, list[Sighting | None]] = {}
         self.finished: dict[JobLabels, Sighting] = {}
+        self.traced = False  # tracing.endpoint set: each job's trace id goes with its job id
 
     def note(self, labels: JobLabels, job_id: str, duration: float | None, at: float) -> None:
-        self.finished[labels] = Sighting(job_id, 1.0, at)
+        trace = job_id.replace("-", "") if self.traced else None
+        self.finished[labels] = Sighting(job_id, 1.0, at, trace)
         if duration is None or duration < 0:
             return
         slots = self.buckets.get(labels)
         if slots is None:
             slots = self.buckets[labels] = [None] * (len(self.bounds) + 1)
         # The bucket Histogram.observe counts it in: the exemplar's value is <= its `le`.
-        slots[bisect.bisect_left(self.bounds, duration)] = Sighting(job_id, duration, at)
+        slots[bisect.bisect_left(self.bounds, duration)] = Sighting(job_id, duration, at, trace)

@@ -74,6 +74,7 @@ class TrackedJobs:
         self.prices: PriceTable | None = None  # pricing.file: jobs finishing from now on use it
         self.deadline_seconds = deadlines.DEFAULT_LIMIT  # metrics.job_deadline_seconds
         self.journal = CreateJournal(store.path)  # the proxy's creates until a flush wrote their rows
+        self.owe_traces = False  # tracing.endpoint: a job final here owes a trace, kept with its final row
 
     # -- start-up --------------------------------------------------------------------------------
     async def load(self) -> None:
@@ -275,7 +276,8 @@ class TrackedJobs:
             polled = sorted((j for j in pending.values() if j.final == OPEN), key=_by_id)
             whole, updates = self._rows(polled[:FLUSH_CHUNK])
             batch = Batch(upserts=[j.row() for j in counted] + whole, deletes=list(deleted), updates=updates,
-                          retire=list(retire.items()), counters=self.agg.take_dirty())
+                          retire=list(retire.items()), counters=self.agg.take_dirty(),
+                          traces=[(j.id, j.ended) for j in counted if j.final == FINISHED] if self.owe_traces else [])
             if batch:
                 try:
                     await self.store.write_durably(batch)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import sqlite3
 from typing import Callable
 
+from exporter.tracking.trace_owed import TRACES_TABLE
+
 
 def _to_2(db: sqlite3.Connection) -> None:
     # Version 1 had no `polls` column and no `retired` table (the table comes with the schema).
@@ -64,6 +66,13 @@ def _to_8(db: sqlite3.Connection) -> None:
     pass
 
 
+def _to_9(db: sqlite3.Connection) -> None:
+    # Traces owed to the collector (tracking/trace_owed.py): jobs final before this version owe none.
+    for statement in TRACES_TABLE.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
 def add_column(db: sqlite3.Connection, table: str, column: str, definition: str) -> None:
     """ALTER TABLE ... ADD COLUMN unless the column is there already (a half-migrated copy)."""
     if column not in {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
@@ -71,7 +80,7 @@ def add_column(db: sqlite3.Connection, table: str, column: str, definition: str)
 
 
 MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {2: _to_2, 3: _to_3, 5: _to_5, 6: _to_6, 7: _to_7,
-                                                               8: _to_8}
+                                                               8: _to_8, 9: _to_9}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

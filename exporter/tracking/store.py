@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 from exporter.tracking import price_entries
 from exporter.tracking.migrations import HANDOFF_TABLE, SCHEMA_VERSION, migrate
+from exporter.tracking.trace_owed import OWE as OWE_TRACES, TRACES_TABLE
 
 APPLICATION_ID = 0x44495354  # "DIST": marks a file as ours, so a foreign database is refused
 
@@ -55,7 +56,7 @@ CREATE TABLE IF NOT EXISTS counters (
     family TEXT NOT NULL, labels TEXT NOT NULL, value TEXT NOT NULL, PRIMARY KEY (family, labels)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS retired (id TEXT PRIMARY KEY, at REAL NOT NULL) WITHOUT ROWID;
-""" + price_entries.SCHEMA + HANDOFF_TABLE
+""" + price_entries.SCHEMA + HANDOFF_TABLE + TRACES_TABLE
 
 T = TypeVar("T")
 
@@ -82,9 +83,10 @@ class Batch:
     # Rows (JOB_COLUMNS order) of jobs still polled whose row in the file is theirs and still polled:
     # written by an UPDATE of the columns that can change while polled (see `write`).
     updates: list[tuple[Any, ...]] = field(default_factory=list)
+    traces: list[tuple[str, float]] = field(default_factory=list)  # (job id, when): owed a trace (trace_owed.py)
 
     def __bool__(self) -> bool:
-        return bool(self.upserts or self.deletes or self.retire or self.counters or self.updates)
+        return bool(self.upserts or self.deletes or self.retire or self.counters or self.updates or self.traces)
 
 
 # What a row of a job still polled can not change: its identity, where it came from, and the indexed
@@ -317,6 +319,8 @@ class StateStore:
             if batch.counters:
                 db.executemany("INSERT OR REPLACE INTO counters VALUES (?, ?, ?)",
                                ((f, labels_key(l), json.dumps(v)) for f, l, v in batch.counters))
+            if batch.traces:  # with the final rows above: owed exactly when final (trace_owed.py)
+                db.executemany(OWE_TRACES, batch.traces)
 
     def insert_new(self, rows: list[tuple[Any, ...]], fsync: bool = True) -> None:
         """Write rows of jobs the file does not hold yet, in one transaction; a row already there

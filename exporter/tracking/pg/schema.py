@@ -51,8 +51,17 @@ CREATE TABLE IF NOT EXISTS gauges (key text PRIMARY KEY, value text NOT NULL, at
 CREATE TABLE IF NOT EXISTS imports (source text PRIMARY KEY, at float8 NOT NULL);
 """
 
+# Version 2: traces owed to the collector (tracking/pg/traces.py).
+_V2 = """
+CREATE TABLE IF NOT EXISTS traces_owed (
+    seq bigserial PRIMARY KEY, job_id text NOT NULL UNIQUE, owed_at float8 NOT NULL,
+    holder text, until float8 NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS trace_creates (job_id text PRIMARY KEY, request_model text, traceparent text);
+"""
+
 Execute = Callable[[str], Awaitable[Any]]
-MIGRATIONS: dict[int, str] = {1: _V1}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

@@ -21,9 +21,10 @@ from exporter.config.pricing import PriceTable
 from exporter.tracking import finishing
 from exporter.tracking.aggregates import JobAggregates
 from exporter.tracking.contract import Applied, Claim
-from exporter.tracking.job import OPEN, Job
+from exporter.tracking.job import FINISHED, OPEN, Job
 from exporter.tracking.pg import facts
 from exporter.tracking.pg.schema import NOW, migrate
+from exporter.tracking.pg.traces import OWE as OWE_TRACE
 from exporter.tracking.store import JOB_COLUMNS, labels_key
 
 _COLUMNS = ", ".join(JOB_COLUMNS)
@@ -47,6 +48,7 @@ class PgJobStore:
         self.bounds = tuple(float(b) for b in duration_buckets)
         self.prices = prices
         self._labels = facts.LabelCache()
+        self.owe_traces = False  # tracing.endpoint: a job made COMPLETED/ERROR here owes a trace (pg/traces.py)
 
     async def migrate(self) -> int:
         async with self.pool.acquire() as conn:
@@ -192,6 +194,8 @@ class PgJobStore:
                 json.dumps(job.choices) if job.choices else None, job.history, job.duration,
                 job.estimated_cost, job.price_entry, 200 if result is not None else 404)
             await add_counters(conn, deltas)
+            if self.owe_traces and job.final == FINISHED:  # owed by the transaction that makes it final
+                await conn.execute(OWE_TRACE, job.id)
         return Applied.FINAL
 
     async def _why_not(self, job_id: str) -> Applied:
