@@ -90,7 +90,7 @@ class RequestHead:
     `finish`, so that one parser serves the connection's requests one after the other; stopping
     llhttp with an exception would cost more than the parse)."""
 
-    __slots__ = ("parser", "target", "fields", "done", "error", "fed", "http11")
+    __slots__ = ("parser", "target", "fields", "done", "error", "fed", "begin", "http11")
 
     def __init__(self, start: int = 0) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -102,7 +102,7 @@ class RequestHead:
         self.fields: list[tuple[bytes, bytes]] = []
         self.done = False
         self.error: BadRequest | None = None
-        self.fed = start  # bytes of the buffer read (line ends before the head are skipped here)
+        self.fed = self.begin = start  # bytes of the buffer read; where the head begins (past line ends)
         self.http11 = False
 
     def on_url(self, url: bytes) -> None:
@@ -120,11 +120,13 @@ class RequestHead:
     def take(self, buffer: bytearray) -> int:
         """Read what came of the head in `buffer`: where its body starts once it is whole, else -1;
         BadRequest when llhttp refuses it."""
-        start = self.fed
-        end = _head_end(buffer, self.fed, start)
+        fed = self.fed
+        # The blank line may have begun in an earlier read: search from 3 bytes back, not before the head.
+        end = _head_end(buffer, fed, self.begin)
         self.fed = end if end >= 0 else len(buffer)
         try:
-            self.parser.feed_data(bytes(buffer[start:self.fed]))
+            with memoryview(buffer) as view:  # fed in place: no copy of the head
+                self.parser.feed_data(view[fed:self.fed])
         except httptools.HttpParserUpgrade:
             pass  # Upgrade or CONNECT: a whole head, which the policy hands to aiohttp
         except httptools.HttpParserError as exc:
@@ -132,7 +134,7 @@ class RequestHead:
         if end >= 0:
             if not self.done:
                 raise BadRequest("malformed request head")
-            line = buffer.find(b"\r\n", _after_line_ends(buffer, 0))  # llhttp checked the request line
+            line = buffer.find(b"\r\n", _after_line_ends(buffer, self.begin))  # llhttp checked the request line
             self.http11 = buffer[line - 8:line] == b"HTTP/1.1"
         return end
 
