@@ -228,9 +228,11 @@ class BadAnswer(ValueError):
 
 class AnswerHead:
     """The API's answer head as llhttp reads it, fed as its bytes come, each byte once and never past
-    the final head's blank line: interim answers (1xx) are read past."""
+    the final head's blank line: interim answers (1xx) are read past. Its parser refers back to it
+    (the callbacks): once the final head is read, or refused, the parser is let go, so that the pair
+    is freed at once rather than left, one per answer, to Python's cyclic garbage collector."""
 
-    __slots__ = ("parser", "reason", "fields", "heads", "done", "error", "fed", "start")
+    __slots__ = ("parser", "reason", "fields", "heads", "done", "error", "fed", "start", "status", "version")
 
     def __init__(self) -> None:
         self.reason = b""
@@ -239,7 +241,8 @@ class AnswerHead:
         self.done = False
         self.error: BadAnswer | None = None
         self.fed = self.start = 0
-        self.parser = httptools.HttpResponseParser(self)
+        self.status, self.version = 0, ""  # the latest head's
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -252,7 +255,9 @@ class AnswerHead:
 
     def on_headers_complete(self) -> None:
         self.heads += 1
-        status = self.parser.get_status_code()
+        assert self.parser is not None
+        status = self.status = self.parser.get_status_code()
+        self.version = self.parser.get_http_version()
         if status == 101:
             self.error = BadAnswer("an upgrade (101) instead of an answer")
             raise self.error
@@ -268,18 +273,24 @@ class AnswerHead:
             end = _head_end(buffer, self.fed, self.start)
             stop = end if end >= 0 else len(buffer)
             heads = self.heads
+            assert self.parser is not None
             try:
-                self.parser.feed_data(bytes(buffer[self.fed:stop]))
+                with memoryview(buffer) as view:  # fed in place: no copy of the head
+                    self.parser.feed_data(view[self.fed:stop])
             except httptools.HttpParserUpgrade:
+                self.parser = None
                 raise BadAnswer("an upgrade instead of an answer") from None
             except httptools.HttpParserError as exc:
+                self.parser = None
                 raise self.error or BadAnswer(str(exc) or "malformed answer head") from None
             self.fed = stop
             if end < 0:
                 return -1
             if self.heads == heads:
+                self.parser = None
                 raise BadAnswer("malformed answer head")
             if self.done:
+                self.parser = None  # the head is all it reads
                 return end
             self.start = _after_line_ends(buffer, end)  # an interim head: the next one follows
 
@@ -288,7 +299,7 @@ def answer_of(head: AnswerHead, method: bytes) -> Answer:
     """The proxy's policy on the final answer head llhttp accepted: how its body is framed, whether
     the connection may be reused, and the head the application gets (hop-by-hop fields dropped, and
     Content-Length dropped when Transfer-Encoding is there: RFC 9112 6.3)."""
-    status = head.parser.get_status_code()
+    status = head.status
     fields = head.fields
     length: bytes | None = None
     codings: list[bytes] = []
@@ -305,7 +316,7 @@ def answer_of(head: AnswerHead, method: bytes) -> Answer:
         elif lower == b"connection":
             connection.append(value)
     named = _named(connection) - _FRAMING  # the answer's own framing is passed on with its body
-    reusable = b"close" not in named and (head.parser.get_http_version() == "1.1" or b"keep-alive" in named)
+    reusable = b"close" not in named and (head.version == "1.1" or b"keep-alive" in named)
     if method == b"HEAD" or status in (204, 304):
         framing = "none"
     elif codings:  # chunked only when it is the last coding (as llhttp reads it); else until close
