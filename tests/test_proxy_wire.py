@@ -531,3 +531,31 @@ def test_a_head_and_body_sent_in_many_pieces_are_each_read_once(monkeypatch):
     assert got["answer"].startswith(b"HTTP/1.1 200 OK")
     # Each byte of the head read once, in pieces, and not one of the body's.
     assert len(fed) > 10 and sum(fed) == len(head) and len(head) > 57_000
+
+
+def test_a_head_whose_blank_line_comes_apart_is_read_wherever_it_is_cut():
+    """A client that writes its head's lines and then the blank line on its own (or a packet cut
+    inside the final CRLF CRLF): the head ends in the later read, and the request is served at once
+    (the search for the blank line had started at the new bytes and never found it)."""
+    from exporter.sources.proxy_wire import RequestHead
+
+    head = b"POST /echo HTTP/1.1\r\nHost: p\r\nContent-Length: 2\r\n\r\n"
+    for cut in range(1, len(head)):
+        reader, buffer = RequestHead(0), bytearray(head[:cut])
+        assert reader.take(buffer) == -1
+        buffer += head[cut:]
+        assert reader.take(buffer) == len(head), cut
+    got: list[bytes] = []
+
+    async def scenario(port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for cut in (1, 2, 3):  # the last 1, 2 or 3 bytes of the blank line in a later packet
+            writer.write(head[:-cut])
+            await writer.drain()
+            await asyncio.sleep(0.05)  # apart: two reads on the proxy's side
+            writer.write(head[-cut:] + b"ok")
+            got.append(await asyncio.wait_for(reader.readuntil(b"\r\n\r\nok"), 5))
+        writer.close()
+
+    exchanges(scenario)
+    assert len(got) == 3 and all(answer.startswith(b"HTTP/1.1 200 OK") for answer in got)

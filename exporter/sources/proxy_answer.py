@@ -28,7 +28,8 @@ _PRIMER = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
 class Chunked:
     """A chunked body read by llhttp as its bytes come (they are forwarded as they are): where it
     ends, and its data decoded while `keep` allows (for the hooks). Its parser is primed with a
-    minimal head, so that it starts in the body."""
+    minimal head, so that it starts in the body. The parser refers back to it (the callbacks): it
+    is let go once the body ended or broke, so that the pair is freed at once, not by the cyclic GC."""
 
     __slots__ = ("parser", "data", "ended", "crlf_run")
 
@@ -36,7 +37,7 @@ class Chunked:
         self.data = BoundedCopy(keep)
         self.ended = False
         self.crlf_run = 0  # CR and LF bytes at the end of what came so far
-        self.parser = httptools.HttpResponseParser(self)
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self.parser.feed_data(_PRIMER)
 
     def on_body(self, body: bytes) -> None:
@@ -53,12 +54,15 @@ class Chunked:
         """How many bytes of `data` belong to the body: all of them (len) while it goes on, fewer
         at its end (-1 - used: the body ended after `used` bytes). ChunkError when it is broken or
         other bytes than line ends follow it."""
-        if self.ended:
+        if self.ended or self.parser is None:
             raise ChunkError("bytes after the end of a chunked body")
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            self.parser = None
             raise ChunkError("bytes after the end of a chunked body" if self.ended else str(exc)) from None
+        if self.ended:
+            self.parser = None
         run = len(data) - len(data.rstrip(b"\r\n"))
         self.crlf_run = self.crlf_run + run if run == len(data) else run
         if not self.ended:

@@ -95,7 +95,7 @@ class RequestHead:
     `finish`, so that one parser serves the connection's requests one after the other; stopping
     llhttp with an exception would cost more than the parse)."""
 
-    __slots__ = ("parser", "target", "fields", "done", "error", "fed", "http11")
+    __slots__ = ("parser", "target", "fields", "done", "error", "fed", "begin", "http11")
 
     def __init__(self, start: int = 0) -> None:
         self.parser = httptools.HttpRequestParser(self)
@@ -107,7 +107,7 @@ class RequestHead:
         self.fields: list[tuple[bytes, bytes]] = []
         self.done = False
         self.error: BadRequest | None = None
-        self.fed = start  # bytes of the buffer read (line ends before the head are skipped here)
+        self.fed = self.begin = start  # bytes of the buffer read; where the head begins (past line ends)
         self.http11 = False
 
     def on_url(self, url: bytes) -> None:
@@ -125,11 +125,13 @@ class RequestHead:
     def take(self, buffer: bytearray) -> int:
         """Read what came of the head in `buffer`: where its body starts once it is whole, else -1;
         BadRequest when llhttp refuses it."""
-        start = self.fed
-        end = _head_end(buffer, self.fed, start)
+        fed = self.fed
+        # The blank line may have begun in an earlier read: search from 3 bytes back, not before the head.
+        end = _head_end(buffer, fed, self.begin)
         self.fed = end if end >= 0 else len(buffer)
         try:
-            self.parser.feed_data(bytes(buffer[start:self.fed]))
+            with memoryview(buffer) as view:  # fed in place: no copy of the head
+                self.parser.feed_data(view[fed:self.fed])
         except httptools.HttpParserUpgrade:
             pass  # Upgrade or CONNECT: a whole head, which the policy hands to aiohttp
         except httptools.HttpParserError as exc:
@@ -137,7 +139,7 @@ class RequestHead:
         if end >= 0:
             if not self.done:
                 raise BadRequest("malformed request head")
-            line = buffer.find(b"\r\n", _after_line_ends(buffer, 0))  # llhttp checked the request line
+            line = buffer.find(b"\r\n", _after_line_ends(buffer, self.begin))  # llhttp checked the request line
             self.http11 = buffer[line - 8:line] == b"HTTP/1.1"
         return end
 
@@ -231,9 +233,11 @@ class BadAnswer(ValueError):
 
 class AnswerHead:
     """The API's answer head as llhttp reads it, fed as its bytes come, each byte once and never past
-    the final head's blank line: interim answers (1xx) are read past."""
+    the final head's blank line: interim answers (1xx) are read past. Its parser refers back to it
+    (the callbacks): once the final head is read, or refused, the parser is let go, so that the pair
+    is freed at once rather than left, one per answer, to Python's cyclic garbage collector."""
 
-    __slots__ = ("parser", "reason", "fields", "heads", "done", "error", "fed", "start")
+    __slots__ = ("parser", "reason", "fields", "heads", "done", "error", "fed", "start", "status", "version")
 
     def __init__(self) -> None:
         self.reason = b""
@@ -242,7 +246,8 @@ class AnswerHead:
         self.done = False
         self.error: BadAnswer | None = None
         self.fed = self.start = 0
-        self.parser = httptools.HttpResponseParser(self)
+        self.status, self.version = 0, ""  # the latest head's
+        self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -255,7 +260,9 @@ class AnswerHead:
 
     def on_headers_complete(self) -> None:
         self.heads += 1
-        status = self.parser.get_status_code()
+        assert self.parser is not None
+        status = self.status = self.parser.get_status_code()
+        self.version = self.parser.get_http_version()
         if status == 101:
             self.error = BadAnswer("an upgrade (101) instead of an answer")
             raise self.error
@@ -271,18 +278,24 @@ class AnswerHead:
             end = _head_end(buffer, self.fed, self.start)
             stop = end if end >= 0 else len(buffer)
             heads = self.heads
+            assert self.parser is not None
             try:
-                self.parser.feed_data(bytes(buffer[self.fed:stop]))
+                with memoryview(buffer) as view:  # fed in place: no copy of the head
+                    self.parser.feed_data(view[self.fed:stop])
             except httptools.HttpParserUpgrade:
+                self.parser = None
                 raise BadAnswer("an upgrade instead of an answer") from None
             except httptools.HttpParserError as exc:
+                self.parser = None
                 raise self.error or BadAnswer(str(exc) or "malformed answer head") from None
             self.fed = stop
             if end < 0:
                 return -1
             if self.heads == heads:
+                self.parser = None
                 raise BadAnswer("malformed answer head")
             if self.done:
+                self.parser = None  # the head is all it reads
                 return end
             self.start = _after_line_ends(buffer, end)  # an interim head: the next one follows
 
@@ -291,7 +304,7 @@ def answer_of(head: AnswerHead, method: bytes) -> Answer:
     """The proxy's policy on the final answer head llhttp accepted: how its body is framed, whether
     the connection may be reused, and the head the application gets (hop-by-hop fields dropped, and
     Content-Length dropped when Transfer-Encoding is there: RFC 9112 6.3)."""
-    status = head.parser.get_status_code()
+    status = head.status
     fields = head.fields
     length: bytes | None = None
     codings: list[bytes] = []
@@ -308,7 +321,7 @@ def answer_of(head: AnswerHead, method: bytes) -> Answer:
         elif lower == b"connection":
             connection.append(value)
     named = _named(connection) - _FRAMING  # the answer's own framing is passed on with its body
-    reusable = b"close" not in named and (head.parser.get_http_version() == "1.1" or b"keep-alive" in named)
+    reusable = b"close" not in named and (head.version == "1.1" or b"keep-alive" in named)
     if method == b"HEAD" or status in (204, 304):
         framing = "none"
     elif codings:  # chunked only when it is the last coding (as llhttp reads it); else until close
