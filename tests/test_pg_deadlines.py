@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 from exporter.api.results import JobResult
 from exporter.tracking.contract import Applied
@@ -142,3 +143,38 @@ def test_replicas_serve_the_stuck_jobs_in_metrics_jobs_counted_once(simulator, e
     wait_for(lambda: total(again.samples("distribute_exporter_polls_total")) >= polls + 10, 30,
              what="the restarted replica polls (and leads the sweep)")
     assert served(again) == 5
+
+
+def test_a_sqlite_file_exported_keeps_its_count_and_its_counted_jobs_are_not_counted_again(tmp_path, pg_db):
+    from exporter.tracking.aggregates import JobAggregates
+    from exporter.tracking.jobs import TrackedJobs
+    from exporter.tracking.pg.export import export_file
+    from exporter.tracking.store import StateStore
+
+    url, pw = pg_db
+
+    async def go():
+        store = StateStore(str(tmp_path / "state.db"))
+        await store.call(store.open)
+        tracked = TrackedJobs(store, JobAggregates(BUCKETS))
+        await tracked.load()
+        tracked.deadline_seconds = LIMIT
+        now = time.time()
+        await tracked.track(["old1", "old2", "young"], "chat", "g", "config", now)
+        for job_id, age in (("old1", LIMIT + 50), ("old2", LIMIT + 60), ("young", LIMIT - 30)):
+            tracked.apply(tracked.open[job_id], JobResult("RUNNING", "m", now - age), now)
+        assert tracked.sweep_deadlines(now) == 2
+        await tracked.flush()
+        store.shutdown()
+
+        pg = await opened(url, pw)
+        try:
+            await export_file(pg, str(tmp_path / "state.db"))
+            assert await counted(pg) == {("chat", "g"): 2}  # the file's count, carried over
+            assert await pg.sweep_deadlines() == 0  # its two jobs were counted there
+            await pg.pool.execute("UPDATE jobs SET created = created - 60 WHERE id = 'young'")
+            assert await pg.sweep_deadlines() == 1  # not counted there: now past its deadline here
+            assert await counted(pg) == {("chat", "g"): 3}
+        finally:
+            await pg.pool.close()
+    asyncio.run(go())
