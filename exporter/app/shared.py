@@ -50,6 +50,7 @@ from exporter.tracking.aggregates import ApiAggregates, JobAggregates
 from exporter.tracking.pg import queries as pg_queries
 from exporter.tracking.pg.book import SharedBook
 from exporter.tracking.pg.connect import create_pool, create_pool_waiting, where
+from exporter.tracking.pg.deadlines import SWEEP_SECONDS as DEADLINE_SWEEP_SECONDS
 from exporter.tracking.pg.facts import GAUGES_SECONDS
 from exporter.tracking.pg.schema import SchemaError
 from exporter.tracking.pg.store import PgJobStore
@@ -138,6 +139,7 @@ class SharedExporter:
             raise StateError(str(exc)) from None
         self.health.ok()
         self.facts.store = self.store
+        self.store.deadline_seconds = self.config.metrics.job_deadline_seconds
         if self.config.tracing.endpoint is not None:
             from exporter.tracking.trace_export import TraceShipper  # needs the otel extra
             self.store.owe_traces = True
@@ -154,7 +156,9 @@ class SharedExporter:
         self.started = True
         for name, coro in (("poller", self.poller.run()), ("heartbeat", self._heartbeat_loop()),
                            ("retention", self._lead("retention", self._retention, self._retention_every)),
-                           ("gauges", self._lead("gauges", self.store.refresh_gauges, lambda: GAUGES_SECONDS)), ("files", self._files_loop()),
+                           ("gauges", self._lead("gauges", self.store.refresh_gauges, lambda: GAUGES_SECONDS)),
+                           ("deadlines", self._lead("deadlines", self.store.sweep_deadlines, lambda: DEADLINE_SWEEP_SECONDS)),
+                           ("files", self._files_loop()),
                            ("web-config", self.guard.watch()), ("timeline", self._timeline_loop()), *self.proxy.tasks(),
                            *((("traces", self.traces.run()),) if self.traces else ())):
             self._tasks.append(asyncio.create_task(coro, name=name))
@@ -190,6 +194,8 @@ class SharedExporter:
             return False, f"reload failed: {exc}"
         self.config = dataclasses.replace(new, state=self.config.state, state_password=self.config.state_password,
                                           tracing=self.config.tracing, tracing_headers=self.config.tracing_headers)
+        if self.store is not None:
+            self.store.deadline_seconds = new.metrics.job_deadline_seconds  # counted jobs stay counted
         if self.poller is not None:
             self.poller.config = new.poll
             await self.sources.sync(self.config)

@@ -25,6 +25,7 @@ from typing import Any
 from exporter.api.results import InvalidBody, parse_result
 from exporter.tracking import finishing
 from exporter.tracking.aggregates import Histogram
+from exporter.tracking.pg.deadlines import FAMILY as DEADLINE_FAMILY
 from exporter.tracking.pg.schema import NOW
 from exporter.tracking.pg.store import PgJobStore, add_counters
 from exporter.tracking.store import JOB_COLUMNS, StateError, StateStore
@@ -106,9 +107,15 @@ def additive(counters: list[tuple[str, tuple[str, ...], Any]]) -> list[finishing
         if family == "durations":
             bounds, counts, total, count = value
             out.extend(finishing.histogram_rows(labels, Histogram(tuple(bounds), list(counts), total, count)))
-        elif family in finishing.PLAIN_FAMILIES and family != "closed" and value:
+        elif (family in finishing.PLAIN_FAMILIES and family != "closed" or family == DEADLINE_FAMILY) and value:
             out.append((family, labels, float(value)))
     return out
+
+
+def deadline_cutoff(counters: list[tuple[str, tuple[str, ...], Any]]) -> float:
+    """The file's deadline cutoff (tracking/deadlines.py): its unfinished jobs created at or before
+    it were counted there, and are marked so (pg/deadlines.py) as they are copied."""
+    return next((float(v) for f, _, v in counters if f == "deadline_cutoff"), 0.0)
 
 
 async def export_file(store: PgJobStore, path: str) -> Copied:
@@ -120,7 +127,7 @@ async def export_file(store: PgJobStore, path: str) -> Copied:
         if await conn.fetchval("SELECT 1 FROM imports WHERE source = $1", fingerprint):
             done.already = True
         else:
-            done.jobs = await _copy_jobs(conn, snap.jobs)
+            done.jobs = await _copy_jobs(conn, snap.jobs, deadline_cutoff(snap.counters))
             await conn.executemany("INSERT INTO retired VALUES ($1, $2) ON CONFLICT DO NOTHING", snap.retired)
             rows = additive(snap.counters)
             await add_counters(conn, rows)
@@ -134,7 +141,7 @@ async def export_file(store: PgJobStore, path: str) -> Copied:
     return done
 
 
-async def _copy_jobs(conn: Any, rows: list[tuple[Any, ...]]) -> int:
+async def _copy_jobs(conn: Any, rows: list[tuple[Any, ...]], counted_up_to: float = 0.0) -> int:
     await conn.execute("CREATE TEMP TABLE import_jobs (LIKE jobs INCLUDING DEFAULTS) ON COMMIT DROP")
     await conn.copy_records_to_table("import_jobs", records=rows, columns=list(JOB_COLUMNS))
     # Unfinished jobs are due at once (the copy's replicas take them); a final row wins over an
@@ -146,6 +153,8 @@ async def _copy_jobs(conn: Any, rows: list[tuple[Any, ...]]) -> int:
         "WHERE NOT EXISTS (SELECT 1 FROM retired r WHERE r.id = i.id) "
         f"ON CONFLICT (id) DO UPDATE SET {updates}, epoch = jobs.epoch + 1 "
         "WHERE jobs.final = 0 AND EXCLUDED.final <> 0")
+    await conn.execute("UPDATE jobs j SET deadline_counted = true FROM import_jobs i "
+                       "WHERE j.id = i.id AND i.final = 0 AND i.created <= $1", counted_up_to)
     return int(status.rsplit(" ", 1)[1])
 
 

@@ -14,6 +14,7 @@ from typing import Any, Iterable
 
 from exporter.tracking import finishing
 from exporter.tracking.aggregates import JobAggregates
+from exporter.tracking.pg.deadlines import FAMILY as DEADLINE_FAMILY
 from exporter.tracking.pg.schema import NOW
 
 GAUGES_SECONDS = 2.0
@@ -68,6 +69,10 @@ async def read_facts(pool: Any, bounds: Iterable[float], currency: str | None, l
         if gauges is None:
             gauges = await _gauges_now(conn)
     finishing.restore(agg, ((r["family"], labels(r["labels"]), r["value"]) for r in counters))
+    for r in counters:  # kept apart from finishing's families: only pg/deadlines.py adds to it
+        if r["family"] == DEADLINE_FAMILY:
+            kind, grp = labels(r["labels"])
+            agg.deadline_exceeded[(kind, grp)] = int(r["value"])
     agg.add_counts(list(agg.closed.items()))
     agg.add_counts(((kind, grp, model, status), n) for kind, grp, model, status, n in gauges["open"])
     for kind, grp, created, job_id in gauges["oldest"]:

@@ -60,8 +60,17 @@ CREATE TABLE IF NOT EXISTS traces_owed (
 CREATE TABLE IF NOT EXISTS trace_creates (job_id text PRIMARY KEY, request_model text, traceparent text);
 """
 
+# Version 3: jobs past their deadline (tracking/pg/deadlines.py). A flag per job rather than a
+# cutoff: the sweep and a late final answer both decide under the job's row lock, so whichever comes
+# second sees the other's mark. Unfinished jobs already past their deadline at the upgrade were never
+# counted with PostgreSQL, so the first sweep counts them.
+_V3 = """
+ALTER TABLE jobs ADD COLUMN IF NOT EXISTS deadline_counted boolean NOT NULL DEFAULT false;
+CREATE INDEX IF NOT EXISTS jobs_deadline_due ON jobs (created) WHERE final = 0 AND NOT deadline_counted;
+"""
+
 Execute = Callable[[str], Awaitable[Any]]
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

@@ -22,7 +22,7 @@ from exporter.tracking import finishing
 from exporter.tracking.aggregates import JobAggregates
 from exporter.tracking.contract import Applied, Claim
 from exporter.tracking.job import FINISHED, OPEN, Job
-from exporter.tracking.pg import facts
+from exporter.tracking.pg import deadlines, facts
 from exporter.tracking.pg.schema import NOW, migrate
 from exporter.tracking.pg.traces import OWE as OWE_TRACE
 from exporter.tracking.store import JOB_COLUMNS, labels_key
@@ -48,6 +48,7 @@ class PgJobStore:
         self.bounds = tuple(float(b) for b in duration_buckets)
         self.prices = prices
         self._labels = facts.LabelCache()
+        self.deadline_seconds = 3600.0  # metrics.job_deadline_seconds (pg/deadlines.py)
         self.owe_traces = False  # tracing.endpoint: a job made COMPLETED/ERROR here owes a trace (pg/traces.py)
 
     async def migrate(self) -> int:
@@ -171,7 +172,8 @@ class PgJobStore:
 
     async def _finish(self, job_id: str, result: JobResult | None, epoch: int | None) -> Applied:
         async with self.answers.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(f"SELECT {_COLUMNS}, epoch, {NOW} AS at FROM jobs WHERE id = $1 FOR UPDATE",
+            row = await conn.fetchrow(f"SELECT {_COLUMNS}, epoch, deadline_counted, {NOW} AS at FROM jobs "
+                                      "WHERE id = $1 FOR UPDATE",
                                       job_id)
             if row is None:
                 return Applied.UNKNOWN
@@ -184,15 +186,19 @@ class PgJobStore:
             if status != job.status:
                 job.note_status(status, now)
             deltas = finishing.finish(job, result, self.bounds, self.prices, now)
+            late = deadlines.late_final(row["deadline_counted"], job.status, job.created, job.finished,
+                                        self.deadline_seconds)
+            if late:  # counted here, once: the row lock keeps the sweep from marking it meanwhile
+                deltas.append((deadlines.FAMILY, (job.kind, job.group), 1.0))
             await conn.execute(
                 "UPDATE jobs SET status = $2, model = $3, created = $4, finished = $5, final = $6, ended = $7, "
                 "prompt_tokens = $8, completion_tokens = $9, results = $10, tool_calls = $11, choices = $12, "
                 f"last_polled = {NOW}, polls = polls + 1, history = $13, duration = $14, estimated_cost = $15, "
-                "price_entry = $16, last_answer_code = $17 WHERE id = $1",
+                "price_entry = $16, last_answer_code = $17, deadline_counted = deadline_counted OR $18 WHERE id = $1",
                 job.id, job.status, job.model, job.created, job.finished, job.final, job.ended,
                 job.prompt_tokens, job.completion_tokens, job.results, job.tool_calls,
                 json.dumps(job.choices) if job.choices else None, job.history, job.duration,
-                job.estimated_cost, job.price_entry, 200 if result is not None else 404)
+                job.estimated_cost, job.price_entry, 200 if result is not None else 404, late)
             await add_counters(conn, deltas)
             if self.owe_traces and job.final == FINISHED:  # owed by the transaction that makes it final
                 await conn.execute(OWE_TRACE, job.id)
@@ -236,6 +242,14 @@ class PgJobStore:
             await add_counters(conn, [("closed", (r["kind"], r["grp"], r["model"], r["status"]), -float(r["n"]))
                                       for r in rows])
         return sum(r["n"] for r in rows)
+
+    async def sweep_deadlines(self) -> int:
+        """Count, once, the unfinished jobs newly past `deadline_seconds` (the `deadlines` leader's
+        work; pg/deadlines.py); answer how many."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            deltas = await deadlines.sweep(conn, self.deadline_seconds)
+            await add_counters(conn, deltas)
+        return int(sum(d[2] for d in deltas))
 
     async def heartbeat(self, name: str, ttl: float) -> int:
         """Renew this replica's row and answer how many replicas are live (seen within `ttl`)."""
