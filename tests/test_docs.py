@@ -309,15 +309,18 @@ def test_the_readmes_install_and_quick_start_work_from_a_fresh_clone(tmp_path):
     app = Proc(["bash", "-c", f"exec {run}"], cwd=quick)
     try:
         assert app.popen.stdout is not None
-        lines = []
+        fd = app.popen.stdout.fileno()
+        seen = bytearray()
 
         def status_page() -> str | None:
+            # Read the pipe's raw bytes: the demo prints its URLs in one write, and a buffered
+            # readline would keep the later lines where select() cannot see them.
             if app.popen.poll() is not None:
                 raise AssertionError(f"the demo exited {app.popen.returncode}: {app.log()}")
-            if not select.select([app.popen.stdout], [], [], 1)[0]:
+            if not select.select([fd], [], [], 1)[0]:
                 return None
-            lines.append(app.popen.stdout.readline().decode())
-            found = re.search(r"status page:\s+(http://\S+)/", lines[-1])
+            seen.extend(os.read(fd, 65536))
+            found = re.search(r"status page:\s+(http://\S+)/", seen.decode(errors="replace"))
             return found.group(1) if found else None
         url = wait_for(status_page, 120, what="the demo's URLs")
         wait_for(lambda: http("GET", f"{url}/-/ready", timeout=5)[0] == 200, 120, what="the demo ready")
