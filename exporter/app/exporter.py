@@ -25,7 +25,6 @@ from exporter.metrics.facts import MetricsFacts
 from exporter.metrics.exposition import GzipParts, TextRenderer
 from exporter.config import Config, ConfigError, load_config
 from exporter.logs import MASK
-from exporter.config.addresses import parse_listen_address
 from exporter.polling.health import ApiHealth
 from exporter.polling.poller import Poller
 from exporter.polling.ratelimit import RateLimiter
@@ -39,12 +38,13 @@ from exporter.tracking.trace_queue import SqliteOwedTraces
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.store import StateStore
 from exporter.http.server import Site, build_web_app
+from exporter.app.web_listener import start_web
 from exporter.http.jobs_api import JobsReader
 from exporter.http.jobs_api import routes as jobs_routes
 from exporter.tracking import queries
 from exporter.tracking.queries import JobQuery
 from exporter.tracking.timeline import SAMPLE_SECONDS, Timeline
-from exporter.http.guard import Guard, limit_connections, middleware
+from exporter.http.guard import Guard, middleware
 
 log = logging.getLogger("distribute.exporter")
 
@@ -167,7 +167,6 @@ class Exporter:
         return (given or self.url).rstrip("/")
 
     async def _serve(self) -> None:
-        host, port = parse_listen_address(self.listen)
         limits = self.config.web
         site = Site(self.facts.everything, self.facts.jobs, self.renderer, self.gzip_parts, lambda: self.ready, self.reload,
                     self.overview, limits.max_request_body_bytes)
@@ -175,22 +174,8 @@ class Exporter:
         reader = JobsReader(lambda query: queries.find(self.jobs, query), self.jobs.lookup)
         app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
                             [registration_routes(registrar), jobs_routes(reader)])
-        # keepalive_timeout also closes a connection that has not sent a whole request by then:
-        # a client that trickles its headers cannot hold a slot for longer.
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
-                                     keepalive_timeout=limits.read_timeout_seconds,
-                                     max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
-                                     max_headers=100)
-        await self._runner.setup()
-        assert self._runner.server is not None
-        limit_connections(self._runner.server, limits.max_connections, self.status.connection_rejected)
-        site = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=self.guard.ssl_context)
-        try:
-            await site.start()
-        except OSError as exc:  # in use, or not an address of this host: say which listener
-            raise OSError(exc.errno, f"web listen address {self.listen}: {exc.strerror or exc}") from None
-        server = site._server
-        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
+        self._runner, self.port = await start_web(app, limits, self.guard, self.listen,
+                                                  self.status.connection_rejected)
 
     def _register_collectors(self) -> None:
         s = self.status

@@ -28,11 +28,11 @@ from exporter.app.proxying import listen_url
 from exporter.app.shared_facts import FactsCache
 from exporter.app.shared_proxy import SharedProxy
 from exporter.config import Config, ConfigError, load_config
-from exporter.config.addresses import parse_listen_address
-from exporter.http.guard import Guard, limit_connections, middleware
+from exporter.http.guard import Guard, middleware
 from exporter.http.jobs_api import JobsReader
 from exporter.http.jobs_api import routes as jobs_routes
 from exporter.http.server import Site, build_web_app
+from exporter.app.web_listener import start_web
 from exporter.logs import MASK
 from exporter.metrics.collectors import ApiCollector, BuildInfoCollector, ExporterCollector, ExporterStatus, Sampled
 from exporter.metrics.facts import MetricsFacts
@@ -205,7 +205,6 @@ class SharedExporter:
 
     # -- HTTP ----------------------------------------------------------------------------------------
     async def _serve(self) -> None:
-        host, port = parse_listen_address(self.listen)
         limits = self.config.web
         site = Site(self.metrics.everything, self.metrics.jobs, self.renderer, self.gzip_parts, self.is_ready,
                     self.reload, self.overview, limits.max_request_body_bytes, refresh_jobs=self.facts.refresh)
@@ -214,19 +213,8 @@ class SharedExporter:
         reader = JobsReader(self._find, self._lookup)
         app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
                             [registration_routes(registrar), jobs_routes(reader)])
-        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
-                                     keepalive_timeout=limits.read_timeout_seconds,
-                                     max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes)
-        await self._runner.setup()
-        assert self._runner.server is not None
-        limit_connections(self._runner.server, limits.max_connections, self.status.connection_rejected)
-        tcp = web.TCPSite(self._runner, host, port, reuse_address=True, ssl_context=self.guard.ssl_context)
-        try:
-            await tcp.start()
-        except OSError as exc:  # in use, or not an address of this host: say which listener
-            raise OSError(exc.errno, f"web listen address {self.listen}: {exc.strerror or exc}") from None
-        server = tcp._server
-        self.port = server.sockets[0].getsockname()[1] if server and server.sockets else port
+        self._runner, self.port = await start_web(app, limits, self.guard, self.listen,
+                                                  self.status.connection_rejected)
 
     async def _find(self, query: JobQuery):
         if self.store is None:

@@ -29,7 +29,7 @@ from exporter.api.ids import is_uuid4, normalise
 from exporter.config import ProxyConfig
 from exporter.metrics.proxy import ProxyStats
 from exporter.sources.proxy_fast import Client
-from exporter.sources.proxy_openai import OpenAICall, OpenAICounts, openai_kind
+from exporter.sources.proxy_openai import OpenAICall, OpenAICounts, json_object, openai_kind
 from exporter.sources.proxy_limits import Listener, QuietServer
 from exporter.sources.proxy_upstream import Pools
 from exporter.sources.proxy_wire import (CLIENT_IDLE_SECONDS, GROUP_HEADER, HOP_BY_HOP, MAX_FIELDS, OBSERVED_PATH,
@@ -105,13 +105,7 @@ def forwardable(headers: CIMultiDictProxy[str], drop: frozenset[str] = frozenset
 
 
 def _json_field(body: bytes | None, name: str) -> Any:
-    if not body:
-        return None
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    return data.get(name) if isinstance(data, dict) else None
+    return (json_object(body) or {}).get(name)
 
 
 def _target(request: web.BaseRequest) -> str:

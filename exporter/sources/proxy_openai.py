@@ -97,7 +97,7 @@ class OpenAICall:
 
 def _request_fields(body: bytes | None) -> tuple[str, bool]:
     """The model the request asked for ("" when none or unreadable) and whether it asked for a stream."""
-    data = _json_object(body)
+    data = json_object(body)
     if data is None:
         return "", False
     model = data.get("model")
@@ -107,7 +107,7 @@ def _request_fields(body: bytes | None) -> tuple[str, bool]:
 def _read_answer(kind: str, body: bytes) -> tuple[str | None, tuple[int, int] | None, int | None] | None:
     """(model named by the answer, (prompt, completion) tokens, result items) of a 200 answer, or None
     when it is not the OpenAI shape of its route."""
-    data = _json_object(body)
+    data = json_object(body)
     if data is None:
         return None
     if kind == "images":
@@ -129,7 +129,7 @@ def _usage(usage: Any) -> tuple[int, int] | None:
     return prompt, completion
 
 
-def _json_object(body: bytes | None) -> dict[str, Any] | None:
+def json_object(body: bytes | None) -> dict[str, Any] | None:
     if not body:
         return None
     try:
