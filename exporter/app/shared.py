@@ -27,6 +27,7 @@ from exporter.app.exporter import API_LATENCY_BUCKETS, PROCESS_SAMPLE_SECONDS, T
 from exporter.app.proxying import listen_url
 from exporter.app.shared_facts import FactsCache
 from exporter.app.shared_proxy import SharedProxy
+from exporter.app.shared_status import SharedStatus
 from exporter.config import Config, ConfigError, load_config
 from exporter.http.guard import Guard, middleware
 from exporter.http.jobs_api import JobsReader
@@ -58,7 +59,7 @@ from exporter.tracking.pg.traces import PgOwedTraces
 from exporter.tracking.trace_owed import TraceStats
 from exporter.tracking.queries import JobQuery
 from exporter.tracking.store import StateError
-from exporter.tracking.timeline import SAMPLE_SECONDS, Timeline
+from exporter.tracking.timeline import SAMPLE_SECONDS, take
 
 log = logging.getLogger("distribute.exporter")
 T = TypeVar("T")
@@ -90,8 +91,8 @@ class SharedExporter:
         self.api_health = ApiHealth(lambda: self.config.api.base_url, lambda: self.config.poll.interval_seconds,
                                     lambda: self.config.poll.failing_reminder_seconds)
         self.facts = FactsCache()
-        # The status page's last hour: samples of the shared job facts as this replica read them.
-        self.timeline = Timeline(JobAggregates(config.metrics.duration_buckets), self.api_agg)
+        # The status page's last hour and spend today: shared rows, the same page on every replica.
+        self.status_figures = SharedStatus(self.api_agg, lambda: self.config.prices is not None)
         self.store: PgJobStore | None = None
         self.poller: SharedPoller | None = None
         self.replicas = 1
@@ -139,6 +140,7 @@ class SharedExporter:
             raise StateError(str(exc)) from None
         self.health.ok()
         self.facts.store = self.store
+        self.status_figures.pool = pool
         self.store.deadline_seconds = self.config.metrics.job_deadline_seconds
         if self.config.tracing.endpoint is not None:
             from exporter.tracking.trace_export import TraceShipper  # needs the otel extra
@@ -159,7 +161,8 @@ class SharedExporter:
                            ("gauges", self._lead("gauges", self.store.refresh_gauges, lambda: GAUGES_SECONDS)),
                            ("deadlines", self._lead("deadlines", self.store.sweep_deadlines, lambda: DEADLINE_SWEEP_SECONDS)),
                            ("files", self._files_loop()),
-                           ("web-config", self.guard.watch()), ("timeline", self._timeline_loop()), *self.proxy.tasks(),
+                           ("web-config", self.guard.watch()),
+                           ("timeline", self._lead("timeline", self._sample, lambda: SAMPLE_SECONDS)), *self.proxy.tasks(),
                            *((("traces", self.traces.run()),) if self.traces else ())):
             self._tasks.append(asyncio.create_task(coro, name=name))
         log.info("ready: replica %s on the state database %s, listening on %s", self.name, where(state.url), self.url)
@@ -228,8 +231,7 @@ class SharedExporter:
 
     async def overview(self) -> dict[str, Any]:
         agg = await self.facts.get()
-        if agg is not None:
-            self.timeline.jobs = agg
+        samples, spend = await self.status_figures.read()
         jobs: dict[str, dict[str, int]] = {}
         for (kind, _g, _m, status), n in (agg.jobs.items() if agg else ()):
             if n:
@@ -254,9 +256,12 @@ class SharedExporter:
                 "base_url": self.config.api.base_url,
                 "last_error": ({"reason": error.reason, "detail": error.detail, "at": error.at} if error else None),
                 "down_since": self.api_health.down_since(),
-                "sources": sources, "tables": tables, "samples": self.timeline.samples(now),
-                "duration_bounds": tuple(self.config.metrics.duration_buckets), "sample_seconds": SAMPLE_SECONDS,
-                "spend_today": None, "proxy": self.proxy.overview()}
+                "sources": sources, "tables": tables, "duration_bounds": tuple(self.config.metrics.duration_buckets),
+                # The charts end at the newest shared sample, not at this replica's clock: the same
+                # samples draw the same charts on every replica.
+                "samples": samples or [take(JobAggregates(self.config.metrics.duration_buckets), self.api_agg, now)],
+                "charts_at": samples[-1].at if samples else None, "samples_shared": True,
+                "sample_seconds": SAMPLE_SECONDS, "spend_today": spend, "proxy": self.proxy.overview()}
 
     def _register_collectors(self) -> None:
         s = self.status
@@ -288,6 +293,7 @@ class SharedExporter:
                 self.replicas = max(1, await self.store.heartbeat(self.name, REPLICA_TTL_SECONDS))
                 self.health.ok()
                 self.limiter.reconfigure(self.config.api.max_requests_per_second / self.replicas)
+                await self.status_figures.push_api()
             except Exception as exc:
                 self.health.failed(exc)
             await asyncio.sleep(HEARTBEAT_SECONDS)
@@ -314,13 +320,8 @@ class SharedExporter:
         # Short retentions (tests, small disks) are swept more often than every RETENTION_SWEEP_SECONDS.
         return min(RETENTION_SWEEP_SECONDS, max(0.5, self.config.state.retention_seconds / 4))
 
-    async def _timeline_loop(self) -> None:
-        while True:
-            agg = await self.facts.get()
-            if agg is not None:
-                self.timeline.jobs = agg
-                self.timeline.sample(time.time())
-            await asyncio.sleep(SAMPLE_SECONDS)
+    async def _sample(self) -> None:
+        await self.status_figures.sample(await self.facts.get())
 
     async def _files_loop(self) -> None:
         while True:

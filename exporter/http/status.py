@@ -39,10 +39,13 @@ async def landing(request: web.Request, overview: dict[str, Any]) -> web.Respons
     error = overview.get("last_error")
     last_error = {**error, "when": _when(error["at"])} if error else None
     down_since = _when(overview["down_since"]) if overview.get("down_since") else None
+    # Shared samples (PostgreSQL) end where the newest one was taken, so every replica draws the same.
+    charts_at = overview.get("charts_at") or now
     return page("landing.html", version=__version__, base_url=overview["base_url"], up=overview["up"],
                 last_error=last_error, down_since=down_since,
                 last_success=_when(last) if last else "never", statuses=statuses,
                 jobs=sorted(overview["jobs"].items()), sources=sorted(overview["sources"].items()),
-                charts=charts.charts(overview["samples"], overview["duration_bounds"], now), tables=tables,
+                charts=charts.charts(overview["samples"], overview["duration_bounds"], charts_at), tables=tables,
+                samples_shared=overview.get("samples_shared", False),
                 sample_seconds=f"{overview['sample_seconds']:g}", refresh_seconds=REFRESH_SECONDS,
                 generated=_when(now), spend_today=overview.get("spend_today"), proxy=overview.get("proxy"))

@@ -26,6 +26,11 @@ class Sample:
 
 
 def take(jobs: JobAggregates, api: ApiAggregates, at: float) -> Sample:
+    return sample_of(jobs, at, sum(api.requests.values()), sum(api.errors.values()))
+
+
+def sample_of(jobs: JobAggregates, at: float, requests: int, errors: int) -> Sample:
+    """A sample of `jobs` with the API request totals given (with PostgreSQL: of every replica)."""
     unfinished: dict[str, int] = {}
     for (_kind, _group, _model, status), n in list(jobs.jobs.items()):
         if status not in FINAL_STATUSES and status != "NOT_FOUND":
@@ -38,8 +43,7 @@ def take(jobs: JobAggregates, api: ApiAggregates, at: float) -> Sample:
         into = durations.setdefault(kind, [0] * len(histogram.counts))
         for i, n in enumerate(histogram.counts):
             into[i] += n
-    return Sample(at, unfinished, finished, {k: tuple(v) for k, v in durations.items()},
-                  sum(api.requests.values()), sum(api.errors.values()))
+    return Sample(at, unfinished, finished, {k: tuple(v) for k, v in durations.items()}, requests, errors)
 
 
 class Timeline:

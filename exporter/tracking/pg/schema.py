@@ -69,8 +69,20 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS deadline_counted boolean NOT NULL DEFA
 CREATE INDEX IF NOT EXISTS jobs_deadline_due ON jobs (created) WHERE final = 0 AND NOT deadline_counted;
 """
 
+# Version 6: the status page's shared figures (tracking/pg/status_page.py): the last hour's samples
+# written by the `timeline` leader, the API request totals of all replicas, and spend per UTC day.
+# Jobs that finished before the upgrade are in no day's spend (they were on no page either).
+_V6 = """
+CREATE TABLE IF NOT EXISTS timeline (at float8 PRIMARY KEY, sample text NOT NULL);
+CREATE TABLE IF NOT EXISTS api_totals (key text PRIMARY KEY, requests bigint NOT NULL, errors bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS spend_days (
+    day float8 NOT NULL, grp text NOT NULL, currency text NOT NULL, cost float8 NOT NULL,
+    priced bigint NOT NULL, unpriced bigint NOT NULL, PRIMARY KEY (day, grp, currency)
+);
+"""
+
 Execute = Callable[[str], Awaitable[Any]]
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 6: _V6}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 

@@ -22,7 +22,7 @@ from exporter.tracking import finishing
 from exporter.tracking.aggregates import JobAggregates
 from exporter.tracking.contract import Applied, Claim
 from exporter.tracking.job import FINISHED, OPEN, Job
-from exporter.tracking.pg import deadlines, facts
+from exporter.tracking.pg import deadlines, facts, status_page
 from exporter.tracking.pg.schema import NOW, migrate
 from exporter.tracking.pg.traces import OWE as OWE_TRACE
 from exporter.tracking.store import JOB_COLUMNS, labels_key
@@ -200,6 +200,8 @@ class PgJobStore:
                 json.dumps(job.choices) if job.choices else None, job.history, job.duration,
                 job.estimated_cost, job.price_entry, 200 if result is not None else 404, late)
             await add_counters(conn, deltas)
+            if self.prices is not None:  # the status page's spend today, in the same transaction
+                await status_page.add_spend(conn, job, self.prices.currency)
             if self.owe_traces and job.final == FINISHED:  # owed by the transaction that makes it final
                 await conn.execute(OWE_TRACE, job.id)
         return Applied.FINAL
