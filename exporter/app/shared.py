@@ -84,9 +84,9 @@ class SharedExporter:
         self.status.reloaded(True)
         self.api_agg = ApiAggregates(API_LATENCY_BUCKETS)
         self.limiter = RateLimiter(config.api.max_requests_per_second)
-        key = config.api_key.reveal() if config.api_key else None
-        self.client = ApiClient(config.api.base_url, key, transport_factory(config),
-                                f"distribute-exporter/{__version__} (replica {self.name})")
+        self.transport_factory = transport_factory
+        self._reload_lock = asyncio.Lock()
+        self.client = self._make_client(config)
         self.health = DatabaseHealth()
         self.api_health = ApiHealth(lambda: self.config.api.base_url, lambda: self.config.poll.interval_seconds,
                                     lambda: self.config.poll.failing_reminder_seconds)
@@ -187,24 +187,61 @@ class SharedExporter:
             await self._runner.cleanup()
 
     async def reload(self) -> tuple[bool, str]:
-        if self.config_path is None:
-            return False, "no config file to reload"
-        try:
-            new = load_config(self.config_path)
-        except ConfigError as exc:
-            self.status.reloaded(False)
-            log.error("config reload failed, keeping the running config: %s", exc)
-            return False, f"reload failed: {exc}"
-        self.config = dataclasses.replace(new, state=self.config.state, state_password=self.config.state_password,
-                                          tracing=self.config.tracing, tracing_headers=self.config.tracing_headers)
+        """Load the config file again (SIGHUP, /-/reload); on any error keep the running config."""
+        async with self._reload_lock:
+            if self.config_path is None:
+                return False, "no config file to reload"
+            try:
+                new = load_config(self.config_path)
+            except ConfigError as exc:
+                self.status.reloaded(False)
+                log.error("config reload failed, keeping the running config: %s", exc)
+                return False, f"reload failed: {exc}"
+            self._apply(new)
+            if self.poller is not None:
+                try:
+                    await self.sources.sync(self.config)
+                except Exception as exc:  # the database is away: the config holds, its ids wait
+                    self.status.reloaded(False)
+                    log.error("config reloaded but its ids were not stored (the state database did not answer: "
+                              "%s); reload again once it is back", type(exc).__name__)
+                    return False, "reload failed: the state database did not answer"
+            self.status.reloaded(True)
+            log.info("config reloaded from %s", self.config_path)
+            return True, "config reloaded"
+
+    def _apply(self, new: Config) -> None:
+        """What a reload changes in the running replica; what takes a restart is said so."""
+        old = self.config
+        for (section, key), what in ((("state", "url"), "state.url"), (("web", "listen_address"), "web.listen_address"),
+                                     (("proxy", "listen_address"), "proxy.listen_address"),
+                                     (("tracing", "endpoint"), "tracing.endpoint")):
+            if getattr(getattr(old, section), key) != getattr(getattr(new, section), key):
+                log.warning("%s changed; that takes a restart", what)
+        MASK.set([s.reveal() if s else None for c in (old, new) for s in
+                  (c.api_key, c.registration_token, c.state_password, *(v for _, v in c.tracing_headers))])
+        if new.api != old.api or new.api_key != old.api_key:
+            retired, self.client = self.client, self._make_client(new)
+            if self.poller is not None:
+                self.poller.client = self.client
+            # in-flight requests end on the old client first
+            asyncio.get_running_loop().call_later(30, lambda: asyncio.ensure_future(retired.close()))
+            if new.api_key != old.api_key:
+                self.limiter.resume()  # a pause after refused keys ends; refused jobs are due again by themselves
         if self.store is not None:
+            self.store.prices = new.prices  # for jobs that finish from now on; what was counted stays
             self.store.deadline_seconds = new.metrics.job_deadline_seconds  # counted jobs stay counted
         if self.poller is not None:
             self.poller.config = new.poll
-            await self.sources.sync(self.config)
         self.limiter.reconfigure(new.api.max_requests_per_second / max(1, self.replicas))
-        self.status.reloaded(True)
-        return True, "config reloaded"
+        self.config = dataclasses.replace(new, state=old.state, state_password=old.state_password,
+                                          tracing=old.tracing, tracing_headers=old.tracing_headers,
+                                          web=dataclasses.replace(new.web, listen_address=old.web.listen_address))
+
+    def _make_client(self, config: Config) -> ApiClient:
+        key = config.api_key.reveal() if config.api_key else None
+        return ApiClient(config.api.base_url, key, self.transport_factory(config),
+                         f"distribute-exporter/{__version__} (replica {self.name})")
 
     # -- HTTP ----------------------------------------------------------------------------------------
     async def _serve(self) -> None:
