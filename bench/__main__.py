@@ -17,6 +17,7 @@ from typing import Callable
 from bench import benchmarks as b
 from bench import config_load, cost, poll_realistic, tracing
 from bench import postgres as pg
+from bench.postgres_proxy import postgres_proxy
 from bench import proxy as p
 from bench.jobs_query import jobs_query
 
@@ -138,6 +139,18 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("facts_read_p99_ms", "reported (the database read behind /metrics/jobs, uncached)", None),
         ("metrics_jobs_p99_ms", "<= 50 ms", lambda v: v <= 50),
         ("metrics_jobs_median_ms", "reported", None)]),
+    "postgres_proxy": (postgres_proxy, {"seconds": 10}, {"seconds": 4}, [
+        ("create_added_p99_ms", "<= 2 ms at 500/s (committed to PostgreSQL before the answer)", lambda v: v <= 2),
+        ("create_added_p50_ms", "reported", None), ("create_direct_p99_ms", "reported", None),
+        ("create_paced_rps", "reported (the rate reached through the proxy)", None),
+        ("sqlite_create_added_p99_ms", "reported (the proxy on SQLite, journal not flushed: the default)", None),
+        ("sqlite_fsync_create_added_p99_ms", "reported (the proxy on SQLite with proxy.fsync_creates)", None),
+        ("result_added_p99_ms", "reported (answers applied after they went back)", None),
+        ("create_added_p99_ms_fsync_off", "reported (PostgreSQL's WAL flush off: the code's share)", None),
+        ("disk_flush_p99_ms", "reported (8 kB write + fdatasync here: a durable commit's floor)", None),
+        ("commit_late", "0", lambda v: v == 0),
+        ("creates_stored", "= creates_forwarded", None), ("creates_forwarded", "reported", None),
+        ("paced_failures", "0", lambda v: v == 0)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
 }

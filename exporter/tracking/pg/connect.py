@@ -65,11 +65,20 @@ async def create_pool(url: str, password_file: str | None = None, max_size: int 
     check_url(url)
     return await asyncpg.create_pool(
         dsn=url, password=password if password is not None else read_password(password_file),
-        min_size=1, max_size=max_size,
+        min_size=1, max_size=max_size, reset=_keep_session,
         timeout=CONNECT_TIMEOUT, command_timeout=60,
         server_settings={"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
                          "application_name": "distribute-exporter",
                          **({"synchronous_commit": "off"} if relaxed else {})})
+
+
+async def _keep_session(conn: Any) -> None:
+    """A session goes back to the pool as it is. asyncpg's default reset sends `RESET ALL`,
+    `UNLISTEN *` and friends on every release: one more round trip that each statement through the
+    pool waits for (a proxied create's answer among them). The exporter leaves no session state to
+    reset: no LISTEN, no SET, no session advisory lock (the migration's is transaction-scoped), no
+    cursor or temporary table outliving its transaction; asyncpg still rolls back a transaction left
+    open before calling this."""
 
 
 async def create_pool_waiting(url: str, password_file: str | None = None, max_size: int = 10,
