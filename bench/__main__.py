@@ -145,6 +145,8 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("create_paced_rps", "reported (the rate reached through the proxy)", None),
         ("sqlite_create_added_p99_ms", "reported (the proxy on SQLite, journal not flushed: the default)", None),
         ("sqlite_fsync_create_added_p99_ms", "reported (the proxy on SQLite with proxy.fsync_creates)", None),
+        ("sqlite_create_added_p50_ms", "reported", None), ("sqlite_fsync_create_added_p50_ms", "reported", None),
+        ("create_added_p50_ms_fsync_off", "reported", None),
         ("result_added_p99_ms", "reported (answers applied after they went back)", None),
         ("create_added_p99_ms_fsync_off", "reported (PostgreSQL's WAL flush off: the code's share)", None),
         ("disk_flush_p99_ms", "reported (8 kB write + fdatasync here: a durable commit's floor)", None),
