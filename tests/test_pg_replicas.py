@@ -183,6 +183,9 @@ def test_creates_through_any_replicas_proxy_are_stored_once_and_survive_the_data
         own = sum(n for job_id in ids for agent, n in by_agent.get(job_id, {}).items()
                   if agent.startswith("distribute-exporter/"))
         assert own / len(ids) <= 0.05, own
+        # The status page's proxy section names the replica's own proxy (the listener both backends share).
+        page = http("GET", f"{procs[1].url}/")[1].decode()
+        assert f"<code>http://127.0.0.1:{proxy_ports[1]}</code>" in page, page.split("<h2>Proxy</h2>")[-1][:400]
 
         # The database goes away: creates are still answered (journaled, counted in commit_late)
         # and reach the database once it is back.

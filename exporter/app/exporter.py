@@ -31,7 +31,8 @@ from exporter.polling.ratelimit import RateLimiter
 from exporter.sources.registration import Registrar
 from exporter.sources.registration import routes as registration_routes
 from exporter.sources.sync import ConfigSources
-from exporter.app.proxying import ProxyWiring, listen_url
+from exporter.app.proxy_listener import listen_url
+from exporter.app.proxying import ProxyWiring
 from exporter.metrics.traces import TracesCollector
 from exporter.tracking.trace_owed import TraceStats
 from exporter.tracking.trace_queue import SqliteOwedTraces

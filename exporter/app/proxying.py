@@ -1,5 +1,5 @@
-"""Wiring of the pass-through proxy: its listener, the hooks it calls, and what the status page shows
-of it."""
+"""Wiring of the pass-through proxy with SQLite: the hooks its listener (proxy_listener.py) calls,
+and the bound on a create's commit."""
 
 from __future__ import annotations
 
@@ -9,29 +9,17 @@ from typing import Any, Awaitable, Callable
 
 from prometheus_client import CollectorRegistry
 
+from exporter.app.proxy_listener import COMMIT_WAIT_SECONDS, ProxyListener
 from exporter.config import Config
-from exporter.config.addresses import parse_listen_address
-from exporter.metrics.proxy import ProxyCollector, ProxyStats
+from exporter.metrics.proxy import ProxyStats
 from exporter.polling.poller import Poller
-from exporter.sources.proxy import Proxy, ProxyHooks
+from exporter.sources.proxy import ProxyHooks
 from exporter.sources.proxy_observe import ProxyTracking
 from exporter.tracking.aggregates import ApiAggregates
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.proxied import ProxiedJobs
 
 log = logging.getLogger("distribute.exporter")
-
-# The longest a create's answer waits for its commit. A commit takes milliseconds; this bounds what a
-# stalled disk (or a lock held by another process) could do to the application, which would time out
-# and create the job again at the API. Past it the answer goes back and the commit finishes later.
-COMMIT_WAIT_SECONDS = 5.0
-
-
-def listen_url(listen: str, tls: bool, port: int) -> str:
-    """The URL a listener on `listen` is reached at (a wildcard host shown as 127.0.0.1)."""
-    host, _ = parse_listen_address(listen)
-    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
-    return f"{'https' if tls else 'http'}://{shown}:{port}"
 
 
 class ProxyWiring:
@@ -43,31 +31,16 @@ class ProxyWiring:
         self.stats = ProxyStats()
         self.tracking = ProxyTracking(ProxiedJobs(jobs, lambda: current().proxy.fsync_creates), poller.defer,
                                       self.stats, current)
-        self.proxy: Proxy | None = None
+        self.listener = ProxyListener(listen, self.stats, current)
         # With tracing on: keeps a create's requested model and traceparent for its trace (set by the wiring).
         self.note_create: Callable[[str, str | None, str | None], None] | None = None
-        self._tls = False
 
     async def start(self, registry: CollectorRegistry, ssl_context: Any) -> None:
-        """The listener, when proxy.listen_address (or its flag) is set: after the state is loaded, so
-        that the first create can be stored; TLS as the web config says, nothing else of it."""
-        if not self.listen:
-            return
-        host, port = parse_listen_address(self.listen)
-        registry.register(ProxyCollector(self.stats))
-        config = self.current()
-        self.proxy = Proxy(ProxyHooks(self.created, self.observed, self.note_create), self.stats, lambda: self.current().proxy,
-                           lambda: self.current().api.base_url, config.api.max_response_bytes)
-        self._tls = ssl_context is not None
-        try:
-            await self.proxy.start(host, port, ssl_context)
-        except OSError as exc:  # in use, or not an address of this host: say which listener
-            raise OSError(exc.errno, f"proxy listen address {self.listen}: {exc.strerror or exc}") from None
-        log.info("proxy listening on %s, forwarding to %s", self.url, config.api.base_url)
+        """The listener (when set): after the state is loaded, so that the first create can be stored."""
+        await self.listener.start(ProxyHooks(self.created, self.observed, self.note_create), registry, ssl_context)
 
     async def stop(self) -> None:
-        if self.proxy is not None:
-            await self.proxy.stop()  # in-flight requests finish first, then their answers are applied
+        await self.listener.stop()  # in-flight requests finish first, then their answers are applied
         await self.tracking.drain()
 
     async def created(self, job_id: str, kind: str, group: str, model: str | None) -> None:
@@ -89,19 +62,8 @@ class ProxyWiring:
 
     @property
     def url(self) -> str | None:
-        if self.proxy is None or not self.listen:
-            return None
-        return listen_url(self.listen, self._tls, self.proxy.port)
+        return self.listener.url
 
     def overview(self) -> dict[str, Any] | None:
         """What the status page's proxy section shows; None when the proxy is off."""
-        if self.proxy is None:
-            return None
-        stats = self.stats
-        observed = sum(stats.observed.values())
-        own = sum(n for (_kind, code), n in self.api_agg.requests.items() if code == "200")
-        failed = sum(n for (_e, code), n in stats.requests.items() if code in ("502", "504"))
-        return {"url": self.url, "requests": {e: stats.total(e) for e in ("create", "result", "other")},
-                "failed": failed, "observed": observed, "own_answers": own,
-                "share_from_proxy": observed / (observed + own) if observed + own else None,
-                "errors": {r: n for (r,), n in stats.errors.items() if n}}
+        return self.listener.overview(sum(n for (_kind, code), n in self.api_agg.requests.items() if code == "200"))

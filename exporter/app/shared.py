@@ -17,14 +17,15 @@ import secrets
 import socket
 import time
 from pathlib import Path
-from typing import Any, Awaitable, TypeVar
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import PlatformCollector, ProcessCollector
 
 from exporter import KINDS, __version__
 from exporter.app.exporter import API_LATENCY_BUCKETS, PROCESS_SAMPLE_SECONDS, TransportFactory, default_transport
-from exporter.app.proxying import listen_url
+from exporter.app.proxy_listener import listen_url
+from exporter.app.database_answers import LateBook, from_database
 from exporter.app.shared_facts import FactsCache
 from exporter.app.shared_proxy import SharedProxy
 from exporter.app.shared_status import SharedStatus
@@ -62,7 +63,6 @@ from exporter.tracking.store import StateError
 from exporter.tracking.timeline import SAMPLE_SECONDS, take
 
 log = logging.getLogger("distribute.exporter")
-T = TypeVar("T")
 
 HEARTBEAT_SECONDS = 2.0
 REPLICA_TTL_SECONDS = 10.0  # a replica not heard from for this long no longer takes a share
@@ -99,7 +99,8 @@ class SharedExporter:
         self.started = False
         self.metrics = MetricsFacts(shared_state=True)  # /metrics: this process; /metrics/jobs: the database's
         self.renderer, self.gzip_parts = TextRenderer(), GzipParts()
-        self.proxy = SharedProxy(proxy_listen or config.proxy.listen_address, config, lambda: self.config)
+        self.proxy = SharedProxy(proxy_listen or config.proxy.listen_address, config, lambda: self.config,
+                                 self.api_agg)
         self._tasks: list[asyncio.Task[Any]] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
@@ -248,7 +249,7 @@ class SharedExporter:
         limits = self.config.web
         site = Site(self.metrics.everything, self.metrics.jobs, self.renderer, self.gzip_parts, self.is_ready,
                     self.reload, self.overview, limits.max_request_body_bytes, refresh_jobs=self.facts.refresh)
-        self.registrar_jobs = _LateBook()
+        self.registrar_jobs = LateBook()
         registrar = Registrar(lambda: self.config.registration_token, self.registrar_jobs)
         reader = JobsReader(self._find, self._lookup)
         app = build_web_app(site, [middleware(self.guard, limits.request_timeout_seconds)],
@@ -259,12 +260,12 @@ class SharedExporter:
     async def _find(self, query: JobQuery):
         if self.store is None:
             raise web.HTTPServiceUnavailable(text="the state database has not answered yet\n")
-        return await _from_database(pg_queries.find(self.store.pool, query))
+        return await from_database(pg_queries.find(self.store.pool, query))
 
     async def _lookup(self, job_id: str):
         if self.store is None:
             raise web.HTTPServiceUnavailable(text="the state database has not answered yet\n")
-        return await _from_database(self.store.get(job_id))
+        return await from_database(self.store.get(job_id))
 
     async def overview(self) -> dict[str, Any]:
         agg = await self.facts.get()
@@ -370,34 +371,3 @@ class SharedExporter:
 
     def _invalid_id_line(self) -> None:
         self.status.invalid_id_lines += 1
-
-
-async def _from_database(work: Awaitable[T]) -> T:
-    """`work`, or 503 with one line when the database cannot do it (nothing was acknowledged)."""
-    try:
-        return await work
-    except web.HTTPException:
-        raise
-    except Exception as exc:
-        log.warning("state database unavailable for a request (%s)", type(exc).__name__)
-        raise web.HTTPServiceUnavailable(text="the state database is not available; try again\n") from None
-
-
-class _LateBook:
-    """The registration API's jobs: 503 until the database has answered, and while it does not."""
-
-    book: SharedBook | None = None
-
-    def _ready(self) -> SharedBook:
-        if self.book is None:
-            raise web.HTTPServiceUnavailable(text="the state database has not answered yet\n")
-        return self.book
-
-    async def track(self, ids: list[str], kind: str, group: str, source: str, now: float) -> tuple[list[str], int]:
-        return await _from_database(self._ready().track(ids, kind, group, source, now))
-
-    async def untrack(self, job_id: str, now: float) -> bool:
-        return await _from_database(self._ready().untrack(job_id, now))
-
-    async def flush(self) -> int:
-        return 0

@@ -19,11 +19,12 @@ from typing import Any, Callable
 from prometheus_client import CollectorRegistry
 
 from exporter.api.results import InvalidBody, parse_result
+from exporter.app.proxy_listener import COMMIT_WAIT_SECONDS, ProxyListener
 from exporter.config import Config
-from exporter.config.addresses import parse_listen_address
-from exporter.metrics.proxy import ProxyCollector, ProxyStats
+from exporter.metrics.proxy import ProxyStats
 from exporter.polling.shared_poller import DatabaseHealth
-from exporter.sources.proxy import Proxy, ProxyHooks
+from exporter.sources.proxy import ProxyHooks
+from exporter.tracking.aggregates import ApiAggregates
 from exporter.tracking.contract import Applied
 from exporter.tracking.create_journal import CreateJournal, Entry
 from exporter.tracking.finishing import is_final
@@ -32,7 +33,6 @@ from exporter.tracking.proxied import SOURCE, GroupCommit
 
 log = logging.getLogger("distribute.proxy")
 
-COMMIT_WAIT_SECONDS = 5.0  # as with SQLite (app/proxying.py): the most a create's answer waits
 REPLAY_SECONDS = 2.0
 OBSERVED_QUEUE = 10_000  # answers waiting to be applied; past it they are dropped (the poller sees them)
 
@@ -40,14 +40,14 @@ Row = tuple[str, str, str, str, str]  # id, kind, group, source, model
 
 
 class SharedProxy:
-    def __init__(self, listen: str | None, config: Config, current: Callable[[], Config]) -> None:
-        self.listen = listen
+    def __init__(self, listen: str | None, config: Config, current: Callable[[], Config], api: ApiAggregates) -> None:
         self.current = current
+        self.api = api
         self.stats = ProxyStats()
+        self.listener = ProxyListener(listen, self.stats, current)
         self.journal = CreateJournal(config.state.path)
         self.store: PgJobStore | None = None
         self.health: DatabaseHealth | None = None
-        self.proxy: Proxy | None = None
         # With tracing on: keeps a create's requested model and traceparent for its trace (set by the app).
         self.note_create: Callable[[str, str | None, str | None], None] | None = None
         self._commit: GroupCommit[Row] = GroupCommit(self._write, "proxy-commit")
@@ -58,25 +58,13 @@ class SharedProxy:
                     ssl_context: Any) -> None:
         self.store, self.health = store, health
         await self._replay(startup=True)  # what a crash or an outage left in the journal, first
-        if not self.listen:
-            return
-        host, port = parse_listen_address(self.listen)
-        registry.register(ProxyCollector(self.stats))
-        config = self.current()
-        self.proxy = Proxy(ProxyHooks(self.created, self.observed, self.note_create), self.stats, lambda: self.current().proxy,
-                           lambda: self.current().api.base_url, config.api.max_response_bytes)
-        try:
-            await self.proxy.start(host, port, ssl_context)
-        except OSError as exc:  # in use, or not an address of this host: say which listener
-            raise OSError(exc.errno, f"proxy listen address {self.listen}: {exc.strerror or exc}") from None
-        log.info("proxy listening on port %d, forwarding to %s", self.proxy.port, config.api.base_url)
+        await self.listener.start(ProxyHooks(self.created, self.observed, self.note_create), registry, ssl_context)
 
     def tasks(self) -> list[tuple[str, Any]]:
         return [("proxy-replay", self._replay_loop()), ("proxy-observer", self._observe_loop())]
 
     async def stop(self) -> None:
-        if self.proxy is not None:
-            await self.proxy.stop()
+        await self.listener.stop()
         self.journal.close()
 
     # -- creates -------------------------------------------------------------------------------------
@@ -164,15 +152,14 @@ class SharedProxy:
             await self.store.defer(job_id, interval)
         self.stats.observed_answer(kind)
 
+    @property
+    def url(self) -> str | None:
+        return self.listener.url
+
     def overview(self) -> dict[str, Any] | None:
-        if self.proxy is None:
-            return None
-        stats = self.stats
-        observed = sum(stats.observed.values())
-        return {"url": None, "requests": {e: stats.total(e) for e in ("create", "result", "other")},
-                "failed": sum(n for (_e, code), n in stats.requests.items() if code in ("502", "504")),
-                "observed": observed, "own_answers": 0, "share_from_proxy": None,
-                "errors": {r: n for (r,), n in stats.errors.items() if n}}
+        """What the status page's proxy section shows (the answers of this replica's own polls beside
+        those its proxy saw); None when the proxy is off."""
+        return self.listener.overview(sum(n for (_kind, code), n in self.api.requests.items() if code == "200"))
 
 
 def _quiet(task: asyncio.Future) -> None:

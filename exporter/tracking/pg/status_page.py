@@ -55,7 +55,7 @@ async def take_sample(pool: Any, jobs: JobAggregates) -> None:
 
 async def samples(pool: Any) -> list[Sample]:
     """The last hour's samples, oldest first (the same list on every replica)."""
-    rows = await pool.fetch(f"SELECT at, sample FROM timeline WHERE at >= (SELECT max(at) FROM timeline) - $1 "
+    rows = await pool.fetch("SELECT at, sample FROM timeline WHERE at >= (SELECT max(at) FROM timeline) - $1 "
                             "ORDER BY at", KEEP_SECONDS - 60.0)
     return [_load(r["at"], r["sample"]) for r in rows]
 
