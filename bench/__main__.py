@@ -151,7 +151,8 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("create_added_p99_ms_fsync_off", "reported (PostgreSQL's WAL flush off: the code's share)", None),
         ("disk_flush_p99_ms", "reported (8 kB write + fdatasync here: a durable commit's floor)", None),
         ("commit_late", "0", lambda v: v == 0),
-        ("creates_stored", "= creates_forwarded", None), ("creates_forwarded", "reported", None),
+        ("creates_stored", ">= creates_forwarded (one in flight when wrk stops: stored, not counted)", None),
+        ("creates_forwarded", "reported", None),
         ("paced_failures", "0", lambda v: v == 0)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
