@@ -9,11 +9,13 @@ is there (or when it is older than the caller accepts) they are computed on the 
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from typing import Any, Iterable
 
 from exporter.tracking import finishing
-from exporter.tracking.aggregates import JobAggregates
+from exporter.tracking.aggregates import Histogram, JobAggregates
 from exporter.tracking.pg.deadlines import FAMILY as DEADLINE_FAMILY
 from exporter.tracking.pg.schema import NOW
 
@@ -54,28 +56,136 @@ async def refresh_gauges(pool: Any) -> None:
                            "DO UPDATE SET value = EXCLUDED.value, at = EXCLUDED.at", json.dumps(gauges))
 
 
-async def read_facts(pool: Any, bounds: Iterable[float], currency: str | None, labels: LabelCache,
-                     max_age: float | None = None) -> JobAggregates:
-    """The job facts; the gauges from their row when it is at most `max_age` seconds old (None:
-    always computed now, so that a caller sees its own writes)."""
-    agg = JobAggregates(bounds)
-    async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        counters = await conn.fetch("SELECT family, labels, value FROM counters")
-        gauges = None
-        if max_age is not None:
-            text = await conn.fetchval(f"SELECT value FROM gauges WHERE key = 'unfinished' AND at >= {NOW} - $1",
-                                       max_age)
-            gauges = json.loads(text) if text is not None else None
-        if gauges is None:
-            gauges = await _gauges_now(conn)
-    finishing.restore(agg, ((r["family"], labels(r["labels"]), r["value"]) for r in counters))
-    for r in counters:  # kept apart from finishing's families: only pg/deadlines.py adds to it
-        if r["family"] == DEADLINE_FAMILY:
-            kind, grp = labels(r["labels"])
-            agg.deadline_exceeded[(kind, grp)] = int(r["value"])
-    agg.add_counts(list(agg.closed.items()))
-    agg.add_counts(((kind, grp, model, status), n) for kind, grp, model, status, n in gauges["open"])
-    for kind, grp, created, job_id in gauges["oldest"]:
-        agg.note_unfinished(kind, grp, created, job_id)
-    agg.currency = currency
-    return agg
+FULL_READ_SECONDS = 300.0  # a whole read now and then as well, whatever the marks say
+
+# The first statement of a read: its snapshot's xmin (every transaction not visible to this
+# snapshot has an id at or above it), the server's start (another server behind the same address,
+# a restore, a promoted standby: read everything again) and the count of deletions (schema.py, v4).
+_MARK = ("SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, pg_postmaster_start_time() AS started, "
+         "(SELECT value FROM meta WHERE key = 'counters_resets') AS resets")
+_ALL = "SELECT family, labels, value FROM counters"
+_CHANGED = "SELECT family, labels, value FROM counters WHERE changed >= $1::text::xid8"
+
+
+class FactsReader:
+    """The job facts of one replica, read whole once and then by the counter rows changed since its
+    last read (schema.py, version 4): a read costs what changed, not the ~20,000 rows of a million
+    jobs' counters. The decoded counters are kept here; each read answers a JobAggregates of its
+    own whose `version` moves only when a value did."""
+
+    def __init__(self, bounds: Iterable[float]) -> None:
+        self.bounds = tuple(float(b) for b in bounds)
+        self._les = {le: i for i, (le, _) in enumerate(Histogram(self.bounds).cumulative())}
+        self._labels = LabelCache()
+        self._lock = asyncio.Lock()  # one read at a time: an older read must not land on a newer one
+        self._counters = JobAggregates(self.bounds)
+        self._since: str | None = None  # xmin of the last read's snapshot; None: read everything
+        self._mark: tuple[Any, Any] = (None, None)
+        self._full_at = 0.0
+        self._gauges_text: str | None = None
+        self._gauges: dict[str, list] | None = None
+        self._currency: str | None = None
+        self.version = 0
+        self.full_reads = 0
+
+    async def read(self, pool: Any, currency: str | None, max_age: float | None = None) -> JobAggregates:
+        """The job facts; the gauges from their row when it is at most `max_age` seconds old (None:
+        always computed now, so that a caller sees its own writes)."""
+        async with self._lock:
+            async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+                mark = await conn.fetchrow(_MARK)
+                full = (self._since is None or (mark["started"], mark["resets"]) != self._mark
+                        or time.monotonic() - self._full_at > FULL_READ_SECONDS)
+                rows = await (conn.fetch(_ALL) if full else conn.fetch(_CHANGED, self._since))
+                text = None
+                if max_age is not None:
+                    text = await conn.fetchval(f"SELECT value FROM gauges WHERE key = 'unfinished' AND at >= {NOW} - $1",
+                                               max_age)
+                gauges = None if text is not None else await _gauges_now(conn)
+            # Nothing below awaits: the kept counters change all at once, after the read succeeded.
+            changed = self._apply(rows, full)
+            changed |= self._take_gauges(text, gauges) | (currency != self._currency)
+            self._currency = currency
+            self._since, self._mark = mark["xmin"], (mark["started"], mark["resets"])
+            if full:
+                self._full_at = time.monotonic()
+                self.full_reads += 1
+            if changed:
+                self.version += 1
+            return self._answer()
+
+    def _apply(self, rows: list[Any], full: bool) -> bool:
+        """Put the rows' values (whole values, not deltas: a row read twice is harmless) into the
+        kept counters; answer whether any value changed. Histograms are replaced, never changed in
+        place, so that an answer handed out earlier keeps its own."""
+        kept = self._counters
+        if full:
+            self._counters = JobAggregates(self.bounds)
+        counters, labels = self._counters, self._labels
+        replaced: dict[tuple[str, ...], Histogram | None] = {}
+        changed = False
+        for family, text, value in rows:
+            key = labels(text)
+            if family in finishing.PLAIN_FAMILIES or family == DEADLINE_FAMILY:
+                table = counters.deadline_exceeded if family == DEADLINE_FAMILY else getattr(counters, family)
+                number = value if family == "cost" else int(value)
+                if key not in table or table[key] != number:
+                    table[key] = number
+                    changed = True
+                continue
+            if family == "duration_bucket":
+                index = self._les.get(key[-1])
+                if index is None:
+                    continue  # a bucket no longer configured (as finishing.restore)
+                key = key[:-1]
+            elif family not in ("duration_sum", "duration_count"):
+                continue
+            if key not in replaced:
+                old = replaced[key] = counters.durations.get(key)
+                counters.durations[key] = (Histogram(self.bounds, list(old.counts), old.total, old.count)
+                                           if old is not None else Histogram(self.bounds))
+            hist = counters.durations[key]
+            if family == "duration_bucket":
+                hist.counts[index] = int(value)
+            elif family == "duration_sum":
+                hist.total = value
+            else:
+                hist.count = int(value)
+        for key, old in replaced.items():
+            if old is not None and counters.durations[key] == old:
+                counters.durations[key] = old  # the same values after all
+            else:
+                changed = True
+        return not _same_counters(kept, counters) if full else changed
+
+    def _take_gauges(self, text: str | None, computed: dict[str, list] | None) -> bool:
+        if text is not None and text == self._gauges_text:
+            return False
+        gauges = computed if computed is not None else json.loads(text)  # type: ignore[arg-type]
+        self._gauges_text = text
+        if gauges == self._gauges:
+            return False
+        self._gauges = gauges
+        return True
+
+    def _answer(self) -> JobAggregates:
+        """A JobAggregates of this read's own: the kept tables copied (histograms shared: replaced,
+        never changed, see _apply), the jobs gauge from `closed` and the unfinished counts."""
+        kept, agg = self._counters, JobAggregates(self.bounds)
+        for family in finishing.PLAIN_FAMILIES:
+            setattr(agg, family, getattr(kept, family).copy())
+        agg.deadline_exceeded = kept.deadline_exceeded.copy()
+        agg.durations = dict(kept.durations)
+        gauges = self._gauges or {"open": [], "oldest": []}
+        agg.add_counts(list(agg.closed.items()))
+        agg.add_counts(((kind, grp, model, status), n) for kind, grp, model, status, n in gauges["open"])
+        for kind, grp, created, job_id in gauges["oldest"]:
+            agg.note_unfinished(kind, grp, created, job_id)
+        agg.currency = self._currency
+        agg.version = self.version
+        return agg
+
+
+def _same_counters(a: JobAggregates, b: JobAggregates) -> bool:
+    return (all(getattr(a, f) == getattr(b, f) for f in finishing.PLAIN_FAMILIES)
+            and a.deadline_exceeded == b.deadline_exceeded and a.durations == b.durations)

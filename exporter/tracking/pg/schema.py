@@ -69,8 +69,27 @@ ALTER TABLE jobs ADD COLUMN IF NOT EXISTS deadline_counted boolean NOT NULL DEFA
 CREATE INDEX IF NOT EXISTS jobs_deadline_due ON jobs (created) WHERE final = 0 AND NOT deadline_counted;
 """
 
+# Version 4: the counters read by what changed (tracking/pg/facts.py). `changed` is the id of the
+# transaction that last wrote the row (add_counters sets it): a reader that remembers the oldest
+# transaction still running at its last read (its snapshot's xmin) finds every row written since by
+# `changed >= xmin`, whichever order the writers committed in. A deletion leaves no row to find: a
+# statement trigger counts deletions and truncations in `meta`, and a reader that sees the count
+# move reads everything again.
+_V4 = """
+ALTER TABLE counters ADD COLUMN IF NOT EXISTS changed xid8 NOT NULL DEFAULT '0';
+CREATE INDEX IF NOT EXISTS counters_changed ON counters (changed);
+INSERT INTO meta VALUES ('counters_resets', '0') ON CONFLICT (key) DO NOTHING;
+CREATE OR REPLACE FUNCTION counters_reset() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    UPDATE meta SET value = (value::bigint + 1)::text WHERE key = 'counters_resets';
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS counters_reset ON counters;
+CREATE TRIGGER counters_reset AFTER DELETE OR TRUNCATE ON counters FOR EACH STATEMENT EXECUTE FUNCTION counters_reset();
+"""
+
 Execute = Callable[[str], Awaitable[Any]]
-MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3}
+MIGRATIONS: dict[int, str] = {1: _V1, 2: _V2, 3: _V3, 4: _V4}
 SCHEMA_VERSION = max(MIGRATIONS)
 
 
