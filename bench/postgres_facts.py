@@ -173,15 +173,20 @@ def _p99(values: list[float]) -> float:
     return values[min(len(values) - 1, int(len(values) * 0.99))]
 
 
-async def _reads(url: str, password_file: str, reads: int, pause: float) -> tuple[list[float], list[float]]:
-    """(uncached reads of the job facts, the gauges leader's refreshes), in milliseconds."""
+async def _reads(url: str, password_file: str, reads: int, pause: float) -> tuple[list[float], list[float], list[float]]:
+    """(uncached reads of the job facts, whole first reads, the gauges leader's scans), in milliseconds."""
     from exporter.tracking.pg.connect import create_pool
     from exporter.tracking.pg.facts import _gauges_now as gauges_now
     from exporter.tracking.pg.store import PgJobStore
 
     store = PgJobStore(await create_pool(url, password_file, max_size=1), DEFAULT_DURATION_BUCKETS)
-    facts, gauges = [], []
+    facts, gauges, whole = [], [], []
     try:
+        for _ in range(3):  # a replica's first read (and a read after a deletion): every row
+            first = PgJobStore(store.pool, DEFAULT_DURATION_BUCKETS)
+            t = time.perf_counter()
+            await first.facts(max_age=60)
+            whole.append((time.perf_counter() - t) * 1000)
         for _ in range(reads):
             t = time.perf_counter()
             await store.facts(max_age=60)
@@ -194,7 +199,7 @@ async def _reads(url: str, password_file: str, reads: int, pause: float) -> tupl
                 gauges.append((time.perf_counter() - t) * 1000)
     finally:
         await store.pool.close()
-    return facts, gauges
+    return facts, whole, gauges
 
 
 def _scrapes(port: int, scrapes: int, pause: float) -> list[float]:
@@ -231,11 +236,12 @@ def postgres_facts(workdir: Path, jobs: int, scrapes: int = 400, reads: int = 60
             finisher = Finisher(url, pw, rate)
             try:
                 took = _scrapes(replica.port, scrapes, pause)
-                facts, gauges = asyncio.run(_reads(url, pw, reads, pause))
+                facts, whole, gauges = asyncio.run(_reads(url, pw, reads, pause))
             finally:
                 finisher.stop()
             figures.update(metrics_jobs_p99_ms=_p99(took), metrics_jobs_median_ms=statistics.median(took),
                            facts_read_p99_ms=_p99(facts), facts_read_median_ms=statistics.median(facts),
+                           facts_whole_read_ms=statistics.median(whole),
                            gauges_refresh_median_ms=statistics.median(gauges), finished_during=finisher.done)
             figures["truth_mismatch"] = _mismatch(replica.port, url, pw)
         finally:

@@ -30,6 +30,9 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: tuple[tuple[
     return "{" + ",".join(f'{k}="{_escape_value(v)}"' for k, v in pairs) + "}"
 
 
+CHUNK_LINES = 64  # lines per part of a chunked collector (TextRenderer.chunks)
+
+
 class TextRenderer:
     """Renders families to text, reusing each series' text while its value is unchanged."""
 
@@ -37,6 +40,9 @@ class TextRenderer:
         self._cache: dict[tuple[str, tuple[str, ...]], tuple[object, str]] = {}
         self._headers: dict[tuple[str, str, str], str] = {}
         self.whole: dict[int, tuple[tuple[int, int], bytes]] = {}  # collector -> (key, its whole text)
+        # A chunked collector -> (key, its parts); and each chunk's last (signature, text).
+        self.chunked: dict[int, tuple[tuple[int, int], list[Part]]] = {}
+        self._chunks: dict[tuple[int, str, int], Part] = {}
 
     def render(self, families: Iterable[Family]) -> str:
         out: list[str] = []
@@ -50,6 +56,38 @@ class TextRenderer:
                 for labels, value in family.series.items():
                     out.append(self._sample(name, family.labelnames, labels, value))
         return "".join(out)
+
+    def chunks(self, owner: int, families: Iterable[Family]) -> list["Part"]:
+        """The families as parts of about CHUNK_LINES lines each, in order (a family's header in its
+        first). A part is keyed by its series' labels and values: one whose series are all
+        unchanged keeps its text (and, by GzipParts, its gzip), so that a change to a few series
+        of a large exposition costs those parts only, not the whole text and its compression."""
+        parts: list[Part] = []
+        for family in families:
+            index, lines, signature, texts = 0, 0, [], [self._header(family)]
+            histogram, per_series = family.kind == "histogram", 1
+            if histogram:
+                per_series = 3 + len(next(iter(family.series.values())).bounds) if family.series else 1  # type: ignore[union-attr]
+            for labels, value in family.series.items():
+                if histogram:
+                    signature.append((labels, value.count, value.total))  # type: ignore[union-attr]
+                    texts.append(self._histogram(family, labels, value))  # type: ignore[arg-type]
+                else:
+                    signature.append((labels, value))
+                    texts.append(self._sample(family.sample_name, family.labelnames, labels, value))  # type: ignore[arg-type]
+                lines += per_series
+                if lines >= CHUNK_LINES:
+                    parts.append(self._chunk((owner, family.name, index), tuple(signature), texts))
+                    index, lines, signature, texts = index + 1, 0, [], []
+            if texts:
+                parts.append(self._chunk((owner, family.name, index), tuple(signature), texts))
+        return parts
+
+    def _chunk(self, name: tuple[int, str, int], signature: tuple, texts: list[str]) -> "Part":
+        cached = self._chunks.get(name)
+        if cached is None or cached[0] != (name, signature):  # type: ignore[index]
+            cached = self._chunks[name] = ((name, signature), "".join(texts).encode())  # type: ignore[assignment]
+        return cached  # type: ignore[return-value]
 
     def _header(self, family: Family) -> str:
         key = (family.sample_name, family.kind, family.doc)
@@ -86,7 +124,7 @@ class TextRenderer:
         return text
 
 
-Part = tuple["tuple[int, int] | None", bytes]
+Part = tuple["tuple[object, object] | None", bytes]
 
 
 def render_parts(registry: CollectorRegistry, renderer: TextRenderer) -> list[Part]:
@@ -105,6 +143,12 @@ def render_parts(registry: CollectorRegistry, renderer: TextRenderer) -> list[Pa
             parts.append((None, _body(collector, families, renderer)))
             continue
         key = (id(collector), version())
+        if getattr(collector, "chunked", False):
+            kept = renderer.chunked.get(key[0])
+            if kept is None or kept[0] != key:
+                kept = renderer.chunked[key[0]] = (key, renderer.chunks(key[0], families()))  # type: ignore[misc]
+            parts.extend(kept[1])
+            continue
         cached = renderer.whole.get(key[0])
         if cached is None or cached[0] != key:
             cached = renderer.whole[key[0]] = (key, _body(collector, families, renderer))

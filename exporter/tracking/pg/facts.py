@@ -21,10 +21,15 @@ from exporter.tracking.pg.schema import NOW
 
 GAUGES_SECONDS = 2.0
 
+# Both over the unfinished jobs only, through their index (schema.py, v4: `jobs_open`): the counts
+# from the index alone where the table's pages are all-visible; the oldest of each (kind, group)
+# one index probe each, for the pairs the counts found. Sorted, so that the gauge's series keep
+# their order from one refresh to the next (the renderer reuses unchanged parts).
 _OPEN_COUNTS = ("SELECT kind, grp, model, status, count(*) AS n FROM jobs WHERE final = 0 "
-                "GROUP BY kind, grp, model, status")
-_OLDEST = ("SELECT DISTINCT ON (kind, grp) kind, grp, created, id FROM jobs "
-           "WHERE final = 0 AND created IS NOT NULL ORDER BY kind, grp, created")
+                "GROUP BY kind, grp, model, status ORDER BY kind, grp, model, status")
+_OLDEST = ("SELECT p.kind, p.grp, o.created, o.id FROM unnest($1::text[], $2::text[]) AS p(kind, grp), "
+           "LATERAL (SELECT created, id FROM jobs WHERE final = 0 AND kind = p.kind AND grp = p.grp "
+           "AND created IS NOT NULL ORDER BY created LIMIT 1) AS o ORDER BY p.kind, p.grp")
 
 
 class LabelCache:
@@ -44,7 +49,9 @@ class LabelCache:
 
 async def _gauges_now(conn: Any) -> dict[str, list]:
     counts = [[r["kind"], r["grp"], r["model"], r["status"], r["n"]] for r in await conn.fetch(_OPEN_COUNTS)]
-    oldest = [[r["kind"], r["grp"], r["created"], r["id"]] for r in await conn.fetch(_OLDEST)]
+    pairs = list(dict.fromkeys((kind, grp) for kind, grp, *_ in counts))
+    oldest = [[r["kind"], r["grp"], r["created"], r["id"]]
+              for r in await conn.fetch(_OLDEST, [k for k, _ in pairs], [g for _, g in pairs])]
     return {"open": counts, "oldest": oldest}
 
 

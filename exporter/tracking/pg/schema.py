@@ -74,8 +74,10 @@ CREATE INDEX IF NOT EXISTS jobs_deadline_due ON jobs (created) WHERE final = 0 A
 # transaction still running at its last read (its snapshot's xmin) finds every row written since by
 # `changed >= xmin`, whichever order the writers committed in. A deletion leaves no row to find: a
 # statement trigger counts deletions and truncations in `meta`, and a reader that sees the count
-# move reads everything again.
+# move reads everything again. `jobs_open`: the gauges over unfinished jobs (facts.py) from an
+# index of the unfinished rows instead of a scan of every job (seconds at a million jobs).
 _V4 = """
+CREATE INDEX IF NOT EXISTS jobs_open ON jobs (kind, grp, created) INCLUDE (model, status) WHERE final = 0;
 ALTER TABLE counters ADD COLUMN IF NOT EXISTS changed xid8 NOT NULL DEFAULT '0';
 CREATE INDEX IF NOT EXISTS counters_changed ON counters (changed);
 INSERT INTO meta VALUES ('counters_resets', '0') ON CONFLICT (key) DO NOTHING;
