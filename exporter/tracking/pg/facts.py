@@ -91,6 +91,7 @@ class FactsReader:
         self._full_at = 0.0
         self._gauges_text: str | None = None
         self._gauges: dict[str, list] | None = None
+        self._open: list[tuple[tuple[str, str, str, str], int]] = []
         self._currency: str | None = None
         self.version = 0
         self.full_reads = 0
@@ -173,6 +174,7 @@ class FactsReader:
         if gauges == self._gauges:
             return False
         self._gauges = gauges
+        self._open = [((kind, grp, model, status), n) for kind, grp, model, status, n in gauges["open"]]
         return True
 
     def _answer(self) -> JobAggregates:
@@ -183,10 +185,10 @@ class FactsReader:
             setattr(agg, family, getattr(kept, family).copy())
         agg.deadline_exceeded = kept.deadline_exceeded.copy()
         agg.durations = dict(kept.durations)
-        gauges = self._gauges or {"open": [], "oldest": []}
-        agg.add_counts(list(agg.closed.items()))
-        agg.add_counts(((kind, grp, model, status), n) for kind, grp, model, status, n in gauges["open"])
-        for kind, grp, created, job_id in gauges["oldest"]:
+        jobs = agg.jobs = kept.closed.copy()  # the final jobs still stored, and the unfinished ones
+        for labels, n in self._open:
+            jobs[labels] += n
+        for kind, grp, created, job_id in self._gauges["oldest"] if self._gauges else ():
             agg.note_unfinished(kind, grp, created, job_id)
         agg.currency = self._currency
         agg.version = self.version
