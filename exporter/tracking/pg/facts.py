@@ -70,6 +70,14 @@ FULL_READ_SECONDS = 300.0  # a whole read now and then as well, whatever the mar
 # a restore, a promoted standby: read everything again) and the count of deletions (schema.py, v4).
 _MARK = ("SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, pg_postmaster_start_time() AS started, "
          "(SELECT value FROM meta WHERE key = 'counters_resets') AS resets")
+# The mark (part 0), the gauges row when fresh enough (part 1) and the counter rows changed since
+# `$1` (part 2), under the one snapshot of one statement.
+_ONE_STATEMENT = (
+    "SELECT 0 AS part, pg_snapshot_xmin(pg_current_snapshot())::text AS family, "
+    "(SELECT value FROM meta WHERE key = 'counters_resets') AS labels, NULL::float8 AS value, "
+    "pg_postmaster_start_time() AS started "
+    f"UNION ALL SELECT 1, NULL, value, NULL, NULL FROM gauges WHERE key = 'unfinished' AND at >= {NOW} - $2 "
+    "UNION ALL SELECT 2, family, labels, value, NULL FROM counters WHERE changed >= $1::text::xid8")
 _ALL = "SELECT family, labels, value FROM counters"
 _CHANGED = "SELECT family, labels, value FROM counters WHERE changed >= $1::text::xid8"
 
@@ -100,27 +108,54 @@ class FactsReader:
         """The job facts; the gauges from their row when it is at most `max_age` seconds old (None:
         always computed now, so that a caller sees its own writes)."""
         async with self._lock:
+            if max_age is not None and self._since is not None and time.monotonic() - self._full_at < FULL_READ_SECONDS:
+                # The usual read: one statement (one snapshot), so one round trip. On a loaded
+                # machine each round trip waits for two processes to be scheduled.
+                found = await self._read_changed(pool, max_age)
+                if found is not None:
+                    mark, rows, text = found
+                    return self._take(mark, rows, False, text, None, currency)
             async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
                 mark = await conn.fetchrow(_MARK)
                 full = (self._since is None or (mark["started"], mark["resets"]) != self._mark
-                        or time.monotonic() - self._full_at > FULL_READ_SECONDS)
+                        or time.monotonic() - self._full_at >= FULL_READ_SECONDS)
                 rows = await (conn.fetch(_ALL) if full else conn.fetch(_CHANGED, self._since))
                 text = None
                 if max_age is not None:
                     text = await conn.fetchval(f"SELECT value FROM gauges WHERE key = 'unfinished' AND at >= {NOW} - $1",
                                                max_age)
                 gauges = None if text is not None else await _gauges_now(conn)
-            # Nothing below awaits: the kept counters change all at once, after the read succeeded.
-            changed = self._apply(rows, full)
-            changed |= self._take_gauges(text, gauges) | (currency != self._currency)
-            self._currency = currency
-            self._since, self._mark = mark["xmin"], (mark["started"], mark["resets"])
-            if full:
-                self._full_at = time.monotonic()
-                self.full_reads += 1
-            if changed:
-                self.version += 1
-            return self._answer()
+            return self._take(mark, rows, full, text, gauges, currency)
+
+    async def _read_changed(self, pool: Any, max_age: float) -> tuple[Any, list[Any], str] | None:
+        """The mark, the rows changed since the last read and the gauges row, in one statement;
+        None when that is not enough (the marks moved: read everything; the row is too old)."""
+        mark, rows, text = None, [], None
+        for row in await pool.fetch(_ONE_STATEMENT, self._since, max_age):
+            if row["part"] == 2:
+                rows.append((row["family"], row["labels"], row["value"]))
+            elif row["part"] == 0:
+                mark = {"xmin": row["family"], "resets": row["labels"], "started": row["started"]}
+            else:
+                text = row["labels"]
+        if mark is None or (mark["started"], mark["resets"]) != self._mark or text is None:
+            return None
+        return mark, rows, text
+
+    def _take(self, mark: Any, rows: list[Any], full: bool, text: str | None, gauges: dict[str, list] | None,
+              currency: str | None) -> JobAggregates:
+        """Keep what a read found and answer. Nothing here awaits: the kept counters change all at
+        once, after the read succeeded."""
+        changed = self._apply(rows, full)
+        changed |= self._take_gauges(text, gauges) | (currency != self._currency)
+        self._currency = currency
+        self._since, self._mark = mark["xmin"], (mark["started"], mark["resets"])
+        if full:
+            self._full_at = time.monotonic()
+            self.full_reads += 1
+        if changed:
+            self.version += 1
+        return self._answer()
 
     def _apply(self, rows: list[Any], full: bool) -> bool:
         """Put the rows' values (whole values, not deltas: a row read twice is harmless) into the
