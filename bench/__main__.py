@@ -18,6 +18,7 @@ from bench import benchmarks as b
 from bench import config_load, cost, poll_realistic, tracing
 from bench import postgres as pg
 from bench.postgres_proxy import postgres_proxy
+from bench import postgres_facts as pgf
 from bench import proxy as p
 from bench.jobs_query import jobs_query
 
@@ -154,6 +155,18 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("creates_stored", ">= creates_forwarded (one in flight when wrk stops: stored, not counted)", None),
         ("creates_forwarded", "reported", None),
         ("paced_failures", "0", lambda v: v == 0)]),
+    "postgres_facts": (pgf.postgres_facts, {"jobs": 1_000_000}, {"jobs": 100_000, "scrapes": 200, "reads": 30}, [
+        ("metrics_jobs_p99_ms", "<= 50 ms (through a replica, 1 s cache, jobs finishing meanwhile)", lambda v: v <= 50),
+        ("metrics_jobs_median_ms", "reported", None),
+        ("metrics_jobs_max_ms", "reported (the slowest of the scrapes)", None),
+        ("replica_cpu_share", "reported (cores the replica used while scraped, 20/s, with 100 finals/s)", None),
+        ("facts_read_p99_ms", "reported (the database read behind a cache miss: rows changed since the last)", None),
+        ("facts_read_median_ms", "reported", None),
+        ("facts_whole_read_ms", "reported (a replica's first read: every counter row)", None),
+        ("gauges_refresh_median_ms", "reported (the gauges leader's scan of the unfinished jobs, every 2 s)", None),
+        ("finished_during", "reported (final answers applied while measuring)", None),
+        ("truth_mismatch", "0 (the route's totals - the rows)", lambda v: v == 0),
+        ("fill_seconds", "reported (the state written by generate_series)", None)]),
     "simulator": (b.simulator_throughput, {"jobs": 100_000}, {"jobs": 10_000}, [
         ("answers_per_second", ">= 2,000 /s", lambda v: v >= 2000)]),
 }

@@ -195,3 +195,12 @@ def test_postgres_proxy_small(tmp_path):
                  "create_added_p99_ms_fsync_off", "disk_flush_p99_ms"):
         assert figures[name] == figures[name], name  # measured (not NaN)
     assert figures["disk_flush_p99_ms"] > 0 and figures["create_paced_rps"] > 0
+def test_postgres_facts_small(tmp_path):
+    from bench.postgres_facts import postgres_facts
+
+    figures = postgres_facts(tmp_path, jobs=3000, scrapes=30, reads=10, rate=50.0)
+    assert figures["truth_mismatch"] == 0  # the route's totals equal the rows, finals applied meanwhile
+    assert figures["finished_during"] > 0
+    for name in ("metrics_jobs_p99_ms", "metrics_jobs_median_ms", "facts_read_p99_ms", "facts_whole_read_ms",
+                 "gauges_refresh_median_ms"):
+        assert figures[name] > 0, name

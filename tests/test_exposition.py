@@ -95,3 +95,30 @@ def test_a_sampled_collector_is_read_once_per_period_and_its_text_reused():
     assert inner.reads == 2 and b"reads 2.0" in later
     assert later == generate_latest(registry)  # the same sample through prometheus_client
     assert inner.reads == 2
+
+
+def test_a_chunked_collector_writes_the_same_text_and_rewrites_only_changed_chunks():
+    """SharedJobsCollector's parts (metrics/shared_state.py): byte for byte prometheus_client's text
+    after every change; an unchanged chunk keeps its bytes and gzip member, a changed one does not."""
+    from exporter.metrics.shared_state import SharedJobsCollector
+
+    jobs, api = JobAggregates((0.5, 1, 60)), ApiAggregates((0.1,))
+    generation = [0]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SharedJobsCollector(lambda: jobs, lambda: generation[0]))
+    renderer, packer = TextRenderer(), GzipParts()
+    rng = random.Random(11)
+    for kind in ("chat", "images", "speech"):
+        for group in range(40):  # enough series for many chunks
+            jobs.record_finished((kind, f"g{group}", "m", "COMPLETED"), rng.uniform(0, 100), 1, 1, 1, {}, 0)
+    for round_ in range(60):
+        before = {key: body for key, body in render_parts(registry, renderer) if key is not None}
+        mutate(rng, jobs, api)
+        generation[0] += 1
+        parts = render_parts(registry, renderer)
+        assert len(parts) >= 20
+        assert b"".join(b for _, b in parts).decode() == generate_latest(registry).decode(), round_
+        assert gzip.decompress(packer.compress(parts)) == b"".join(b for _, b in parts)
+        kept = [key for key, body in parts if key in before and before[key] is body]
+        # One change touches a chunk in each family it changes (a job finishing: up to seven), not the rest.
+        assert len(parts) - len(kept) <= 7, round_

@@ -45,9 +45,13 @@ class FactsCache:
             # A database that does not answer (a partition, not a refusal) must not hold the scrape:
             # past FACTS_WAIT_SECONDS the last answer is served, and the read goes on for the next.
             agg = await asyncio.wait_for(asyncio.shield(self._reading), FACTS_WAIT_SECONDS)
-            if agg is not self._agg:
-                self._agg, self._at = agg, time.monotonic()
-                self.generation += 1
+            if agg is not self._agg:  # a new read
+                self._at = time.monotonic()
+                # The same values as the last (its version unmoved): keep that answer, and so the
+                # rendered text of /metrics/jobs and its gzip, instead of walking every series again.
+                if self._agg is None or agg.version != self._agg.version:
+                    self._agg = agg
+                    self.generation += 1
         except Exception as exc:
             log.debug("job facts not read from the database: %s", exc)
         return self._agg

@@ -10,6 +10,7 @@ rendered by prometheus_client itself.
 from __future__ import annotations
 
 import gzip
+import itertools
 from typing import Iterable
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -30,13 +31,20 @@ def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: tuple[tuple[
     return "{" + ",".join(f'{k}="{_escape_value(v)}"' for k, v in pairs) + "}"
 
 
+CHUNK_LINES = 64  # lines per part of a chunked collector (TextRenderer.chunks)
+
+
 class TextRenderer:
     """Renders families to text, reusing each series' text while its value is unchanged."""
 
     def __init__(self) -> None:
         self._cache: dict[tuple[str, tuple[str, ...]], tuple[object, str]] = {}
         self._headers: dict[tuple[str, str, str], str] = {}
+        self._heads: dict[tuple[tuple[str, tuple[str, ...]], tuple[float, ...]], list[str]] = {}
         self.whole: dict[int, tuple[tuple[int, int], bytes]] = {}  # collector -> (key, its whole text)
+        # A chunked collector -> (key, its parts); and each chunk's last (signature, text).
+        self.chunked: dict[int, tuple[tuple[int, int], list[Part]]] = {}
+        self._chunks: dict[tuple[int, str, int], Part] = {}
 
     def render(self, families: Iterable[Family]) -> str:
         out: list[str] = []
@@ -50,6 +58,45 @@ class TextRenderer:
                 for labels, value in family.series.items():
                     out.append(self._sample(name, family.labelnames, labels, value))
         return "".join(out)
+
+    def chunks(self, owner: int, families: Iterable[Family]) -> list["Part"]:
+        """The families as parts of about CHUNK_LINES lines each, in order (a family's header in its
+        first). A part is keyed by its series' labels and values, compared at C speed: one whose
+        series are all unchanged keeps its bytes (and, by GzipParts, its gzip member), so that a
+        change to a few series of a large exposition costs their parts only, not a walk through
+        every series' text and the compression of the whole."""
+        parts: list[Part] = []
+        for family in families:
+            histogram = family.kind == "histogram"
+            per_chunk = CHUNK_LINES
+            if histogram and family.series:
+                per_chunk = max(1, CHUNK_LINES // (3 + len(next(iter(family.series.values())).bounds)))  # type: ignore[union-attr]
+            items = iter(family.series.items())
+            for index in itertools.count():
+                if histogram:  # count and sum, as the histogram text's own cache (a Histogram may change in place)
+                    pairs = list(itertools.islice(items, per_chunk))
+                    signature: tuple = tuple((labels, h.count, h.total) for labels, h in pairs)  # type: ignore[union-attr]
+                else:
+                    signature = pairs = tuple(itertools.islice(items, per_chunk))  # type: ignore[assignment]
+                if signature or index == 0:
+                    parts.append(self._chunk((owner, family.name, index), signature, family, pairs, index == 0))
+                if len(signature) < per_chunk:
+                    break
+        return parts
+
+    def _chunk(self, name: tuple[int, str, int], signature: tuple, family: Family, pairs: Iterable[tuple],
+               header: bool) -> "Part":
+        cached = self._chunks.get(name)
+        if cached is not None and cached[0][1] == signature:  # type: ignore[index]
+            return cached
+        texts = [self._header(family)] if header else []
+        if family.kind == "histogram":
+            texts.extend(self._histogram(family, labels, hist) for labels, hist in pairs)
+        else:
+            name_, names = family.sample_name, family.labelnames
+            texts.extend(self._sample(name_, names, labels, value) for labels, value in pairs)
+        part = self._chunks[name] = ((name, signature), "".join(texts).encode())
+        return part
 
     def _header(self, family: Family) -> str:
         key = (family.sample_name, family.kind, family.doc)
@@ -75,18 +122,20 @@ class TextRenderer:
         cached = self._cache.get(key)
         if cached is not None and cached[0] == signature:
             return cached[1]
-        names, name = family.labelnames, family.name
-        lines = [f"{name}_bucket{_labels(names, labels, (('le', le),))} {floatToGoString(n)}\n"
-                 for le, n in hist.cumulative()]
-        plain = _labels(names, labels)
-        lines.append(f"{name}_count{plain} {floatToGoString(hist.count)}\n")
-        lines.append(f"{name}_sum{plain} {floatToGoString(hist.total)}\n")
-        text = "".join(lines)
+        heads = self._heads.get((key, hist.bounds))
+        if heads is None:  # each line's name and labels, written once per histogram (the costly part)
+            names, name = family.labelnames, family.name
+            plain = _labels(names, labels)
+            heads = self._heads[(key, hist.bounds)] = (
+                [f"{name}_bucket{_labels(names, labels, (('le', le),))} " for le, _ in hist.cumulative()]
+                + [f"{name}_count{plain} ", f"{name}_sum{plain} "])
+        values = [*itertools.accumulate(hist.counts), hist.count, hist.total]
+        text = "".join([f"{head}{floatToGoString(v)}\n" for head, v in zip(heads, values)])
         self._cache[key] = (signature, text)
         return text
 
 
-Part = tuple["tuple[int, int] | None", bytes]
+Part = tuple["tuple[object, object] | None", bytes]
 
 
 def render_parts(registry: CollectorRegistry, renderer: TextRenderer) -> list[Part]:
@@ -105,6 +154,12 @@ def render_parts(registry: CollectorRegistry, renderer: TextRenderer) -> list[Pa
             parts.append((None, _body(collector, families, renderer)))
             continue
         key = (id(collector), version())
+        if getattr(collector, "chunked", False):
+            kept = renderer.chunked.get(key[0])
+            if kept is None or kept[0] != key:
+                kept = renderer.chunked[key[0]] = (key, renderer.chunks(key[0], families()))  # type: ignore[misc]
+            parts.extend(kept[1])
+            continue
         cached = renderer.whole.get(key[0])
         if cached is None or cached[0] != key:
             cached = renderer.whole[key[0]] = (key, _body(collector, families, renderer))

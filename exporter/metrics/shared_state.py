@@ -46,7 +46,12 @@ class SharedStateCollector(FamilyCollector):
 
 class SharedJobsCollector(FamilyCollector):
     """The job facts as last read from the shared database (`current()`; None: not read yet).
-    `generation()` changes with every read, so the renderer's cache never serves an older one."""
+    `generation()` changes with every read that changed a value, so the renderer's cache never
+    serves an older one. Rendered in chunks (exposition.TextRenderer.chunks): with jobs finishing,
+    each read changes a few hundred of tens of thousands of lines, and only their chunks are
+    rendered and compressed again."""
+
+    chunked = True
 
     def __init__(self, current: Callable[[], JobAggregates | None], generation: Callable[[], int]) -> None:
         self.current = current

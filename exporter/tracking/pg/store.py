@@ -47,7 +47,7 @@ class PgJobStore:
         self.answers = answers_pool if answers_pool is not None else pool
         self.bounds = tuple(float(b) for b in duration_buckets)
         self.prices = prices
-        self._labels = facts.LabelCache()
+        self._facts = facts.FactsReader(self.bounds)
         self.deadline_seconds = 3600.0  # metrics.job_deadline_seconds (pg/deadlines.py)
         self.owe_traces = False  # tracing.endpoint: a job made COMPLETED/ERROR here owes a trace (pg/traces.py)
 
@@ -222,8 +222,7 @@ class PgJobStore:
     async def facts(self, max_age: float | None = None) -> JobAggregates:
         """The job facts; with `max_age`, the gauges over unfinished jobs may come from the row the
         `gauges` leader writes (at most that old) instead of a scan (see facts.py)."""
-        return await facts.read_facts(self.pool, self.bounds, self.prices.currency if self.prices else None,
-                                      self._labels, max_age)
+        return await self._facts.read(self.pool, self.prices.currency if self.prices else None, max_age)
 
     async def refresh_gauges(self) -> None:
         await facts.refresh_gauges(self.pool)
@@ -282,7 +281,10 @@ async def add_counters(conn: Any, deltas: list[finishing.Delta]) -> None:
         key = (family, labels_key(labels))
         merged[key] = merged.get(key, 0.0) + value
     keys = sorted(merged)
+    # `changed`: this transaction's id, by which readers find the rows written since their last read
+    # (facts.py); every writer of the counters goes through here.
     await conn.execute(
-        "INSERT INTO counters (family, labels, value) SELECT * FROM unnest($1::text[], $2::text[], $3::float8[]) "
-        "ON CONFLICT (family, labels) DO UPDATE SET value = counters.value + EXCLUDED.value",
+        "INSERT INTO counters (family, labels, value, changed) "
+        "SELECT f, l, v, pg_current_xact_id() FROM unnest($1::text[], $2::text[], $3::float8[]) AS d(f, l, v) "
+        "ON CONFLICT (family, labels) DO UPDATE SET value = counters.value + EXCLUDED.value, changed = EXCLUDED.changed",
         [k[0] for k in keys], [k[1] for k in keys], [merged[k] for k in keys])
