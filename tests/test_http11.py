@@ -261,3 +261,51 @@ def test_trailers_extensions_and_connection_close_among_tokens():
     results, script = run([answer, close, ok(b"[]")], b"1", b"2", b"3")
     assert [r.body for r in results] == [b"{}", b"{}", b"[]"]
     assert script.connections == 2  # `close` among other tokens still closes
+
+
+def test_at_most_max_connections_requests_at_once_and_a_cancelled_waiter_frees_nothing_twice():
+    """Six requests with two slots: never more than two at the server at once, all answered in
+    turn; a request cancelled while it waits for a slot neither takes one nor leaks one."""
+    state = {"now": 0, "peak": 0}
+    gate = asyncio.Event
+
+    async def slow(writer):
+        state["now"] += 1
+        state["peak"] = max(state["peak"], state["now"])
+        await state["gate"].wait()
+        state["now"] -= 1
+        writer.write(ok(b"done"))
+        await writer.drain()
+
+    async def go():
+        state["gate"] = gate()
+        script = Script([slow] * 7)
+        url = await script.start()
+        transport = Http11Transport(5.0, 2, 1024)
+        tasks = [asyncio.ensure_future(transport.post(url, b"%d" % i, HEADERS)) for i in range(6)]
+        while state["now"] < 2:
+            await asyncio.sleep(0.01)
+        tasks[4].cancel()  # waiting for a slot
+        await asyncio.sleep(0.05)
+        state["gate"].set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        last = await transport.post(url, b"last", HEADERS)  # the slots all came back
+        await transport.close()
+        await script.stop()
+        return results, last, transport._slots.free
+
+    results, last, free = asyncio.run(go())
+    assert isinstance(results[4], asyncio.CancelledError)
+    assert [r.body for i, r in enumerate(results) if i != 4] == [b"done"] * 5 and last.body == b"done"
+    assert state["peak"] == 2 and free == 2
+
+
+def test_a_time_out_on_a_reused_connection_is_not_sent_again():
+    """The deadline is the request's: past it, ApiTimeout, never a second try on a new connection
+    (only a connection closed before any answer is tried again)."""
+    async def hang(writer):
+        await asyncio.sleep(2)
+
+    results, script = run([ok(b"first"), hang, ok(b"third")], b"1", b"2", b"3", timeout=0.3)
+    assert results[0].body == b"first" and isinstance(results[1], ApiTimeout) and results[2].body == b"third"
+    assert len(script.requests) == 3 and script.connections == 2

@@ -559,3 +559,45 @@ def test_a_head_whose_blank_line_comes_apart_is_read_wherever_it_is_cut():
 
     exchanges(scenario)
     assert len(got) == 3 and all(answer.startswith(b"HTTP/1.1 200 OK") for answer in got)
+
+
+def test_an_answer_read_whole_goes_back_in_one_write_and_a_head_alone_at_once():
+    """The head and the body's first bytes, when they come in one read, go back in one write (a send
+    on loopback costs more than the rest of the forwarding); a head whose body has not come yet goes
+    back at once, never held for its body."""
+    from exporter.sources.proxy_answer import Exchange
+
+    class Upstream:
+        def close(self) -> None:
+            pass
+
+    class Client:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def write(self, data: bytes) -> None:
+            self.writes.append(data)
+
+    async def run() -> dict[str, list[bytes]]:
+        got = {}
+        for name, pieces in {
+            "whole": [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"],
+            "apart": [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n", b"ok"],
+            "chunked": [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n", b"0\r\n\r\n"],
+            "empty": [b"HTTP/1.1 204 No Content\r\n\r\n"],
+        }.items():
+            client = Client()
+            exchange = Exchange(client, Upstream(), b"POST", False, 0, 1 << 16)  # type: ignore[arg-type]
+            for piece in pieces:
+                exchange.from_api(piece)
+                got.setdefault(name, []).append(b"|".join(client.writes))
+            assert exchange.done.done()
+        return got
+
+    got = asyncio.run(run())
+    assert got["whole"] == [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"]
+    assert got["apart"] == [b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n",
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n|ok"]
+    assert got["chunked"] == [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n",
+                              b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n|0\r\n\r\n"]
+    assert got["empty"] == [b"HTTP/1.1 204 No Content\r\n\r\n"]

@@ -11,6 +11,7 @@ from aiohttp import web
 from exporter.config import WebConfig
 from exporter.config.addresses import parse_listen_address
 from exporter.http.guard import Guard, limit_connections
+from exporter.http.quiet import QuietAppRunner
 
 
 async def start_web(app: web.Application, limits: WebConfig, guard: Guard, listen: str,
@@ -18,8 +19,9 @@ async def start_web(app: web.Application, limits: WebConfig, guard: Guard, liste
     """Serve `app` on `listen`; returns the runner (to clean up) and the port bound."""
     host, port = parse_listen_address(listen)
     # keepalive_timeout also closes a connection that has not sent a whole request by then:
-    # a client that trickles its headers cannot hold a slot for longer.
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
+    # a client that trickles its headers cannot hold a slot for longer. A malformed request gets a fixed
+    # 400 that echoes nothing and is logged without its content (http/quiet.py).
+    runner = QuietAppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=1.0,
                            keepalive_timeout=limits.read_timeout_seconds,
                            max_line_size=limits.max_header_bytes, max_field_size=limits.max_header_bytes,
                            max_headers=100)

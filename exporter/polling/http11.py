@@ -9,7 +9,8 @@ are errors, never guesses), so a hostile answer fails that one request (`BadAnsw
 `reason="protocol"`) and its connection is closed, never pooled again. gzip/deflate are inflated if
 a server sends them unasked. A request that fails on a reused connection before any answer arrived
 is sent once more on a new one (the server closed an idle connection; the query changes nothing,
-so repeating it is safe).
+so repeating it is safe). A request's deadline is one timer and its slot (`max_connections`) a
+counter: asyncio.timeout() and asyncio.Semaphore cost this path more CPU than parsing the answer.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import zlib
+from collections import deque
 from typing import Mapping
 from urllib.parse import urlsplit
 
@@ -165,6 +167,11 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def timed_out(self) -> None:
+        """The request's deadline passed before its whole answer."""
+        if self.waiter is not None and not self.waiter.done():
+            self._fail(ApiTimeout("timed out"))
+
     def _fail(self, exc: BaseException) -> None:
         self.reusable = False
         if self.waiter is not None and not self.waiter.done():
@@ -201,13 +208,43 @@ def _decompress(body: bytes, encoding: str, max_body: int) -> bytes:
     return data
 
 
+class _Slots:
+    """At most `free` requests at once, the others waiting their turn in order: asyncio.Semaphore's
+    job, with a free slot taken without a coroutine (the poller takes one per request)."""
+
+    def __init__(self, free: int) -> None:
+        self.free = free
+        self.waiters: deque[asyncio.Future[None]] = deque()
+
+    async def wait(self) -> None:
+        """Wait for a slot (handed over by `release`)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed a slot while being cancelled: pass it on
+            elif waiter in self.waiters:
+                self.waiters.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        while self.waiters:
+            waiter = self.waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self.free += 1
+
+
 class Http11Transport:
     """The poller's default transport: keep-alive connections to the API's one origin."""
 
     def __init__(self, timeout: float, max_connections: int, max_body: int) -> None:
         self._timeout = timeout
         self._max_body = max_body
-        self._slots = asyncio.Semaphore(max_connections)
+        self._slots = _Slots(max_connections)
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
         self._busy: set[_Connection] = set()
         self._targets: dict[str, tuple[tuple[str, str, int], bytes]] = {}
@@ -217,21 +254,32 @@ class Http11Transport:
         origin, head = self._target(url)
         request = b"".join((head, _header_block(headers), b"content-length: %d\r\n\r\n" % len(body), body))
         try:
-            async with self._slots:
-                async with asyncio.timeout(self._timeout):
-                    return await self._exchange(origin, request)
+            slots = self._slots
+            if slots.free and not slots.waiters:  # the usual case, without a coroutine's cost
+                slots.free -= 1
+            else:
+                await slots.wait()
+            try:
+                loop = asyncio.get_running_loop()
+                return await self._exchange(origin, request, loop, loop.time() + self._timeout)
+            finally:
+                slots.release()
         except TimeoutError:
             raise ApiTimeout("timed out") from None
         except OSError as exc:  # ssl.SSLError included
             raise ApiConnectError(type(exc).__name__) from None
 
-    async def _exchange(self, origin: tuple[str, str, int], request: bytes) -> RawResponse:
+    async def _exchange(self, origin: tuple[str, str, int], request: bytes, loop: asyncio.AbstractEventLoop,
+                        deadline: float) -> RawResponse:
+        """Send `request` and wait for its answer until `deadline` (the loop's clock). A timer, not
+        asyncio.timeout(): on the poller's path the latter cost more CPU than parsing the answer."""
         while True:
-            conn = await self._connection(origin)
+            conn = self._idle_connection(origin) or await self._connect(origin, deadline)
             self._busy.add(conn)
+            timer = loop.call_at(deadline, conn.timed_out)
             try:
                 response = await conn.send(request)
-            except (BodyTooLarge, BadAnswer):
+            except (BodyTooLarge, BadAnswer, ApiTimeout):
                 conn.close()  # never pooled again: what it sends next cannot be trusted
                 raise
             except OSError:
@@ -239,10 +287,11 @@ class Http11Transport:
                     conn.close()
                     continue
                 raise
-            except BaseException:  # cancelled or timed out mid-answer: the connection is unusable
+            except BaseException:  # cancelled mid-answer: the connection is unusable
                 conn.close()
                 raise
             finally:
+                timer.cancel()
                 self._busy.discard(conn)
             if conn.reusable:
                 self._idle.setdefault(origin, []).append(conn)
@@ -250,21 +299,25 @@ class Http11Transport:
                 conn.close()
             return response
 
-    async def _connection(self, origin: tuple[str, str, int]) -> _Connection:
+    def _idle_connection(self, origin: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
             if conn.reusable and not conn.eof and conn.transport is not None and not conn.transport.is_closing():
                 return conn
             conn.close()
+        return None
+
+    async def _connect(self, origin: tuple[str, str, int], deadline: float) -> _Connection:
         scheme, host, port = origin
         context = None
         if scheme == "https":
             if self._ssl is None:
                 self._ssl = ssl.create_default_context()
             context = self._ssl
-        _, conn = await asyncio.get_running_loop().create_connection(
-            lambda: _Connection(self._max_body), host, port, ssl=context)
+        async with asyncio.timeout_at(deadline):
+            _, conn = await asyncio.get_running_loop().create_connection(
+                lambda: _Connection(self._max_body), host, port, ssl=context)
         return conn  # type: ignore[return-value]
 
     def _target(self, url: str) -> tuple[tuple[str, str, int], bytes]:

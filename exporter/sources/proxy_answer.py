@@ -105,14 +105,27 @@ class Exchange:
         self.got_bytes = False
         self.reusable = False
         self.broken = False
+        self.unsent = b""  # the head, until the rest of its read goes with it
 
     def from_api(self, data: bytes) -> None:
         self.last_data = time.monotonic()
         self.got_bytes = True
         if self.answer is None:
             data = self._head(data)
-            if self.answer is None or not data:
+            if self.answer is None:
                 return
+            # The head and the body's first bytes (most answers come whole in one read) go back in
+            # one write: a send on loopback costs more than the rest of the forwarding.
+            try:
+                if data:
+                    self._rest(data)
+            finally:
+                if self.unsent:
+                    self._send(b"")
+            return
+        self._rest(data)
+
+    def _rest(self, data: bytes) -> None:
         if self.done.done():
             self._spoiled()  # bytes after the end of the answer
             return
@@ -142,7 +155,10 @@ class Exchange:
         self.left = answer.length
         if answer.framing == "chunked":
             self.chunked = Chunked(self.keep)
-        self._out(answer.head)
+        if self.held is None:
+            self.unsent = answer.head
+        else:
+            self._out(answer.head)
         if answer.framing == "none" or answer.framing == "length" and not self.left:
             self._end(answer.reusable)  # nothing more to come: the next read may never happen
         return rest
@@ -189,6 +205,11 @@ class Exchange:
             if self.held_size <= self.hold_max:
                 return
             data, self.held = b"".join(self.held), None  # too long for a create's answer: stream on
+        self._send(data)
+
+    def _send(self, data: bytes) -> None:
+        if self.unsent:
+            data, self.unsent = self.unsent + data, b""
         self.client.write(data)
 
     def _end(self, reusable: bool) -> None:

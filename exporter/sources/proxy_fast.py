@@ -90,7 +90,9 @@ class Client(asyncio.Protocol):
         Content-Length; serve it, refuse it, or hand the connection to the aiohttp path."""
         if self.pending is None:
             if self.head is None:
-                start = len(self.buffer) - len(self.buffer.lstrip(b"\r\n"))
+                start = 0
+                if not self.buffer or self.buffer[0] in b"\r\n":  # (rare: no copy of the buffer for the common case)
+                    start = len(self.buffer) - len(self.buffer.lstrip(b"\r\n"))
                 if start == len(self.buffer):
                     self.buffer.clear()  # only the line ends a client may send between requests
                     return
@@ -273,7 +275,7 @@ class Client(asyncio.Protocol):
         body = exchange.body()
         if body is not None:
             await self.forwarding.see(endpoint, kind, request.group, request.body, body, answer.encoding,
-                                      request.traceparent)
+                                      request.traceparent if endpoint == "create" else None)  # only a create's is kept
 
     def _fail(self, endpoint: str, status: int, reason: str, error: str, message: str) -> bool:
         self.forwarding.stats.error(error)
