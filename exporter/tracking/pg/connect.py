@@ -66,10 +66,16 @@ async def create_pool(url: str, password_file: str | None = None, max_size: int 
     return await asyncpg.create_pool(
         dsn=url, password=password if password is not None else read_password(password_file),
         min_size=1, max_size=max_size,
-        timeout=CONNECT_TIMEOUT, command_timeout=60,
+        timeout=CONNECT_TIMEOUT, command_timeout=60, reset=_keep_session,
         server_settings={"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
                          "application_name": "distribute-exporter",
                          **({"synchronous_commit": "off"} if relaxed else {})})
+
+
+async def _keep_session(conn: Any) -> None:
+    """A session goes back to the pool as it is (asyncpg still rolls back an open transaction):
+    the exporter sets nothing a later user could trip on (no session settings, cursors, LISTEN or
+    session advisory locks), and the default reset query is one more round trip per statement."""
 
 
 async def create_pool_waiting(url: str, password_file: str | None = None, max_size: int = 10,
