@@ -31,8 +31,8 @@ log = logging.getLogger("distribute.poller")
 DEFAULT_RETRY_AFTER = 5.0
 IDLE_SECONDS = 0.05  # how often an idle replica asks whether anything came due (an indexed probe)
 DB_BACKOFF_MAX = 10.0
-AHEAD = 2  # claims queued ahead of the workers without a rate limit, per worker
-UNWRITTEN = 4  # answers in hand waiting for the database, per worker: they share transactions
+AHEAD = 4  # claims queued ahead of the workers without a rate limit, per worker
+UNWRITTEN = 8  # answers in hand waiting for the database, per worker: they share transactions
 JITTER = 0.1  # next due times spread by +-10%, so jobs created together are not polled together
 
 
@@ -165,7 +165,7 @@ class SharedPoller:
     def _claim_at(self) -> int:
         """Claim again once this many are free, not at every answer: one statement serves many jobs
         (without a rate limit, as many as there are workers, while the queue still feeds them)."""
-        return self.concurrency if self.limiter.rate <= 0 else max(1, self.concurrency // 2)
+        return AHEAD // 2 * self.concurrency if self.limiter.rate <= 0 else max(1, self.concurrency // 2)
 
     async def _work(self) -> None:
         while True:
