@@ -281,7 +281,8 @@ def test_a_batch_of_final_answers_is_one_transaction_that_counts_each_job_once(p
             facts = await b.facts()
             owed = {r["job_id"] for r in await a.pool.fetch("SELECT job_id FROM traces_owed")}
             marked = {r["id"] for r in await a.pool.fetch("SELECT id FROM jobs WHERE deadline_counted")}
-            rows = {r["id"]: (r["status"], r["final"]) for r in await a.pool.fetch("SELECT id, status, final FROM jobs")}
+            rows = {r["id"]: (r["status"], r["final"])
+                    for r in await a.pool.fetch("SELECT id, status, final FROM jobs")}
             return first, both, facts, owed, marked, rows
         finally:
             await a.pool.close()

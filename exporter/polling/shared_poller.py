@@ -1,11 +1,13 @@
 """The poll loop of a replica sharing its state in PostgreSQL: no heap of its own, the database
 says what is due.
 
-A dispatcher claims as many due jobs as the workers are free for and the rate limit will let go
-within a second; each claim is a lease (the job comes due again by itself if this replica dies).
-Workers ask the API and apply the answer under the claim's epoch. While the database cannot be
-reached nothing is claimed: polling pauses, answers already in hand that cannot be written are
-dropped (the lease brings the job back), and the loop resumes once a claim succeeds again.
+A dispatcher claims due jobs in batches, for the free workers and (without a rate limit) a queue
+ahead of them; with a rate limit, no more than it lets go within a second. Each claim is a lease
+(the job comes due again by itself if this replica dies). Workers ask the API and hand the answer
+to a writer, which applies it under the claim's epoch while the worker asks about the next job:
+answers arriving together share a commit (group commit). While the database cannot be reached
+nothing is claimed: polling pauses, answers already in hand that cannot be written are dropped (the
+lease brings the job back), and the loop resumes once a claim succeeds again.
 """
 
 from __future__ import annotations
@@ -83,7 +85,7 @@ class SharedPoller:
         self.polls = 0
         self.restarts = 0
         self.stale = 0  # answers that came after their lease was taken over: dropped
-        self.leases = 0  # claims in hand (claimed, not yet answered)
+        self.leases = 0  # claims in hand (claimed, their answer not yet written)
         self._queue: asyncio.Queue[Claim] = asyncio.Queue()
         self._held = 0  # claims queued or being asked about
         self._room = asyncio.Event()
@@ -182,8 +184,8 @@ class SharedPoller:
                 handed = True
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # pragma: no cover - the writes below catch their own
-                self.health.failed(exc)
+            except Exception as exc:  # a fault of our own, not the API nor the database: the lease brings it back
+                log.error("poll of a claimed job failed (%s); it comes due again with its lease", type(exc).__name__)
             finally:
                 if not handed:
                     self.leases -= 1
