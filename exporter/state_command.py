@@ -44,7 +44,7 @@ async def _export(url: str, password_file: str | None, files: list[str]) -> int:
     from exporter.tracking.pg.store import PgJobStore
 
     try:
-        pool = await create_pool(url, password_file, max_size=2)
+        pool = await create_pool(url, password_file, max_size=2, command_timeout=None)
     except (StateDatabaseError, SchemaError) as exc:
         raise StateError(str(exc)) from None
     except Exception as exc:  # unreachable, refused: asyncpg's and the OS's errors, named in one line

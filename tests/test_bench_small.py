@@ -164,6 +164,7 @@ def test_postgres_small(tmp_path):
 
     figures = postgres(tmp_path, ids=300, facts_jobs=3000, statement_ids=500, scrapes=20)
     assert figures["sqlite_polls_per_second"] > 0 and 0 < figures["pg_one_ratio"] and 0 < figures["pg_three_ratio"]
+    assert 0 < figures["pg_one_cpu_share"] < 2 and 0 < figures["pg_three_cpu_share"] < 2  # this cluster's only
     for name in ("claim", "apply", "apply_final", "register", "facts_read", "metrics_jobs"):
         assert figures[f"{name}_p99_ms"] > 0, name
     assert figures["export_seconds"] > 0

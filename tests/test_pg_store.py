@@ -249,3 +249,53 @@ def test_many_answers_in_one_statement_each_under_its_own_claims_epoch(pg_db):
     assert set(newer) == {"m3"}
     assert applied == 1  # m1 only: m2 became final, m3 was claimed again
     assert statuses == {"m1": "PROCESSING", "m2": "COMPLETED", "m3": "UNKNOWN"}
+
+
+def test_a_batch_of_final_answers_is_one_transaction_that_counts_each_job_once(pg_db):
+    """`finish_many` (the poll loop's finals): each answer checked under its row lock (unknown,
+    already final, stale epoch, the same id twice), the rest made final with their counters, the
+    deadline mark and the owed trace; two replicas finishing overlapping batches at once (in
+    opposite orders) neither deadlock nor count a job twice."""
+    url, pw = pg_db
+    ids = [f"f{i}" for i in range(8)]
+
+    async def go():
+        a, b = await opened(url, pw), await opened(url, pw)
+        for store in (a, b):
+            store.owe_traces, store.deadline_seconds = True, 3600.0
+        try:
+            await a.register(ids, "chat", "g", "config")
+            epochs = {c.job.id: c.epoch for c in await a.claim(20, 60)}
+            await a.pool.execute("UPDATE jobs SET next_due = 0 WHERE id = 'f1'")  # its lease ran out
+            assert [c.job.id for c in await b.claim(20, 60)] == ["f1"]  # f1 claimed again: epochs[f1] stale
+            assert await b.apply_final("f2", JobResult("ERROR", model="m")) is Applied.FINAL  # a proxy saw it
+            now = await a.now()
+            late = JobResult("COMPLETED", model="m", created=now - 7200, finished=now, prompt_tokens=2)
+            done = JobResult("COMPLETED", model="m", created=now - 5, finished=now, prompt_tokens=2)
+            first = await a.finish_many([("f0", late, epochs["f0"]), ("f1", done, epochs["f1"]),
+                                         ("f2", done, epochs["f2"]), ("nobody", done, 1),
+                                         ("f3", None, epochs["f3"]), ("f3", done, epochs["f3"])])
+            # The rest by both replicas at once, overlapping, in opposite orders, without epochs (as proxies).
+            rest = [(i, done, None) for i in ids[4:]]
+            both = await asyncio.gather(a.finish_many(rest), b.finish_many(rest[::-1]))
+            facts = await b.facts()
+            owed = {r["job_id"] for r in await a.pool.fetch("SELECT job_id FROM traces_owed")}
+            marked = {r["id"] for r in await a.pool.fetch("SELECT id FROM jobs WHERE deadline_counted")}
+            rows = {r["id"]: (r["status"], r["final"])
+                    for r in await a.pool.fetch("SELECT id, status, final FROM jobs")}
+            return first, both, facts, owed, marked, rows
+        finally:
+            await a.pool.close()
+            await b.pool.close()
+    first, both, facts, owed, marked, rows = asyncio.run(go())
+    assert first == [Applied.FINAL, Applied.STALE, Applied.ALREADY_FINAL, Applied.UNKNOWN, Applied.FINAL,
+                     Applied.ALREADY_FINAL]
+    assert sorted(both[0] + both[1], key=lambda o: o.value) == sorted(
+        [Applied.FINAL] * 4 + [Applied.ALREADY_FINAL] * 4, key=lambda o: o.value)
+    assert facts.finished[("chat", "g", "m", "COMPLETED")] == 5  # f0 and f4..f7, once each
+    assert facts.finished[("chat", "g", "m", "ERROR")] == 1  # f2, by the proxy
+    assert facts.tokens[("g", "m", "prompt")] == 10
+    assert facts.deadline_exceeded[("chat", "g")] == 1 and marked == {"f0"}
+    assert owed == {"f0", "f2", "f4", "f5", "f6", "f7"}  # not f3: NOT_FOUND owes no trace
+    assert rows["f1"] == ("UNKNOWN", 0) and rows["f3"] == ("NOT_FOUND", 2)
+    assert all(rows[i] == ("COMPLETED", 1) for i in ids[4:])

@@ -1,11 +1,13 @@
 """The poll loop of a replica sharing its state in PostgreSQL: no heap of its own, the database
 says what is due.
 
-A dispatcher claims as many due jobs as the workers are free for and the rate limit will let go
-within a second; each claim is a lease (the job comes due again by itself if this replica dies).
-Workers ask the API and apply the answer under the claim's epoch. While the database cannot be
-reached nothing is claimed: polling pauses, answers already in hand that cannot be written are
-dropped (the lease brings the job back), and the loop resumes once a claim succeeds again.
+A dispatcher claims due jobs in batches, for the free workers and (without a rate limit) a queue
+ahead of them; with a rate limit, no more than it lets go within a second. Each claim is a lease
+(the job comes due again by itself if this replica dies). Workers ask the API and hand the answer
+to a writer, which applies it under the claim's epoch while the worker asks about the next job:
+answers arriving together share a commit (group commit). While the database cannot be reached
+nothing is claimed: polling pauses, answers already in hand that cannot be written are dropped (the
+lease brings the job back), and the loop resumes once a claim succeeds again.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from exporter.config import PollConfig
 from exporter.polling.client import ApiClient, ApiError, NotFound, RateLimited, Unauthorized
@@ -31,6 +33,8 @@ log = logging.getLogger("distribute.poller")
 DEFAULT_RETRY_AFTER = 5.0
 IDLE_SECONDS = 0.05  # how often an idle replica asks whether anything came due (an indexed probe)
 DB_BACKOFF_MAX = 10.0
+AHEAD = 4  # claims queued ahead of the workers without a rate limit, per worker
+UNWRITTEN = 8  # answers in hand waiting for the database, per worker: they share transactions
 JITTER = 0.1  # next due times spread by +-10%, so jobs created together are not polled together
 
 
@@ -38,6 +42,7 @@ class ClaimingStore(Protocol):
     async def claim(self, limit: int, lease: float) -> list[Claim]: ...
     async def apply(self, claim: Claim, result, delay: float) -> Applied: ...
     async def apply_many(self, answers: list[tuple[Claim, Any, float]]) -> int: ...
+    async def finish_many(self, answers: list[tuple[str, Any, int | None]]) -> list[Applied]: ...
     async def apply_error(self, claim: Claim, code: int | None, delay: float) -> Applied: ...
     async def not_found(self, claim: Claim, grace: float, delay: float) -> Applied: ...
 
@@ -80,22 +85,29 @@ class SharedPoller:
         self.polls = 0
         self.restarts = 0
         self.stale = 0  # answers that came after their lease was taken over: dropped
-        self.leases = 0  # claims in hand (claimed, not yet answered)
+        self.leases = 0  # claims in hand (claimed, their answer not yet written)
         self._queue: asyncio.Queue[Claim] = asyncio.Queue()
-        self._idle = concurrency  # workers without a claim: the dispatcher claims no more than these
+        self._held = 0  # claims queued or being asked about
         self._room = asyncio.Event()
         self._room.set()
-        # Claim again once half the workers are free, not at every answer: one claim statement
-        # serves many jobs.
-        self._batch = max(1, concurrency // 2)
         self._auth_failures = 0
+        self._unwritten = asyncio.Semaphore(UNWRITTEN * concurrency)
+        self._settling: set[asyncio.Future[None]] = set()  # answers being written
         # Non-final answers arriving together are written by one statement (a final one has its own
         # transaction with its counters): a commit per answer is what PostgreSQL charges most for.
         self._moves: GroupCommit[tuple[Claim, Any, float]] = GroupCommit(self._write_moves, "poll-answers")
+        # Final answers likewise: one transaction makes a batch final and adds its counters (each job
+        # still checked "not final yet" and its epoch under its row lock).
+        self._finals: GroupCommit[tuple[str, Any, int | None]] = GroupCommit(self._write_finals, "poll-finals")
 
     async def _write_moves(self, answers: list[tuple[Claim, Any, float]]) -> None:
         applied = await self.store.apply_many(answers)
         self.stale += len(answers) - applied  # superseded claims, or jobs a proxy saw final meanwhile
+        self.health.ok()
+
+    async def _write_finals(self, answers: list[tuple[str, Any, int | None]]) -> None:
+        outcomes = await self.store.finish_many(answers)
+        self.stale += sum(1 for o in outcomes if o is Applied.STALE)
         self.health.ok()
 
     async def run(self) -> None:
@@ -112,18 +124,21 @@ class SharedPoller:
                     tasks.add(asyncio.create_task(self._dispatch() if name == "dispatcher" else self._work(),
                                                   name=name))
         finally:
-            for task in tasks:
+            for task in (*tasks, *self._settling):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._settling, return_exceptions=True)
 
     async def _dispatch(self) -> None:
         backoff = 0.5
         while True:
             await self.limiter.wait_pause()
             await self._room.wait()
-            # No more than the free workers, nor than the rate limit lets go within about a second:
-            # a claim waiting in this replica's queue is a lease running out unused.
-            limit = self._idle if self.limiter.rate <= 0 else max(1, min(self._idle, int(self.limiter.burst)))
+            limit = self._room_for()
+            if self.limiter.rate > 0:  # no more than the rate limit lets go within about a second
+                limit = min(limit, max(1, int(self.limiter.burst)))
+            if limit <= 0:
+                self._room.clear()
+                continue
             try:
                 claims = await self.store.claim(limit, self.lease)
             except Exception as exc:  # the database is down or slow: pause, keep serving
@@ -133,8 +148,8 @@ class SharedPoller:
                 continue
             backoff = 0.5
             self.health.ok()
-            self._idle -= len(claims)
-            if self._idle < self._batch:
+            self._held += len(claims)
+            if self._room_for() < self._claim_at():
                 self._room.clear()
             self.leases += len(claims)
             for claim in claims:
@@ -142,23 +157,58 @@ class SharedPoller:
             if not claims:
                 await asyncio.sleep(IDLE_SECONDS)
 
+    def _room_for(self) -> int:
+        """How many more claims to take: one per free worker, and without a rate limit as many again
+        queued ahead, so that workers never wait for a claim's round trip. A claim waiting in the
+        queue is a lease running out unused: with a rate limit, none waits beyond the workers."""
+        ahead = AHEAD * self.concurrency if self.limiter.rate <= 0 else 0
+        return self.concurrency + ahead - self._held
+
+    def _claim_at(self) -> int:
+        """Claim again once this many are free, not at every answer: one statement serves many jobs
+        (without a rate limit, as many as there are workers, while the queue still feeds them)."""
+        return AHEAD // 2 * self.concurrency if self.limiter.rate <= 0 else max(1, self.concurrency // 2)
+
     async def _work(self) -> None:
         while True:
             claim = await self._queue.get()
+            handed = False
             try:
                 await self.limiter.acquire()
-                await self.poll(claim)
+                write = await self.ask(claim)
+                # The answer is written behind the worker, which goes back to the API at once: the
+                # database's round trips overlap the next requests instead of adding to each poll.
+                # At most UNWRITTEN answers per worker wait for the database; beyond, workers wait too.
+                await self._unwritten.acquire()
+                self._spawn(self._settle(write))
+                handed = True
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # the database went away while writing: the lease brings it back
-                self.health.failed(exc)
+            except Exception as exc:  # a fault of our own, not the API nor the database: the lease brings it back
+                log.error("poll of a claimed job failed (%s); it comes due again with its lease", type(exc).__name__)
             finally:
-                self.leases -= 1
-                self._idle += 1
-                if self._idle >= self._batch:
+                if not handed:
+                    self.leases -= 1
+                self._held -= 1
+                if self._room_for() >= self._claim_at():
                     self._room.set()
 
-    async def poll(self, claim: Claim) -> None:
+    async def _settle(self, write: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await write()
+        except Exception as exc:  # the database went away while writing: the lease brings the job back
+            self.health.failed(exc)
+        finally:
+            self.leases -= 1
+            self._unwritten.release()
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def ask(self, claim: Claim) -> Callable[[], Awaitable[None]]:
+        """Ask the API about a claimed job; answer the write that records what it said (not yet run)."""
         job, cfg = claim.job, self.config
         try:
             result, answer = await self.client.fetch(job.kind, job.id)
@@ -166,25 +216,25 @@ class SharedPoller:
             self._record(job.kind, exc.answer, None)  # type: ignore[attr-defined]
             self.api_health.ok()
             delay = _jitter(next_interval(job.interval, False, cfg.interval_seconds, cfg.max_interval_seconds))
-            self._outcome(await self.store.not_found(claim, cfg.not_found_grace_seconds, delay))
-            return
+            return lambda: self._single(self.store.not_found(claim, cfg.not_found_grace_seconds, delay))
         except ApiError as exc:
             self._record(job.kind, exc.answer, exc.reason)  # type: ignore[attr-defined]
             if not isinstance(exc, (Unauthorized, RateLimited)):  # each has its own line
                 self.api_health.failed(exc.reason, str(exc) or type(exc).__name__)
             code = exc.answer.code  # type: ignore[attr-defined]
-            self._outcome(await self.store.apply_error(claim, int(code) if code.isdigit() else None,
-                                                       self._error_delay(job.errors + 1, exc)))
-            return
+            error_code, delay = int(code) if code.isdigit() else None, self._error_delay(job.errors + 1, exc)
+            return lambda: self._single(self.store.apply_error(claim, error_code, delay))
         self._record(job.kind, answer, None)
         self.api_health.ok()
         self._auth_failures = 0
         changed = result.status != job.status
         delay = _jitter(next_interval(job.interval, changed, cfg.interval_seconds, cfg.max_interval_seconds))
         if is_final(result.status):
-            self._outcome(await self.store.apply(claim, result, delay))
-        else:
-            await self._moves.add((claim, result, delay))
+            return lambda: self._finals.add((job.id, result, claim.epoch))
+        return lambda: self._moves.add((claim, result, delay))
+
+    async def _single(self, write: Awaitable[Applied]) -> None:
+        self._outcome(await write)
 
     def _outcome(self, applied: Applied) -> None:
         self.health.ok()

@@ -18,6 +18,7 @@ log = logging.getLogger("distribute.state")
 # until the server ends it: a claimed job must not stay locked for longer than this.
 IDLE_IN_TRANSACTION_MS = 30_000
 CONNECT_TIMEOUT = 10.0
+COMMAND_TIMEOUT = 60.0  # a replica's statements: one stuck longer is a database in trouble
 BACKOFF_FIRST, BACKOFF_MAX = 0.5, 30.0
 
 
@@ -55,18 +56,21 @@ def read_password(password_file: str | None) -> str | None:
 
 
 async def create_pool(url: str, password_file: str | None = None, max_size: int = 10,
-                      password: str | None = None, relaxed: bool = False) -> Any:
+                      password: str | None = None, relaxed: bool = False,
+                      command_timeout: float | None = COMMAND_TIMEOUT) -> Any:
     """One pool of sessions to the state database (raises what asyncpg raises when it is down).
     `password` (state.password_file, read at config load) or `password_file`, else libpq's
     PGPASSWORD / PGPASSFILE, which asyncpg reads itself. `relaxed` sessions commit without waiting
-    for the WAL's flush (synchronous_commit off): only for writes a crash may lose harmlessly."""
+    for the WAL's flush (synchronous_commit off): only for writes a crash may lose harmlessly.
+    `command_timeout` bounds each statement (None: no bound, for `state export`'s copy of a whole
+    file, which may rightly take minutes)."""
     import asyncpg  # the optional `postgres` extra: only a replica configured with state.url needs it
 
     check_url(url)
     return await asyncpg.create_pool(
         dsn=url, password=password if password is not None else read_password(password_file),
         min_size=1, max_size=max_size, reset=_keep_session,
-        timeout=CONNECT_TIMEOUT, command_timeout=60,
+        timeout=CONNECT_TIMEOUT, command_timeout=command_timeout,
         server_settings={"idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_MS),
                          "application_name": "distribute-exporter",
                          **({"synchronous_commit": "off"} if relaxed else {})})

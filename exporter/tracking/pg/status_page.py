@@ -60,16 +60,26 @@ async def samples(pool: Any) -> list[Sample]:
     return [_load(r["at"], r["sample"]) for r in rows]
 
 
-async def add_spend(conn: Any, job: Job, currency: str) -> None:
-    """Count a job just made final (COMPLETED or ERROR, priced or not) in its day's spend; called in
-    the transaction that makes it final, so once."""
-    if job.final != FINISHED or job.ended is None:
+async def add_spend(conn: Any, jobs: list[Job], currency: str) -> None:
+    """Count jobs just made final (COMPLETED or ERROR, priced or not) in their day's spend; called in
+    the transaction that makes them final, so once. A batch's jobs are summed per row and the rows
+    written in key order, as the counters are, so two replicas' batches cannot deadlock."""
+    rows: dict[tuple[float, str], list[float]] = {}
+    for job in jobs:
+        if job.final != FINISHED or job.ended is None:
+            continue
+        row = rows.setdefault((job.ended // DAY * DAY, job.group), [0.0, 0, 0])
+        row[0] += job.estimated_cost or 0.0
+        row[1 if job.estimated_cost is not None else 2] += 1
+    if not rows:
         return
-    cost = job.estimated_cost
-    await conn.execute("INSERT INTO spend_days VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (day, grp, currency) "
-                       "DO UPDATE SET cost = spend_days.cost + $4, priced = spend_days.priced + $5, "
-                       "unpriced = spend_days.unpriced + $6", job.ended // DAY * DAY, job.group, currency,
-                       cost or 0.0, int(cost is not None), int(cost is None))
+    keys = sorted(rows)
+    await conn.execute("INSERT INTO spend_days SELECT d, g, $3, c, p, u FROM unnest($1::float8[], $2::text[], "
+                       "$4::float8[], $5::int8[], $6::int8[]) AS t(d, g, c, p, u) ON CONFLICT (day, grp, currency) "
+                       "DO UPDATE SET cost = spend_days.cost + EXCLUDED.cost, priced = spend_days.priced + "
+                       "EXCLUDED.priced, unpriced = spend_days.unpriced + EXCLUDED.unpriced",
+                       [k[0] for k in keys], [k[1] for k in keys], currency,
+                       [rows[k][0] for k in keys], [rows[k][1] for k in keys], [rows[k][2] for k in keys])
 
 
 async def spend_today(pool: Any) -> list[dict[str, object]]:

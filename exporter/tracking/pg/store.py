@@ -31,6 +31,41 @@ _COLUMNS = ", ".join(JOB_COLUMNS)
 LEASE_JITTER = 0.25  # a lease runs 1x to 1.25x its length: a dead replica's jobs come back spread out
 
 
+Final = tuple[str, "JobResult | None", "int | None"]  # id, result (None: NOT_FOUND), claim's epoch
+_MADE_FINAL = object()  # a row already made final earlier in the same batch
+
+# Every final row of a batch written by one statement, one array per column.
+_WRITE_FINALS = (
+    "UPDATE jobs j SET status = v.status, model = v.model, created = v.created, finished = v.finished, "
+    "final = v.final, ended = v.ended, prompt_tokens = v.prompt_tokens, completion_tokens = v.completion_tokens, "
+    f"results = v.results, tool_calls = v.tool_calls, choices = v.choices, last_polled = {NOW}, "
+    "polls = j.polls + 1, history = v.history, duration = v.duration, estimated_cost = v.estimated_cost, "
+    "price_entry = v.price_entry, last_answer_code = v.code, deadline_counted = j.deadline_counted OR v.late "
+    "FROM unnest($1::text[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::smallint[], $7::float8[], "
+    "$8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::text[], $13::text[], $14::float8[], "
+    "$15::float8[], $16::text[], $17::integer[], $18::boolean[]) AS v(id, status, model, created, finished, final, "
+    "ended, prompt_tokens, completion_tokens, results, tool_calls, choices, history, duration, estimated_cost, "
+    "price_entry, code, late) WHERE j.id = v.id")
+
+
+class _FinalWrites:
+    """The columns of `_WRITE_FINALS`, filled one job at a time."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self._rows: list[tuple[Any, ...]] = []
+
+    def add(self, job: Job, answered: bool, late: bool) -> None:
+        self.ids.append(job.id)
+        self._rows.append((job.id, job.status, job.model, job.created, job.finished, job.final, job.ended,
+                           job.prompt_tokens, job.completion_tokens, job.results, job.tool_calls,
+                           json.dumps(job.choices) if job.choices else None, job.history, job.duration,
+                           job.estimated_cost, job.price_entry, 200 if answered else 404, late))
+
+    def columns(self) -> list[list[Any]]:
+        return [list(column) for column in zip(*self._rows)]
+
+
 def _job(row: Any) -> Job:
     return Job.from_row({c: row[c] for c in JOB_COLUMNS})
 
@@ -171,40 +206,64 @@ class PgJobStore:
         return await self._finish(claim.job.id, None, claim.epoch)
 
     async def _finish(self, job_id: str, result: JobResult | None, epoch: int | None) -> Applied:
+        return (await self.finish_many([(job_id, result, epoch)]))[0]
+
+    async def finish_many(self, answers: list[Final]) -> list[Applied]:
+        """Final answers (id, result or None for NOT_FOUND, the claim's epoch or None for a proxy's)
+        made final in ONE transaction: the rows locked in id order, each checked "not final yet"
+        (and its epoch, if given) under its lock, written by one statement, and the counters of
+        all of them added by one `add_counters`, so each job is counted exactly once however many
+        replicas or proxies see it final. Answers what each answer did, in order."""
+        ids = sorted({a[0] for a in answers})  # one lock order: job rows by id, then counter rows by key
         async with self.answers.acquire() as conn, conn.transaction():
-            row = await conn.fetchrow(f"SELECT {_COLUMNS}, epoch, deadline_counted, {NOW} AS at FROM jobs "
-                                      "WHERE id = $1 FOR UPDATE",
-                                      job_id)
-            if row is None:
-                return Applied.UNKNOWN
-            if row["final"] != OPEN:
-                return Applied.ALREADY_FINAL
-            if epoch is not None and row["epoch"] != epoch:
-                return Applied.STALE
-            job, now = _job(row), row["at"]
-            status = result.status if result is not None else "NOT_FOUND"
-            if status != job.status:
-                job.note_status(status, now)
-            deltas = finishing.finish(job, result, self.bounds, self.prices, now)
-            late = deadlines.late_final(row["deadline_counted"], job.status, job.created, job.finished,
-                                        self.deadline_seconds)
-            if late:  # counted here, once: the row lock keeps the sweep from marking it meanwhile
-                deltas.append((deadlines.FAMILY, (job.kind, job.group), 1.0))
-            await conn.execute(
-                "UPDATE jobs SET status = $2, model = $3, created = $4, finished = $5, final = $6, ended = $7, "
-                "prompt_tokens = $8, completion_tokens = $9, results = $10, tool_calls = $11, choices = $12, "
-                f"last_polled = {NOW}, polls = polls + 1, history = $13, duration = $14, estimated_cost = $15, "
-                "price_entry = $16, last_answer_code = $17, deadline_counted = deadline_counted OR $18 WHERE id = $1",
-                job.id, job.status, job.model, job.created, job.finished, job.final, job.ended,
-                job.prompt_tokens, job.completion_tokens, job.results, job.tool_calls,
-                json.dumps(job.choices) if job.choices else None, job.history, job.duration,
-                job.estimated_cost, job.price_entry, 200 if result is not None else 404, late)
-            await add_counters(conn, deltas)
-            if self.prices is not None:  # the status page's spend today, in the same transaction
-                await status_page.add_spend(conn, job, self.prices.currency)
-            if self.owe_traces and job.final == FINISHED:  # owed by the transaction that makes it final
-                await conn.execute(OWE_TRACE, job.id)
+            rows = {r["id"]: r for r in await conn.fetch(
+                f"SELECT {_COLUMNS}, epoch, deadline_counted, {NOW} AS at FROM jobs "
+                "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", ids)}
+            outcomes, writes, deltas, owed, made = [], _FinalWrites(), [], [], []
+            for job_id, result, epoch in answers:
+                row = rows.get(job_id)
+                outcome = self._decide(row, epoch)
+                outcomes.append(outcome)
+                if outcome is not Applied.FINAL:
+                    continue
+                rows[job_id] = _MADE_FINAL  # the same id twice in one batch: the second finds it final
+                job, late, job_deltas = self._made_final(row, result)
+                deltas.extend(job_deltas)
+                writes.add(job, result is not None, late)
+                made.append(job)
+                if self.owe_traces and job.final == FINISHED:  # owed by the transaction that makes it final
+                    owed.append((job.id,))
+            if writes.ids:
+                await conn.execute(_WRITE_FINALS, *writes.columns())
+                await add_counters(conn, deltas)
+                if self.prices is not None:  # the status page's spend today, in the same transaction
+                    await status_page.add_spend(conn, made, self.prices.currency)
+            if owed:
+                await conn.executemany(OWE_TRACE, owed)
+        return outcomes
+
+    @staticmethod
+    def _decide(row: Any, epoch: int | None) -> Applied:
+        if row is None:
+            return Applied.UNKNOWN
+        if row is _MADE_FINAL or row["final"] != OPEN:
+            return Applied.ALREADY_FINAL
+        if epoch is not None and row["epoch"] != epoch:
+            return Applied.STALE
         return Applied.FINAL
+
+    def _made_final(self, row: Any, result: JobResult | None) -> tuple[Job, bool, list[finishing.Delta]]:
+        """The job of a locked row made final by `result`, whether it is counted late here, its deltas."""
+        job, now = _job(row), row["at"]
+        status = result.status if result is not None else "NOT_FOUND"
+        if status != job.status:
+            job.note_status(status, now)
+        deltas = finishing.finish(job, result, self.bounds, self.prices, now)
+        late = deadlines.late_final(row["deadline_counted"], job.status, job.created, job.finished,
+                                    self.deadline_seconds)
+        if late:  # counted here, once: the row lock keeps the sweep from marking it meanwhile
+            deltas.append((deadlines.FAMILY, (job.kind, job.group), 1.0))
+        return job, late, deltas
 
     async def _why_not(self, job_id: str) -> Applied:
         final = await self.answers.fetchval("SELECT final FROM jobs WHERE id = $1", job_id)

@@ -1,0 +1,96 @@
+"""The poll loop of a replica on PostgreSQL (polling/shared_poller.py) on a real server: answers are
+written behind the workers, which keep asking the API while a batch is being written, and a final
+answer written late is still counted exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from types import SimpleNamespace
+
+from exporter.api.results import JobResult
+from exporter.config.model import PollConfig
+from exporter.polling.ratelimit import RateLimiter
+from exporter.polling.shared_poller import UNWRITTEN, DatabaseHealth, SharedPoller
+from exporter.tracking.aggregates import ApiAggregates
+from exporter.tracking.pg.connect import create_pool
+from exporter.tracking.pg.store import PgJobStore
+
+STEPS = ("QUEUED", "PROCESSING", "COMPLETED")
+WORKERS = 4
+
+
+class Api:
+    """Answers each id QUEUED, PROCESSING, then COMPLETED, at once; counts the requests."""
+
+    def __init__(self) -> None:
+        self.asked: dict[str, int] = {}
+
+    async def fetch(self, kind: str, job_id: str):
+        await asyncio.sleep(0)
+        n = self.asked[job_id] = self.asked.get(job_id, 0) + 1
+        now = time.time()
+        result = JobResult(STEPS[min(n, 3) - 1], model="m", created=now - 3, finished=now if n >= 3 else None,
+                           prompt_tokens=1)
+        return result, SimpleNamespace(code="200", seconds=0.001)
+
+
+class GatedStore(PgJobStore):
+    """The real store, whose batches of final answers wait for a gate."""
+
+    gate: asyncio.Event
+
+    async def finish_many(self, answers):
+        await self.gate.wait()
+        return await super().finish_many(answers)
+
+
+async def until(condition, seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+def test_workers_keep_polling_while_finals_are_written_and_each_is_counted_once(pg_db):
+    url, pw = pg_db
+    ids = [f"p{i:03d}" for i in range(3 * WORKERS * UNWRITTEN)]
+
+    async def go():
+        store = GatedStore(await create_pool(url, pw, max_size=4), (1.0, 10.0))
+        store.gate = asyncio.Event()
+        await store.migrate()
+        await store.register(ids, "chat", "g", "config")
+        api = Api()
+        poller = SharedPoller(store, api, RateLimiter(0), ApiAggregates((0.1, 1.0)),  # type: ignore[arg-type]
+                              PollConfig(interval_seconds=0.05, max_interval_seconds=0.1), WORKERS, 30.0,
+                              DatabaseHealth())
+        loop = asyncio.create_task(poller.run())
+        try:
+            # No final answer is written yet, and the workers went on: far more final answers are in
+            # hand than there are workers (each worker waiting for its write would stop at one)...
+            def finals_asked() -> int:
+                return sum(1 for n in api.asked.values() if n >= 3)
+            await until(lambda: finals_asked() >= WORKERS * UNWRITTEN, 60, "unwritten final answers to pile up")
+            # ... up to the bound of unwritten answers (plus one in each blocked worker's hand).
+            await asyncio.sleep(0.5)
+            held = finals_asked()
+            assert held <= WORKERS * UNWRITTEN + WORKERS < len(ids)
+            await asyncio.sleep(0.3)
+            assert finals_asked() == held
+            assert await store.pool.fetchval("SELECT count(*) FROM jobs WHERE final <> 0") == 0
+            store.gate.set()
+            await until(lambda: all(api.asked.get(i, 0) >= 3 for i in ids) and poller.leases == 0, 60,
+                        "every job answered final and written")
+            facts = await store.facts()
+            finals = await store.pool.fetchval("SELECT count(*) FROM jobs WHERE final = 1")
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+            await store.pool.close()
+        return api, facts, finals, poller
+    api, facts, finals, poller = asyncio.run(go())
+    assert finals == len(ids)
+    assert facts.finished[("chat", "g", "m", "COMPLETED")] == len(ids)
+    assert facts.tokens[("g", "m", "prompt")] == len(ids)
+    assert max(api.asked.values()) == 3 and poller.stale == 0
