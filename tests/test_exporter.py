@@ -64,7 +64,7 @@ def test_whole_loop_matches_the_simulators_truth(simulator, exporter, tmp_path):
               f"  - {{kind: speech, ids: {json.dumps(speech)}}}\n")
     proc = exporter(write_config(tmp_path, config_text(sim.url, groups)))
     expected = truth_totals(sim.truth(), chat + images + speech)
-    wait_for(lambda: exporter_totals(proc.metrics())["finished"] == expected["finished"], 30,
+    wait_for(lambda: exporter_totals(proc.metrics())["finished"] == expected["finished"], 90,
              what="finished counts equal to the truth")
     text = proc.metrics()
     assert exporter_totals(text) == expected
