@@ -1,11 +1,17 @@
 """What tracing costs the poll loop: the poll benchmark with tracing off, on (a collector that takes
-every batch) and on with a collector that never answers, in one run; and the spans per second the
-exporter sent meanwhile. Every job finishes at its first answer (nginx's fixed COMPLETED speech
-body), so each poll also makes one trace owed, and the shipper runs flat out beside the poller.
+every batch) and on with a collector that never answers, and the spans per second the exporter sent.
+
+Every job finishes at its first answer (nginx's fixed COMPLETED speech body), so each poll also makes
+one trace owed, and the shipper runs flat out beside the poller. The machine is shared and its load
+drifts within minutes, so the three variants are interleaved: each round runs all three, one after
+the other on their own copy of the same jobs against the same nginx, in an order rotated from round
+to round (each variant takes each place equally often); a ratio is taken within a round and the
+figure is the median of the rounds' ratios, their lowest and highest reported beside it.
 """
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -65,9 +71,15 @@ class Collector:
         self.server.server_close()
 
 
-def _run(workdir: Path, ids: int, nginx: Nginx, collector: Collector | None) -> float:
-    """Polls per second until every id is final; with a collector that takes traces, then waits
-    until every trace went out (the spans per second are the collector's). nginx's answer finished
+
+
+VARIANTS = ("off", "on", "hang")
+
+
+def _run(workdir: Path, ids: int, nginx: Nginx, collector: Collector | None) -> dict[str, float]:
+    """One exporter polling `ids` fresh jobs until every one is final: polls per second and CPU per
+    poll over that time; with a collector that takes traces, also the CPU per poll until every trace
+    went out (the whole cost of a job) and the collector's spans per second. nginx's answer finished
     long ago: a long retention keeps the jobs (a job retired before its trace went out has none)."""
     _ids_file(workdir / "ids.txt", ids)
     tracing = f"tracing: {{endpoint: '{collector.url}'}}" if collector else ""
@@ -79,36 +91,61 @@ state: {{path: state.db, retention_seconds: 100000000}}
 {tracing}""")
     try:
         exporter.wait_ready()
-        started = time.monotonic()
+        started, cpu0 = time.monotonic(), exporter.cpu_seconds()
         wait_for(lambda: metric(exporter.metrics(), "distribute_jobs_finished_total") >= ids, 600, "every id polled", 0.2)
-        rate = metric(exporter.metrics(), "distribute_exporter_polls_total") / (time.monotonic() - started)
+        elapsed, cpu = time.monotonic() - started, exporter.cpu_seconds() - cpu0
+        polls = metric(exporter.metrics(), "distribute_exporter_polls_total")
+        out = {"rate": polls / elapsed, "cpu_us": cpu / polls * 1e6}
         if collector is not None and not collector.hang:
             wait_for(lambda: metric(exporter.metrics(), "distribute_exporter_traces_total", 'outcome="exported"') >= ids,
                      600, "every trace exported", 0.2)
+            out["cpu_us_total"] = (exporter.cpu_seconds() - cpu0) / polls * 1e6
+            out["spans_per_second"], out["spans"] = collector.spans_per_second(), float(collector.spans)
     finally:
         exporter.stop()
-    return rate
+    return out
 
 
-def traced_polls(workdir: Path, ids: int) -> Figures:
-    """Polls per second with tracing off, on, and on against a collector that never answers, against
-    the same nginx in the same run; and the spans per second the collector took."""
+def traced_polls(workdir: Path, ids: int, rounds: int = 3) -> Figures:
+    """`rounds` rounds of the three variants against one nginx (module docstring); the medians of
+    the rounds' figures and ratios, with the lowest and highest ratio of any round."""
     nginx = Nginx()
-    figures: Figures = {}
+    runs: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     try:
-        for run in ("off", "on", "hang"):
-            (workdir / run).mkdir(parents=True, exist_ok=True)
-            collector = Collector(hang=run == "hang") if run != "off" else None
-            try:
-                figures[f"polls_per_second_{run}"] = _run(workdir / run, ids, nginx, collector)
-            finally:
-                if collector is not None:
-                    collector.stop()
-            if run == "on" and collector is not None:
-                figures["spans_per_second"] = collector.spans_per_second()
-                figures["spans_exported"] = float(collector.spans)
+        for round_no in range(rounds):
+            for variant in VARIANTS[round_no % 3:] + VARIANTS[:round_no % 3]:
+                where = workdir / f"round{round_no}" / variant
+                where.mkdir(parents=True, exist_ok=True)
+                collector = Collector(hang=variant == "hang") if variant != "off" else None
+                try:
+                    runs[variant].append(_run(where, ids, nginx, collector))
+                finally:
+                    if collector is not None:
+                        collector.stop()
     finally:
         nginx.stop()
-    figures["rate_ratio_on"] = figures["polls_per_second_on"] / figures["polls_per_second_off"]
-    figures["rate_ratio_hang"] = figures["polls_per_second_hang"] / figures["polls_per_second_off"]
+    return summary(runs)
+
+
+def summary(runs: dict[str, list[dict[str, float]]]) -> Figures:
+    """Medians over the rounds; each ratio is taken within a round (to that round's run with tracing
+    off), so a load that drifts between rounds cancels out."""
+    def median(variant: str, key: str) -> float:
+        return statistics.median(run[key] for run in runs[variant])
+
+    figures: Figures = {}
+    for variant in VARIANTS:
+        figures[f"polls_per_second_{variant}"] = median(variant, "rate")
+        figures[f"cpu_us_per_poll_{variant}"] = median(variant, "cpu_us")
+    for variant in ("on", "hang"):
+        rates = [run["rate"] / off["rate"] for run, off in zip(runs[variant], runs["off"])]
+        cpus = [run["cpu_us"] / off["cpu_us"] for run, off in zip(runs[variant], runs["off"])]
+        figures[f"rate_ratio_{variant}"] = statistics.median(rates)
+        figures[f"rate_ratio_{variant}_lowest"], figures[f"rate_ratio_{variant}_highest"] = min(rates), max(rates)
+        figures[f"cpu_ratio_{variant}"] = statistics.median(cpus)
+    figures["cpu_us_per_poll_on_until_exported"] = median("on", "cpu_us_total")
+    figures["cpu_ratio_on_until_exported"] = statistics.median(
+        run["cpu_us_total"] / off["cpu_us"] for run, off in zip(runs["on"], runs["off"]))
+    figures["spans_per_second"] = median("on", "spans_per_second")
+    figures["spans_exported"] = median("on", "spans")
     return figures
