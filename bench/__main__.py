@@ -77,7 +77,7 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("ratio_to_wrk_plain", "reported", None), ("ratio_to_wrk_priced", "reported", None),
         ("cpu_us_per_poll_plain", "reported", None), ("cpu_us_per_poll_priced", "reported", None),
         ("cpu_ratio", "reported", None)]),
-    "tracing": (tracing.traced_polls, {"ids": 10_000, "rounds": 6}, {"ids": 3_000, "rounds": 3}, [
+    "tracing": (tracing.traced_polls, {"ids": 8_000, "rounds": 9}, {"ids": 3_000, "rounds": 3}, [
         ("rate_ratio_on", ">= 0.9 (tracing on / off; median of the rounds' ratios)", lambda v: v >= 0.9),
         ("rate_ratio_on_lowest", "reported (the lowest round of a run)", None),
         ("rate_ratio_on_highest", "reported (the highest round of a run)", None),

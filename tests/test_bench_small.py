@@ -172,12 +172,16 @@ def test_postgres_small(tmp_path):
 def test_tracing_small(tmp_path):
     from bench.tracing import traced_polls
 
-    figures = traced_polls(tmp_path, ids=500)
+    figures = traced_polls(tmp_path, ids=500, rounds=2)
     assert figures["polls_per_second_off"] > 0 and figures["polls_per_second_on"] > 0
     assert figures["polls_per_second_hang"] > 0 and figures["spans_per_second"] > 0
     assert figures["spans_exported"] == 500  # one root span per job (final at the first answer: no phases)
-    for run, owed in (("off", 0), ("on", 0), ("hang", 500)):  # sent, or still owed to a collector that hangs
-        store = StateStore(str(tmp_path / run / "state.db"))
-        store.open()
-        assert store.db.execute("SELECT count(*) FROM traces_owed").fetchone()[0] == owed
-        store.close()
+    for variant in ("on", "hang"):
+        low, mid, high = (figures[f"rate_ratio_{variant}{s}"] for s in ("_lowest", "", "_highest"))
+        assert 0 < low <= mid <= high and figures[f"cpu_ratio_{variant}"] > 0
+    for round_no in range(2):  # each round ran every variant on its own copy of the jobs
+        for run, owed in (("off", 0), ("on", 0), ("hang", 500)):  # sent, or still owed to a collector that hangs
+            store = StateStore(str(tmp_path / f"round{round_no}" / run / "state.db"))
+            store.open()
+            assert store.db.execute("SELECT count(*) FROM traces_owed").fetchone()[0] == owed
+            store.close()
