@@ -14,6 +14,7 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace.export import SpanExportResult
 
 from exporter.config.model import Config, TracingConfig
 from exporter.tracking import trace_export
@@ -123,3 +124,23 @@ def test_a_collector_that_never_answers_holds_one_thread_and_never_the_shipper(m
     finally:
         receiver.stop()
         shipper.close()
+
+
+def test_without_the_sdks_client_the_shipper_hands_the_sdk_the_same_spans():
+    class SpanExporter:  # an exporter that lends no HTTP client: only the SDK's interface
+        def __init__(self) -> None:
+            self.spans: list[Any] = []
+
+        def export(self, spans):
+            self.spans += spans
+            return SpanExportResult.SUCCESS
+
+        def shutdown(self) -> None:
+            pass
+
+    sdk = SpanExporter()
+    shipper = TraceShipper(Owed(), Config(tracing=TracingConfig(endpoint="http://127.0.0.1:9")), TraceStats(), sdk)
+    owed = [(job["id"], job) for job in JOBS] + [("00000000-0000-4000-8000-000000000009", None)]
+    assert shipper._send is None
+    assert shipper._build_and_export(owed) == (["00000000-0000-4000-8000-000000000009"], 3, True)
+    assert encode_spans(sdk.spans) == ExportTraceServiceRequest.FromString(shipper.requests.body(owed)[0])
