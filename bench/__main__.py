@@ -113,7 +113,7 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("ratio_to_wrk_plain", "reported", None), ("ratio_to_wrk_priced", "reported", None),
         ("cpu_us_per_poll_plain", "reported", None), ("cpu_us_per_poll_priced", "reported", None),
         ("cpu_ratio", "reported", None)]),
-    "tracing": (tracing.traced_polls, {"ids": 4_000, "rounds": 3, "final_ids": 4_000, "final_rounds": 3},
+    "tracing": (tracing.traced_polls, {"ids": 4_000, "rounds": 9, "final_ids": 4_000, "final_rounds": 3},
                 {"ids": 1_000, "rounds": 3, "final_ids": 1_000, "final_rounds": 3}, tracing_figures()),
     "jobs_query": (jobs_query, {"jobs": 1_000_000}, {"jobs": 100_000, "requests": 50, "scrapes": 60}, [
         ("oldest_unfinished_p99_ms", "<= 50 ms", lambda v: v <= 50),
