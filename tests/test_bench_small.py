@@ -173,15 +173,26 @@ def test_postgres_small(tmp_path):
 def test_tracing_small(tmp_path):
     from bench.tracing import traced_polls
 
-    figures = traced_polls(tmp_path, ids=500)
-    assert figures["polls_per_second_off"] > 0 and figures["polls_per_second_on"] > 0
-    assert figures["polls_per_second_hang"] > 0 and figures["spans_per_second"] > 0
-    assert figures["spans_exported"] == 500  # one root span per job (final at the first answer: no phases)
-    for run, owed in (("off", 0), ("on", 0), ("hang", 500)):  # sent, or still owed to a collector that hangs
-        store = StateStore(str(tmp_path / run / "state.db"))
-        store.open()
-        assert store.db.execute("SELECT count(*) FROM traces_owed").fetchone()[0] == owed
-        store.close()
+    figures = traced_polls(tmp_path, ids=300, rounds=2, final_ids=300, final_rounds=1)
+    for prefix, polls_per_job in (("", 3), ("final_", 1)):  # realistic: QUEUED, PROCESSING, final
+        assert figures[prefix + "polls_per_second_off"] > 0 and figures[prefix + "polls_per_second_on"] > 0
+        assert figures[prefix + "polls_per_second_hang"] > 0 and figures[prefix + "spans_per_second"] > 0
+        for variant in ("off", "on", "hang"):
+            assert figures[f"{prefix}polls_per_job_{variant}"] == polls_per_job
+        assert figures[prefix + "traces_exported_fewest"] == 300  # one root span per job, every "on" round
+        for variant in ("on", "hang"):
+            low, mid, high = (figures[f"{prefix}rate_ratio_{variant}{s}"] for s in ("_lowest", "", "_highest"))
+            assert 0 < low <= mid <= high and figures[f"{prefix}cpu_ratio_{variant}"] > 0
+    # Realistic jobs' traces carry a child span per status phase seen; every poll final, none.
+    assert figures["spans_exported"] > 300 and figures["final_spans_exported"] == 300
+    for case, rounds in (("realistic", 2), ("final", 1)):  # each round ran every variant on its own copy
+        for round_no in range(rounds):
+            for run, owed in (("off", 0), ("on", 0), ("hang", 300)):  # sent, or still owed to a silent collector
+                store = StateStore(str(tmp_path / case / f"round{round_no}" / run / "state.db"))
+                store.open()
+                assert store.db.execute("SELECT count(*) FROM traces_owed").fetchone()[0] == owed
+                assert store.db.execute("SELECT count(*) FROM jobs WHERE final = 1").fetchone()[0] == 300
+                store.close()
 
 
 def test_postgres_proxy_small(tmp_path):
@@ -196,6 +207,8 @@ def test_postgres_proxy_small(tmp_path):
                  "create_added_p99_ms_fsync_off", "disk_flush_p99_ms"):
         assert figures[name] == figures[name], name  # measured (not NaN)
     assert figures["disk_flush_p99_ms"] > 0 and figures["create_paced_rps"] > 0
+
+
 def test_postgres_facts_small(tmp_path):
     from bench.postgres_facts import postgres_facts
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from typing import Any
+from typing import Any, Callable
 
 from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import Resource
@@ -19,16 +19,23 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from exporter import __version__
 from exporter.config.model import Config
 from exporter.tracking.trace_owed import CreateNotes, OwedTraces, TraceStats
+from exporter.tracking.trace_proto import TraceRequests
 from exporter.tracking.trace_spans import job_spans
 
 log = logging.getLogger("distribute.traces")
 
-BATCH = 256  # traces per export request (a few spans each)
+# Traces per export request (a few spans each; under 2 MB of protobuf): while traces are owed faster
+# than a request a second, each request carries more, so what one costs is shared by more traces.
+BATCH = 1024
 IDLE_SECONDS = 1.0  # how often to look for newly owed traces when none are waiting
 BACKOFF_MIN, BACKOFF_MAX = 1.0, 60.0
 # With PostgreSQL, how long a batch taken by one replica is left to it (longer than an export's
 # timeout and the SDK's retries): if that replica dies, another sends it after this.
 LEASE = 120.0
+# How long the shipper waits on one export (the SDK's own timeout, OTEL_EXPORTER_OTLP_TIMEOUT, is 10 s
+# by default; its retries end within it): past this the batch counts as failed, and no other export
+# starts while that thread is still stuck.
+EXPORT_DEADLINE = 60.0
 
 
 def signal_url(endpoint: str) -> str:
@@ -48,6 +55,17 @@ def make_exporter(config: Config) -> OTLPSpanExporter:
     return OTLPSpanExporter(endpoint=signal_url(config.tracing.endpoint), headers=headers)
 
 
+def body_sender(exporter: Any) -> Callable[[bytes], bool] | None:
+    """The SDK exporter's own HTTP client, to send a request body built by trace_proto.py: endpoint,
+    headers, timeout, compression, certificates and retries stay as the SDK resolves them from the
+    config and OTEL_EXPORTER_OTLP_*. It is not a public interface of the SDK: where a version lacks
+    it, None, and the shipper hands the SDK span objects instead (the same traces, more CPU)."""
+    export = getattr(getattr(exporter, "_client", None), "export", None)
+    if not callable(export):
+        return None
+    return lambda body: bool(getattr(export(body), "success", False))
+
+
 class TraceShipper:
     def __init__(self, owed: OwedTraces, config: Config, stats: TraceStats,
                  exporter: Any | None = None) -> None:
@@ -58,7 +76,10 @@ class TraceShipper:
         # Resource.create adds OTEL_RESOURCE_ATTRIBUTES and the SDK's own attributes.
         self.resource = Resource.create({"service.name": config.tracing.service_name,
                                          "service.version": __version__})
+        self.requests = TraceRequests(self.resource)
+        self._send = body_sender(self.exporter)
         self._backoff = 0.0
+        self._inflight: threading.Thread | None = None  # the thread of the last export
         self.notes = CreateNotes()  # the proxy's creates (trace_owed.py), written at each round
 
     async def run(self) -> None:
@@ -83,25 +104,27 @@ class TraceShipper:
             self.stats.outcomes["dropped"] += dropped
             log.warning("traces: %d owed traces dropped, the oldest first (tracing.max_pending is %d)",
                         dropped, self.max_pending)
+        if self._inflight is not None and self._inflight.is_alive():
+            # The last export outlived EXPORT_DEADLINE (a collector that takes the connection and
+            # never answers, past the SDK's timeout): still one thread at most, and nothing new.
+            self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
+            return 0
         owed = await self.owed.take(BATCH, LEASE)
         if not owed:
             self._backoff = 0.0  # nothing waits: the next owed trace goes out at the next round
             return 0
-        gone, rows, spans = [], [], []
-        for job_id, row in owed:
-            built = self._spans(row) if row is not None else None
-            if built is None:  # retired or untracked before export, or not a job id a trace can have
-                gone.append(job_id)
-            else:
-                rows.append(row)
-                spans.extend(built)
-        ok = True
-        if spans:
-            ok = await in_daemon_thread(self.exporter.export, spans) == SpanExportResult.SUCCESS
+        # Building the spans and encoding them is most of a trace's CPU: it runs on the export's
+        # thread too, so that the event loop is never held for a whole batch.
+        self._inflight, done = in_daemon_thread(self._build_and_export, owed)
+        try:
+            gone, exported, ok = await asyncio.wait_for(asyncio.shield(done), EXPORT_DEADLINE)
+        except asyncio.TimeoutError:
+            gone, exported, ok = [], 0, False
         if not ok:
-            self.stats.outcomes["failed"] += len(rows)
+            failed = len(owed) - len(gone)
+            self.stats.outcomes["failed"] += failed
             if not self._backoff:
-                log.warning("traces: the collector did not take %d traces; retrying with back-off", len(rows))
+                log.warning("traces: the collector did not take %d traces; retrying with back-off", failed)
             self._backoff = min(BACKOFF_MAX, max(BACKOFF_MIN, self._backoff * 2))
             ids = gone
         else:
@@ -112,9 +135,27 @@ class TraceShipper:
         if ids:
             await self.owed.settle(ids)
         self.stats.outcomes["dropped"] += len(gone)
-        self.stats.outcomes["exported"] += len(rows) if ok else 0
+        self.stats.outcomes["exported"] += exported if ok else 0
         self.stats.pending = max(0, self.stats.pending - len(ids))
-        return len(rows) if ok else 0
+        return exported if ok else 0
+
+    def _build_and_export(self, owed: list[tuple[str, dict[str, Any] | None]]) -> tuple[list[str], int, bool]:
+        """On the export's thread: the batch's request built and sent. Answers (ids whose trace cannot be
+        built, traces sent, whether the collector took them)."""
+        if self._send is not None:
+            body, gone, traces = self.requests.body(owed)
+            return gone, traces, not traces or self._send(body)
+        gone = []
+        traces, spans = 0, []
+        for job_id, row in owed:
+            one = self._spans(row) if row is not None else None
+            if one is None:  # retired or untracked before export, or not a job id a trace can have
+                gone.append(job_id)
+            else:
+                traces += 1
+                spans.extend(one)
+        ok = not spans or self.exporter.export(spans) == SpanExportResult.SUCCESS
+        return gone, traces, ok
 
     def _spans(self, row: dict[str, Any]) -> list[Any] | None:
         try:
@@ -130,7 +171,7 @@ class TraceShipper:
             pass
 
 
-def in_daemon_thread(fn: Any, *args: Any) -> "asyncio.Future[Any]":
+def in_daemon_thread(fn: Any, *args: Any) -> "tuple[threading.Thread, asyncio.Future[Any]]":
     """Run `fn` on a daemon thread of its own: an export stuck on a collector that never answers
     (for as long as the OTLP timeout and the SDK's retries last) neither holds the event loop nor
     keeps the process from exiting at shutdown. One thread per batch: a few per second at most."""
@@ -155,8 +196,9 @@ def in_daemon_thread(fn: Any, *args: Any) -> "asyncio.Future[Any]":
         except RuntimeError:  # the loop closed meanwhile (shutdown): nobody waits
             pass
 
-    threading.Thread(target=work, name="traces-export", daemon=True).start()
-    return future
+    thread = threading.Thread(target=work, name="traces-export", daemon=True)
+    thread.start()
+    return thread, future
 
 
 __all__ = ["TraceShipper", "signal_url"]

@@ -26,6 +26,9 @@ CREATE TABLE IF NOT EXISTS trace_creates (job_id TEXT PRIMARY KEY, request_model
 TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
 NOTES_MAX = 100_000  # creates' notes waiting to be written (a second's worth, normally)
 OUTCOMES = ("exported", "failed", "dropped")
+# The columns of a job's row its trace is made of (trace_spans.py): what the shipper reads.
+TRACE_COLUMNS = ("id", "kind", "grp", "source", "status", "model", "created", "finished", "ended", "prompt_tokens",
+                 "completion_tokens", "results", "choices", "first_tracked", "polls", "history", "estimated_cost")
 
 
 @dataclass

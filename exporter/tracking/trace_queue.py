@@ -6,21 +6,21 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from exporter.tracking.store import JOB_COLUMNS, StateStore
+from exporter.tracking.store import StateStore
+from exporter.tracking.trace_owed import TRACE_COLUMNS
 
 
 def owed_batch(store: StateStore, limit: int) -> list[tuple[str, dict[str, Any] | None]]:
     """The `limit` oldest owed traces: (job id, the job's row, None when the row is gone)."""
-    cols = ", ".join("j." + c for c in JOB_COLUMNS)
+    cols = ", ".join("j." + c for c in TRACE_COLUMNS)
     rows = store.db.execute(f"SELECT o.job_id, j.id IS NOT NULL, c.request_model, c.traceparent, {cols} "
                             "FROM traces_owed o LEFT JOIN jobs j ON j.id = o.job_id "
                             "LEFT JOIN trace_creates c ON c.job_id = o.job_id ORDER BY o.seq LIMIT ?",
                             (limit,)).fetchall()
     out: list[tuple[str, dict[str, Any] | None]] = []
     for row in rows:
-        job = dict(zip(JOB_COLUMNS, row[4:])) if row[1] else None
+        job = dict(zip(TRACE_COLUMNS, row[4:])) if row[1] else None
         if job is not None:
-            job["price_entry"] = None  # not part of a trace (and an id into another table here)
             job["request_model"], job["traceparent"] = row[2], row[3]
         out.append((row[0], job))
     return out
