@@ -38,4 +38,10 @@ if [ -f ../shared/distribute-api/result-schemas.json ] && \
   echo "note: ../shared/distribute-api/result-schemas.json differs from tests/data; the tests use the shared one"
 fi
 
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two test processes where there are two cores or more (pytest-xdist): most tests spend their time
+# waiting on the real processes they drive, so two files run at once. Whole files go to one process
+# (--dist loadfile), so a module's fixtures and its tests' order stay as written. `-n 0` after it
+# (e.g. `bash tests/run.sh -n 0 tests/test_x.py`) runs in one process.
+workers=0
+[ "$(nproc 2>/dev/null || echo 1)" -ge 2 ] && workers=2
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "$workers" --dist loadfile "$@"
