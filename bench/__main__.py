@@ -78,8 +78,8 @@ PLAN: dict[str, tuple[Callable, dict, dict, list[tuple[str, str, Callable[[float
         ("ratio_to_wrk", "reported", None),
         ("upstream_cpu_share", "reported (cores busy in the upstream)", None),
         ("polls_per_job", "3 (QUEUED, PROCESSING, final)", None),
-        ("baseline_polls_per_second", "reported (BENCH_BASELINE's exporter, same run, its own copy of the jobs)", None),
-        ("poll_rate_ratio", ">= 1.0 (to BENCH_BASELINE, same run)", lambda v: v >= 1.0),
+        ("baseline_polls_per_second", "reported (BENCH_BASELINE's exporter, same run and upstream, its own copy of the jobs, first in alternate runs)", None),
+        ("poll_rate_ratio", ">= 1.0 (to BENCH_BASELINE, same run; median of the runs' ratios)", lambda v: v >= 1.0),
         ("cpu_per_poll_ratio", "reported (to BENCH_BASELINE)", None)]),
     "poll_throughput_simple": (b.poll_throughput, {"ids": 100_000}, {"ids": 5_000}, [
         ("polls_per_second", ">= 3,000 /s", lambda v: v >= 3000),

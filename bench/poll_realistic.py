@@ -12,9 +12,12 @@ is measured and reported, and `wrk` against it in the same run gives its ceiling
 from __future__ import annotations
 
 import asyncio
+import http.client
+import itertools
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import sqlite3
@@ -32,6 +35,7 @@ GROUPS = {"chat": [f"chat-{g}" for g in range(6)], "images": [f"images-{g}" for 
 MODELS = {"chat": [f"chat-model-{m:02d}" for m in range(12)], "images": [f"image-model-{m}" for m in range(5)],
           "speech": [f"speech-model-{m}" for m in range(3)]}  # 20 models
 WRK_ID = "00000000-0000-4000-8000-000000000000"  # answered by the upstream, tracked by no exporter
+RESET_ID = b"reset-poll-counts"  # a request for it makes the upstream forget how often each id was polled
 
 
 def make_jobs(workdir: Path, count: int, seed: int = 13) -> list[tuple[str, str, str, str]]:
@@ -135,6 +139,9 @@ class _Upstream(asyncio.Protocol):
         start = body.find(b'"', start + 4) + 1
         job_id = body[start:body.find(b'"', start)]
         bodies = self.table.get(job_id)
+        if job_id == RESET_ID:  # a new exporter polls the same jobs: each starts QUEUED again
+            self.polls.clear()
+            return _response(200, b"{}")
         if bodies is None:
             return _response(404, b'{"message": "Not Found"}')
         seen = self.polls.get(job_id, 0)
@@ -177,6 +184,16 @@ class Upstream:
             fields = stat.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def reset(self) -> None:
+        """Every id answered QUEUED again at its next poll (once this returns)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            conn.request("POST", "/async/chat/result", body=json.dumps({"id": RESET_ID.decode()}))
+            if conn.getresponse().status != 200:
+                raise RuntimeError("the bench upstream did not reset its poll counts")
+        finally:
+            conn.close()
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
@@ -187,62 +204,75 @@ class Upstream:
 def poll_throughput(workdir: Path, ids: int, wrk_seconds: int = 5, check: bool = False) -> dict[str, float]:
     """Polls per second, CPU per poll and the share of wrk's rate against the realistic upstream; with
     `check`, also what the state file holds at the end (for the small test). With BENCH_BASELINE, the
-    baseline's exporter polls its own copy of the same jobs first (same run), for the ratios."""
-    baseline = baseline_repo()
-    before: dict[str, float] = {}
-    if baseline is not None:
-        before = _poll_once(workdir / "baseline", ids, wrk_seconds, False, baseline)
-    figures = _poll_once(workdir, ids, wrk_seconds, check, REPO)
-    if before:
-        figures.update({"baseline_polls_per_second": before["polls_per_second"],
-                        "baseline_cpu_us_per_poll": before["cpu_us_per_poll"],
-                        "poll_rate_ratio": figures["polls_per_second"] / before["polls_per_second"],
-                        "cpu_per_poll_ratio": figures["cpu_us_per_poll"] / before["cpu_us_per_poll"]})
-    return figures
-
-
-def _poll_once(workdir: Path, ids: int, wrk_seconds: int, check: bool, repo: Path) -> dict[str, float]:
+    baseline's exporter polls its own copy of the same jobs on the same upstream (its poll counts reset
+    between the two), first in one run and second in the next: a load that moves during a run then
+    favours each code as often, and the median of the runs' ratios is the comparison."""
     workdir.mkdir(parents=True, exist_ok=True)
     jobs = make_jobs(workdir, ids)
     upstream = Upstream(workdir)
     try:
-        groups = "".join(f"  - {{kind: {kind}, group: {g}, ids_file: {g}.txt}}\n"
-                         for kind, names in GROUPS.items() for g in names)
-        exporter = Exporter(workdir, f"""
+        baseline = baseline_repo()
+        if baseline is None:
+            figures = _poll_once(workdir / "new", upstream, ids, check, REPO)
+        else:
+            baseline_first = next(_PAIRS) % 2 == 0
+            runs = [("baseline", baseline), ("new", REPO)]
+            measured = {name: _poll_once(workdir / name, upstream, ids, check and name == "new", repo)
+                        for name, repo in (runs if baseline_first else runs[::-1])}
+            figures, before = measured["new"], measured["baseline"]
+            figures.update({"baseline_polls_per_second": before["polls_per_second"],
+                            "baseline_cpu_us_per_poll": before["cpu_us_per_poll"],
+                            "poll_rate_ratio": figures["polls_per_second"] / before["polls_per_second"],
+                            "cpu_per_poll_ratio": figures["cpu_us_per_poll"] / before["cpu_us_per_poll"],
+                            "baseline_first": float(baseline_first)})
+        ceiling = wrk(f"{upstream.url}/async/chat/result", json.dumps({"id": WRK_ID}), wrk_seconds)["rps"]
+    finally:
+        upstream.stop()
+    figures.update({"wrk_rps": ceiling, "ratio_to_wrk": figures["polls_per_second"] / ceiling})
+    if check:
+        figures.update(_state_figures(workdir / "new" / "state.db", jobs))
+    return figures
+
+
+_PAIRS = itertools.count()  # which run of the process this is: the order of the pair alternates
+
+
+def _poll_once(workdir: Path, upstream: Upstream, ids: int, check: bool, repo: Path) -> dict[str, float]:
+    """One exporter polls its own copy of the ids files until every job is final."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    for group in (g for names in GROUPS.values() for g in names):
+        shutil.copyfile(workdir.parent / f"{group}.txt", workdir / f"{group}.txt")
+    upstream.reset()
+    groups = "".join(f"  - {{kind: {kind}, group: {g}, ids_file: {g}.txt}}\n"
+                     for kind, names in GROUPS.items() for g in names)
+    exporter = Exporter(workdir, f"""
 api: {{base_url: '{upstream.url}', max_requests_per_second: 0, max_concurrency: 32}}
 poll: {{interval_seconds: 0.2, max_interval_seconds: 60}}
 jobs:
 {groups}state: {{path: state.db}}
 """, repo=repo)
-        try:
-            exporter.wait_ready()
-            started, cpu0, up0 = time.monotonic(), exporter.cpu_seconds(), upstream.cpu_seconds()
-            polls0 = metric(exporter.metrics(), "distribute_exporter_polls_total")
-            seen: dict[str, float] = {}
+    try:
+        exporter.wait_ready()
+        started, cpu0, up0 = time.monotonic(), exporter.cpu_seconds(), upstream.cpu_seconds()
+        polls0 = metric(exporter.metrics(), "distribute_exporter_polls_total")
+        seen: dict[str, float] = {}
 
-            def all_final() -> bool:
-                text = exporter.metrics()
-                if check:  # the intermediate statuses the jobs were seen in, at their peak
-                    for status in ("QUEUED", "PROCESSING"):
-                        seen[status] = max(seen.get(status, 0), metric(text, "distribute_jobs", f'status="{status}"'))
-                return metric(text, "distribute_jobs_finished_total") >= ids
+        def all_final() -> bool:
+            text = exporter.metrics()
+            if check:  # the intermediate statuses the jobs were seen in, at their peak
+                for status in ("QUEUED", "PROCESSING"):
+                    seen[status] = max(seen.get(status, 0), metric(text, "distribute_jobs", f'status="{status}"'))
+            return metric(text, "distribute_jobs_finished_total") >= ids
 
-            wait_for(all_final, 1200, "every job final", 0.2 if not check else 0.02)
-            elapsed, cpu = time.monotonic() - started, exporter.cpu_seconds() - cpu0
-            up_cpu = upstream.cpu_seconds() - up0
-            polls = metric(exporter.metrics(), "distribute_exporter_polls_total") - polls0
-        finally:
-            exporter.stop()
-        ceiling = wrk(f"{upstream.url}/async/chat/result", json.dumps({"id": WRK_ID}), wrk_seconds)["rps"]
+        wait_for(all_final, 1200, "every job final", 0.2 if not check else 0.02)
+        elapsed, cpu = time.monotonic() - started, exporter.cpu_seconds() - cpu0
+        up_cpu = upstream.cpu_seconds() - up0
+        polls = metric(exporter.metrics(), "distribute_exporter_polls_total") - polls0
     finally:
-        upstream.stop()
-    rate = polls / elapsed
-    figures = {"polls_per_second": rate, "cpu_us_per_poll": cpu / polls * 1e6, "wrk_rps": ceiling,
-               "ratio_to_wrk": rate / ceiling, "upstream_cpu_share": up_cpu / elapsed,
-               "polls_per_job": (polls + polls0) / ids}
-    if check:
-        figures.update(_state_figures(workdir / "state.db", jobs))
-        figures.update({f"peak_{status.lower()}": n for status, n in seen.items()})
+        exporter.stop()
+    figures = {"polls_per_second": polls / elapsed, "cpu_us_per_poll": cpu / polls * 1e6,
+               "upstream_cpu_share": up_cpu / elapsed, "polls_per_job": (polls + polls0) / ids}
+    figures.update({f"peak_{status.lower()}": n for status, n in seen.items()})
     return figures
 
 

@@ -86,6 +86,32 @@ class JsonFormatter(logging.Formatter):
         return MASK(json.dumps(event, ensure_ascii=False))
 
 
+class Refusals:
+    """Malformed requests a listener refused, summarised in its log at most once a minute: how many
+    and the parser's reasons (fixed words), never a byte of what was sent. One per listener (the web
+    listener's and the proxy's), each naming itself in its line."""
+
+    INTERVAL = 60.0
+
+    def __init__(self, log: logging.Logger, listener: str) -> None:
+        self.log, self.listener = log, listener
+        self.count = 0
+        self.reasons: dict[str, int] = {}
+        self.logged = -self.INTERVAL
+
+    def add(self, reason: str) -> None:
+        self.count += 1
+        if len(self.reasons) < 8 or reason in self.reasons:  # a bounded line, whatever a scan sends
+            self.reasons[reason] = self.reasons.get(reason, 0) + 1
+        now = time.monotonic()
+        if now - self.logged >= self.INTERVAL:
+            self.logged = now
+            summary = ", ".join(f"{r} ({n})" for r, n in sorted(self.reasons.items()))
+            self.log.warning("%s: refused %d malformed request(s) since the last such line: %s",
+                             self.listener, self.count, summary)
+            self.count, self.reasons = 0, {}
+
+
 def setup_logging(level: str, fmt: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else LogfmtFormatter())

@@ -9,38 +9,15 @@ answered and logged as aiohttp does."""
 from __future__ import annotations
 
 import logging
-import time
 from http import HTTPStatus
 
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from exporter.logs import Refusals
+
 log = logging.getLogger("distribute.web")
-
-
-class Refusals:
-    """Malformed requests to the web listener, summarised at most once a minute."""
-
-    INTERVAL = 60.0
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.reasons: dict[str, int] = {}
-        self.logged = -self.INTERVAL
-
-    def add(self, reason: str) -> None:
-        self.count += 1
-        if len(self.reasons) < 8 or reason in self.reasons:
-            self.reasons[reason] = self.reasons.get(reason, 0) + 1
-        now = time.monotonic()
-        if now - self.logged >= self.INTERVAL:
-            self.logged = now
-            summary = ", ".join(f"{r} ({n})" for r, n in sorted(self.reasons.items()))
-            log.warning("web: refused %d malformed request(s) since the last such line: %s", self.count, summary)
-            self.count, self.reasons = 0, {}
-
-
-REFUSALS = Refusals()
+REFUSALS = Refusals(log, "web")
 
 
 def _fixed_answer(status: int) -> bytes:
