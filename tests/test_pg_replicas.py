@@ -246,12 +246,14 @@ def test_a_replica_paused_past_its_lease_changes_nothing_and_scaling_needs_no_pr
         config.write_text(config.read_text().replace("timeout_seconds: 2}", "timeout_seconds: 3, max_concurrency: 4}"))
         procs.append(exporter(config, env=ENV))
         return procs[-1]
-    a, b, c = start(0), start(1), start(2)
+    # a alone first: with b and c running, they could claim all 40 before a claims one.
+    a = start(0)
     ids = sim.create("chat", 40, age_seconds=OLD)
     assert register(a.url, "chat", ids) == (40, 0)
     wait_for(lambda: leases(a) > 0, 30, 0.05, what="replica a holding claims")
     a.popen.send_signal(signal.SIGSTOP)
     try:
+        b, c = start(1), start(2)
         truth = truth_finished(sim, ids)
         # The others poll a's jobs once its leases (11-14 s here) run out.
         wait_for(lambda: finished_of(job_facts(b.url)) == truth, 120, 0.3, what="a's jobs finished by the others")
