@@ -134,7 +134,11 @@ def test_filters_sorts_and_pages_match_the_simulators_truth(simulator, exporter,
         records = jobs(proc.url, sort=sort, limit=1000)["jobs"]
         listed = waiting + waiting_images if key == "last_polled" else everything  # polled ones only
         assert len(records) == len(listed) and in_order(records, key, descending), sort
-        assert [r["id"] for r in records[:5]] == [r["id"] for r in jobs(proc.url, sort=sort, limit=5)["jobs"]]
+        first = jobs(proc.url, sort=sort, limit=5)["jobs"]
+        if key == "last_polled":  # still polled between the two reads: a job can move, the order cannot break
+            assert len(first) == min(5, len(listed)) and in_order(first, key, descending), sort
+        else:
+            assert [r["id"] for r in records[:5]] == [r["id"] for r in first], sort
     # paging: every job exactly once, in the same order as one big page
     for sort in ("created", "-created", "duration", "-duration"):
         paged = every_page(proc.url, sort=sort, limit=4)
