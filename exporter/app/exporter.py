@@ -23,7 +23,7 @@ from exporter.metrics.collectors import (ApiCollector, BuildInfoCollector, Expor
                                          JobsCollector, Sampled)
 from exporter.metrics.facts import MetricsFacts
 from exporter.metrics.exposition import GzipParts, TextRenderer
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config
 from exporter.logs import MASK
 from exporter.polling.health import ApiHealth
 from exporter.polling.poller import Poller
@@ -39,6 +39,7 @@ from exporter.tracking.trace_queue import SqliteOwedTraces
 from exporter.tracking.jobs import TrackedJobs
 from exporter.tracking.store import StateStore
 from exporter.http.server import Site, build_web_app
+from exporter.app.reloading import read_again
 from exporter.app.web_listener import start_web
 from exporter.http.jobs_api import JobsReader
 from exporter.http.jobs_api import routes as jobs_routes
@@ -263,14 +264,9 @@ class Exporter:
     async def reload(self) -> tuple[bool, str]:
         """Load the config file again; on any error keep the running config."""
         async with self._reload_lock:
-            if self.config_path is None:
-                return False, "no config file to reload"
-            try:
-                new = load_config(self.config_path)
-            except ConfigError as exc:
-                self.status.reloaded(False)
-                log.error("config reload failed, keeping the running config: %s", exc)
-                return False, f"reload failed: {exc}"
+            new, why = read_again(self.config_path, self.status)
+            if new is None:
+                return False, why
             try:
                 self._apply(new)
                 await self.sources.sync(new)

@@ -29,11 +29,12 @@ from exporter.app.database_answers import LateBook, from_database
 from exporter.app.shared_facts import FactsCache
 from exporter.app.shared_proxy import SharedProxy
 from exporter.app.shared_status import SharedStatus
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config
 from exporter.http.guard import Guard, middleware
 from exporter.http.jobs_api import JobsReader
 from exporter.http.jobs_api import routes as jobs_routes
 from exporter.http.server import Site, build_web_app
+from exporter.app.reloading import read_again
 from exporter.app.web_listener import start_web
 from exporter.logs import MASK
 from exporter.metrics.collectors import ApiCollector, BuildInfoCollector, ExporterCollector, ExporterStatus, Sampled
@@ -190,14 +191,9 @@ class SharedExporter:
     async def reload(self) -> tuple[bool, str]:
         """Load the config file again (SIGHUP, /-/reload); on any error keep the running config."""
         async with self._reload_lock:
-            if self.config_path is None:
-                return False, "no config file to reload"
-            try:
-                new = load_config(self.config_path)
-            except ConfigError as exc:
-                self.status.reloaded(False)
-                log.error("config reload failed, keeping the running config: %s", exc)
-                return False, f"reload failed: {exc}"
+            new, why = read_again(self.config_path, self.status)
+            if new is None:
+                return False, why
             self._apply(new)
             if self.poller is not None:
                 try:
