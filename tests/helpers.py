@@ -26,6 +26,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def exchange(port: int, data: bytes) -> bytes:
+    """Send raw `data` on a new loopback connection; everything the server sends back until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(data)
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    return got
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05,
              what: str = "condition") -> Any:
     """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""

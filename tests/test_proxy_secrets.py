@@ -5,11 +5,10 @@ heads (on the fast path, and on a connection handed to aiohttp's server first)."
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
-from helpers import ExporterProc, free_port, parse_samples, total, wait_for, write_config
+from helpers import ExporterProc, exchange, free_port, parse_samples, total, wait_for, write_config
 
 KEY = "sk-live-5c0ffee-do-not-log-me"
 BAD_HEADS = {
@@ -21,16 +20,6 @@ BAD_HEADS = {
     "bad request line": b"",
     "unparseable absolute target": b"",
 }
-
-
-def exchange(port: int, data: bytes) -> bytes:
-    """Send `data` on a new connection; everything the proxy sends back until it closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(data)
-        got = b""
-        while chunk := sock.recv(65536):
-            got += chunk
-    return got
 
 
 def request(case: str) -> bytes:

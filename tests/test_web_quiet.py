@@ -5,11 +5,10 @@ both log formats), raw sockets sending a malformed request line and a key with a
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 
-from helpers import ExporterProc, free_port, wait_for, write_config
+from helpers import ExporterProc, exchange, free_port, wait_for, write_config
 
 SECRET = "secret-web-7e1f00d-never-log-me"
 MALFORMED = {
@@ -17,16 +16,6 @@ MALFORMED = {
     "stray CR": b"GET /metrics HTTP/1.1\r\nHost: p\r\nAuthorization: Bearer " + SECRET.encode() + b"\r\r\n\r\n",
     "not HTTP": SECRET.encode() + b"\r\n\r\n",
 }
-
-
-def exchange(port: int, data: bytes) -> bytes:
-    """Send `data` on a new connection; everything the listener sends back until it closes."""
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
-        sock.sendall(data)
-        got = b""
-        while chunk := sock.recv(65536):
-            got += chunk
-    return got
 
 
 @pytest.mark.parametrize("fmt", ["logfmt", "json"])
