@@ -175,6 +175,7 @@ class SharedExporter:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
         await self.proxy.stop()
+        await self.facts.close()
         if self.traces is not None:
             self.traces.close()
         if self.store is not None:
@@ -355,7 +356,7 @@ class SharedExporter:
         return min(RETENTION_SWEEP_SECONDS, max(0.5, self.config.state.retention_seconds / 4))
 
     async def _sample(self) -> None:
-        await self.status_figures.sample(await self.facts.get())
+        await self.status_figures.sample(await self.facts.get(keep_warm=False))
 
     async def _files_loop(self) -> None:
         while True:

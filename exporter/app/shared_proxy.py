@@ -34,6 +34,9 @@ from exporter.tracking.proxied import SOURCE, GroupCommit
 log = logging.getLogger("distribute.proxy")
 
 REPLAY_SECONDS = 2.0
+# Commits of proxied creates that may run at once (each on a session of the replica's pool of 8): a
+# create that arrives while one commits starts its own rather than waiting for that one to end.
+PARALLEL_COMMITS = 4
 OBSERVED_QUEUE = 10_000  # answers waiting to be applied; past it they are dropped (the poller sees them)
 
 Row = tuple[str, str, str, str, str]  # id, kind, group, source, model
@@ -50,7 +53,7 @@ class SharedProxy:
         self.health: DatabaseHealth | None = None
         # With tracing on: keeps a create's requested model and traceparent for its trace (set by the app).
         self.note_create: Callable[[str, str | None, str | None], None] | None = None
-        self._commit: GroupCommit[Row] = GroupCommit(self._write, "proxy-commit")
+        self._commit: GroupCommit[Row] = GroupCommit(self._write, "proxy-commit", PARALLEL_COMMITS)
         self._observed: asyncio.Queue[tuple[str, str, str, str | None, bytes]] = asyncio.Queue(OBSERVED_QUEUE)
         self._late = 0  # creates in the journal not yet in the database
 

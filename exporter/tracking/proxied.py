@@ -26,16 +26,26 @@ SETTLED_IDS = 100_000  # ids known final or not to be tracked, remembered so tha
 
 
 class GroupCommit(Generic[T]):
-    """Items added while one write runs are written together by the next: a burst costs about one
+    """Items added while a write runs are written together by the next: a burst costs about one
     disk write, and none waits for the flush interval or for a large batch. The proxy's creates use
-    it for their fsync (ProxiedJobs)."""
+    it for their fsync (ProxiedJobs) and for their commit to PostgreSQL.
 
-    def __init__(self, write: Callable[[list[T]], Awaitable[None]], name: str = "group-commit") -> None:
+    `parallel` writes may run at once (each on its own database session): an item that arrives while
+    one write runs then starts the next write at once instead of waiting for the running one to end,
+    so its wait is about one write, not up to two. Items arriving while all of them run still share
+    the next."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]], name: str = "group-commit",
+                 parallel: int = 1) -> None:
         self.write = write
         self.name = name
+        self.parallel = max(1, parallel)
         self._queued: list[T] = []
         self._batch_done: asyncio.Future[None] | None = None
-        self._writer: asyncio.Task[None] | None = None
+        self._running = 0  # writer tasks alive
+        self._starting = False  # a writer created that has not taken its first batch yet
+        self.in_flight_max = 0  # the most writes seen running at once (for tests and curiosity)
+        self._in_flight = 0
 
     async def add(self, item: T) -> None:
         """Return once `item` is written; raise what the write raised."""
@@ -44,28 +54,44 @@ class GroupCommit(Generic[T]):
         if self._batch_done is None:
             self._batch_done = loop.create_future()
         done = self._batch_done
-        if self._writer is None or self._writer.done():
-            self._writer = loop.create_task(self._write_batches(), name=self.name)
+        # One new writer at most per turn of the loop: a writer not yet started takes everything
+        # queued by then, so a second one would find nothing.
+        if self._running < self.parallel and not self._starting:
+            self._running += 1
+            self._starting = True
+            loop.create_task(self._write_batches(), name=self.name)
         # Shielded: a caller that goes away (an application that hangs up) must not cancel the write
         # the others wait on.
         await asyncio.shield(done)
 
     async def _write_batches(self) -> None:
-        while self._queued:
-            queued, done = self._queued, self._batch_done
-            self._queued, self._batch_done = [], None
-            assert done is not None
-            try:
-                await self.write(queued)
-            except BaseException as exc:  # noqa: B902 - the waiters get it; the flush retries the rows
-                if not done.done():
-                    done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("commit cancelled"))
-                    done.exception()  # retrieved: no "never retrieved" warning when nobody waits
-                if not isinstance(exc, Exception):
-                    raise
-                continue
+        try:
+            while self._queued:
+                queued, done = self._queued, self._batch_done
+                self._queued, self._batch_done = [], None
+                self._starting = False
+                assert done is not None
+                await self._write_one(queued, done)
+        finally:
+            self._running -= 1
+            self._starting = False
+
+    async def _write_one(self, queued: list[T], done: asyncio.Future[None]) -> None:
+        self._in_flight += 1
+        self.in_flight_max = max(self.in_flight_max, self._in_flight)
+        try:
+            await self.write(queued)
+        except BaseException as exc:  # noqa: B902 - the waiters get it; the flush retries the rows
             if not done.done():
-                done.set_result(None)
+                done.set_exception(exc if isinstance(exc, Exception) else RuntimeError("commit cancelled"))
+                done.exception()  # retrieved: no "never retrieved" warning when nobody waits
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            self._in_flight -= 1
+        if not done.done():
+            done.set_result(None)
 
 
 class ProxiedJobs:
