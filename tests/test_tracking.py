@@ -229,3 +229,32 @@ def test_an_update_row_the_file_lacks_is_written_whole(tmp_path):
     store.write(Batch(updates=[job.row()]))
     assert store.get(job.id)["status"] == "QUEUED" and store.get(job.id)["first_tracked"] == 5.0
     store.close()
+
+
+def test_known_jobs_rows_go_before_new_ids_rows(tmp_path, monkeypatch):
+    """A stop that runs out of time after the first transaction has still written what the last
+    polls saw of jobs the file already had; what it leaves are new ids, which come back from their
+    source."""
+    monkeypatch.setattr(state_module, "FLUSH_CHUNK", 10)
+    path = tmp_path / "state.db"
+    known_ids, new_ids = ids(8, seed=2), ids(30, seed=1)
+    assert min(known_ids) > max(new_ids)  # key order alone would write new ids first
+
+    async def scenario():
+        store, jobs = await opened(path)
+        await jobs.track(known_ids, "chat", "g", "file:x", 1.0)
+        await jobs.flush()
+        for job_id in known_ids:
+            jobs.apply(jobs.open[job_id], JobResult("PROCESSING", "m", 1.0), 2.0)
+        await jobs.track(new_ids, "chat", "g", "file:x", 2.0)
+        Recorder(store, fail_on_write=2)  # the second transaction never lands (the stop's time is up)
+        with pytest.raises(sqlite3.OperationalError):
+            await jobs.flush()
+        store.shutdown()
+
+    run(scenario())
+    with sqlite3.connect(path) as db:
+        status = dict(db.execute("SELECT id, status FROM jobs"))
+    assert all(status[j] == "PROCESSING" for j in known_ids)
+    # The first transaction: the 8 known rows, then the first 2 new ids in key order.
+    assert sorted(set(new_ids) & set(status)) == sorted(new_ids)[:2]

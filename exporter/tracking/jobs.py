@@ -273,7 +273,7 @@ class TrackedJobs:
             # transactions of their own: a million new ids from a file then neither make one huge
             # transaction nor hold the event loop. Key order writes the B-trees front to back.
             counted = [j for j in pending.values() if j.final != OPEN]
-            polled = sorted((j for j in pending.values() if j.final == OPEN), key=_by_id)
+            polled = self._polled_order(pending.values())
             whole, updates = self._rows(polled[:FLUSH_CHUNK])
             batch = Batch(upserts=[j.row() for j in counted] + whole, deletes=list(deleted), updates=updates,
                           retire=list(retire.items()), counters=self.agg.take_dirty(),
@@ -300,6 +300,16 @@ class TrackedJobs:
                 written += len(whole) + len(updates)
             self.journal.retire(journaled)
             return written
+
+    def _polled_order(self, pending: Iterable[Job]) -> list[Job]:
+        """Still-polled jobs in the order they are written: those the file already has first (what
+        their last polls saw exists nowhere else), then the new ids (a stop that runs out of time
+        leaves those, and they come back from their ids file, the config or the create journal);
+        each part in key order."""
+        unwritten, pending = self._unwritten, list(pending)
+        known = sorted((j for j in pending if j.final == OPEN and j.id not in unwritten), key=_by_id)
+        new = sorted((j for j in pending if j.final == OPEN and j.id in unwritten), key=_by_id)
+        return known + new
 
     def _rows(self, polled: Iterable[Job]) -> tuple[list[tuple], list[tuple]]:
         """Rows of jobs still polled: (whole rows of those the file lacks, rows of the others)."""
