@@ -4,8 +4,8 @@ The state is written by the database itself (generate_series), as bench/fixtures
 SQLite one for scrape_1m: 3 kinds, 10 groups, 20 models, every status, ~10% unfinished; the
 counters those jobs would have produced are summed from the rows by SQL and added through
 `add_counters`, as the exporter adds them. Then, with jobs finishing in the background (the final
-answers go through the store's own `apply_final`, so the counters keep changing and the 1 s cache
-misses):
+answers go through the store's own `apply_final`, so the counters keep changing and every
+read of the facts finds something new):
 
 - the median and p99 of `/metrics/jobs` through one replica (the route with its cache), sequential
   scrapes on one keep-alive connection asking for gzip as Prometheus does;
