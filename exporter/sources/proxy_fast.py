@@ -58,6 +58,7 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()  # once per connection: asyncio checks the pid on each lookup
         self.connections.add(self)
         self.deadline = Deadline(self.transport, self.forwarding.settings().header_timeout_seconds,  # type: ignore[arg-type]
                                  self._too_slow)
@@ -131,7 +132,7 @@ class Client(asyncio.Protocol):
         if self.deadline is not None and self.deadline.phase:
             self.deadline.done()
         self.busy = True
-        asyncio.get_running_loop().create_task(self._serve(request))
+        self.loop.create_task(self._serve(request))
 
     def _refuse(self, exc: BadRequest) -> None:
         """Answer a request llhttp refused (or one too big to read) and close: counted, summarised in
@@ -188,14 +189,15 @@ class Client(asyncio.Protocol):
                               f"request body over {cfg.max_body_bytes} bytes")
         pool = self.pools(fwd.base_url())
         exchange: Exchange | None = None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         deadline = loop.time() + cfg.timeout_seconds  # for the answer's head, connecting included
         head = upstream_head(request, pool.host_header, pool.prefix) + request.body
         try:
             for attempt in (1, 2):
                 upstream = await pool.connection(cfg.timeout_seconds, fresh=attempt == 2)
                 exchange = Exchange(self, upstream, request.method, endpoint == "create",
-                                    fwd.observe_max if endpoint != "other" or self.call else 0, fwd.observe_max + MAX_HEAD)
+                                    fwd.observe_max if endpoint != "other" or self.call else 0, fwd.observe_max + MAX_HEAD,
+                                    loop)
                 upstream.exchange = self.exchange = exchange
                 if self.write_paused:  # a pipelined request while the application still reads slowly
                     upstream.pause()

@@ -78,7 +78,7 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def _after_line_ends(buffer: bytearray, at: int) -> int:
+def _after_line_ends(buffer: bytes | bytearray, at: int) -> int:
     """The first byte at or after `at` that is not a CR or LF (line ends llhttp skips before a head)."""
     while at < len(buffer) and buffer[at] in b"\r\n":
         at += 1
@@ -260,7 +260,7 @@ class AnswerHead:
         if status >= 200:  # an interim answer (100, 103) is not passed on: the final one follows
             self.done = True
 
-    def take(self, buffer: bytearray) -> int:
+    def take(self, buffer: bytes | bytearray) -> int:
         """Read what came of the heads in `buffer`: where the body starts once the final head is
         whole, else -1; BadAnswer when llhttp refuses it."""
         while True:
