@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from exporter.sources.proxy_answer import Exchange
 from exporter.sources.proxy_forwarding import Forwarding
@@ -194,7 +194,8 @@ class Client(asyncio.Protocol):
         head = upstream_head(request, pool.host_header, pool.prefix) + request.body
         try:
             for attempt in (1, 2):
-                upstream = await pool.connection(cfg.timeout_seconds, fresh=attempt == 2)
+                upstream = (pool.idle_connection() if attempt == 1 else None) or await pool.connection(
+                    cfg.timeout_seconds, fresh=True)  # (a coroutine only when a connection must be made)
                 exchange = Exchange(self, upstream, request.method, endpoint == "create",
                                     fwd.observe_max if endpoint != "other" or self.call else 0, fwd.observe_max + MAX_HEAD,
                                     loop)
@@ -236,7 +237,8 @@ class Client(asyncio.Protocol):
         counted = exchange.held is None
         if counted:  # the head went back already
             fwd.stats.answered(endpoint, str(answer.status), seconds)
-        finished = await self._until_done(exchange, cfg.timeout_seconds)
+        # Most answers have ended by the time their head is read (no coroutine for the wait then).
+        finished = not exchange.broken if exchange.done.done() else await self._until_done(exchange, cfg.timeout_seconds)
         self.exchange = upstream.exchange = None
         if self.call is not None:  # counted once its answer went back whole (or broke off)
             self.call.answered(answer.status, exchange.body() if finished else None, answer.encoding)
@@ -253,10 +255,14 @@ class Client(asyncio.Protocol):
         else:
             upstream.close()
         if exchange.held is not None:  # a create's whole answer: its id is stored before it goes back
-            await self._see(endpoint, kind, request, exchange, answer)
+            seen = self._see(endpoint, kind, request, exchange, answer)
+            if seen is not None:
+                await seen
             self.write(b"".join(exchange.held))
         elif exchange.keep and self.call is None:
-            await self._see(endpoint, kind, request, exchange, answer)
+            seen = self._see(endpoint, kind, request, exchange, answer)
+            if seen is not None:
+                await seen
         return answer.framing == "close" or exchange.broken
 
     async def _until_done(self, exchange: Exchange, timeout: float) -> bool:
@@ -273,11 +279,14 @@ class Client(asyncio.Protocol):
                 break
         return exchange.done.done() and not exchange.broken
 
-    async def _see(self, endpoint: str, kind: str, request: Request, exchange: Exchange, answer: Answer) -> None:
+    def _see(self, endpoint: str, kind: str, request: Request, exchange: Exchange,
+             answer: Answer) -> Awaitable[None] | None:
+        """The hooks' look at the answer, to await; None when its body was not kept."""
         body = exchange.body()
-        if body is not None:
-            await self.forwarding.see(endpoint, kind, request.group, request.body, body, answer.encoding,
-                                      request.traceparent if endpoint == "create" else None)  # only a create's is kept
+        if body is None:
+            return None
+        return self.forwarding.see(endpoint, kind, request.group, request.body, body, answer.encoding,
+                                   request.traceparent if endpoint == "create" else None)  # only a create's is kept
 
     def _fail(self, endpoint: str, status: int, reason: str, error: str, message: str) -> bool:
         self.forwarding.stats.error(error)
