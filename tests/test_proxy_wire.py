@@ -100,6 +100,16 @@ def test_an_answer_is_framed_as_http_says(head, method, framing, reusable):
     assert (b"Connection: close\r\n" in answer.head) == (framing == "close")
 
 
+def test_the_answer_fields_go_back_as_they_came_minus_the_hop_by_hop_ones():
+    """The head is passed on from its bytes (one search for the fields the policy reads or drops)."""
+    answer = parse_answer(b"HTTP/1.1 200 OK\r\nX-A:  spaced \t\r\nconnection: keep-alive\r\nKEEP-ALIVE: 5\r\n"
+                          b"Proxy-X: 1\r\nTE: x\r\nUpgrade: h2c\r\nX-Te: kept\r\nContent-Length:  0 ", b"GET")
+    assert answer.head == b"HTTP/1.1 200 OK\r\nX-A:  spaced \t\r\nX-Te: kept\r\nContent-Length:  0 \r\n\r\n"
+    assert (answer.framing, answer.length, answer.reusable) == ("length", 0, True)
+    assert parse_answer(b"HTTP/1.1 200 OK\r\n" + b"X: 1\r\n" * 99 + b"Content-Length: 0", b"GET") is not None
+    assert parse_answer(b"HTTP/1.1 200 OK\r\n" + b"X: 1\r\n" * 100 + b"Content-Length: 0", b"GET") is None  # 101 fields
+    assert parse_answer(b"HTTP/1.0 200 OK\r\nContent-Length: 0", b"GET").reusable is False
+
 def test_the_answer_head_keeps_the_api_fields_and_drops_hop_by_hop_ones():
     answer = parse_answer(b"HTTP/1.1 200 OK\r\nX-Upstream: yes\r\nConnection: keep-alive, X-Hop\r\nX-Hop: no\r\n"
                           b"Keep-Alive: timeout=5\r\nContent-Encoding: GZIP\r\nContent-Length: 3", b"POST")

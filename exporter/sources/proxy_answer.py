@@ -86,14 +86,14 @@ class Exchange:
     the application as it comes, or held whole while a create's id is stored."""
 
     def __init__(self, client: Receiver, upstream: Upstream, method: bytes, hold: bool, keep: int,
-                 hold_max: int) -> None:
+                 hold_max: int, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.client, self.upstream, self.method = client, upstream, method
         self.hold_max = hold_max  # a create's answer longer than this is streamed on
         self.hold, self.keep = hold, keep
         self.buffer = bytearray()
         self.reader = AnswerHead()
         self.answer: Answer | None = None
-        loop = asyncio.get_running_loop()
+        loop = loop or asyncio.get_running_loop()
         self.headed: asyncio.Future[None] = loop.create_future()
         self.done: asyncio.Future[None] = loop.create_future()
         self.left = 0  # "length": body bytes still to come
@@ -133,17 +133,22 @@ class Exchange:
 
     def _head(self, data: bytes) -> bytes:
         """Feed llhttp the head's bytes (each once); the body's first bytes once the head is whole."""
-        self.buffer += data
+        buffer: bytes | bytearray = data  # most heads come whole in one read: not copied to the buffer
+        if self.buffer:
+            self.buffer += data
+            buffer = self.buffer
         try:
-            end = self.reader.take(self.buffer)
+            end = self.reader.take(buffer)
         except BadAnswer:
             self._fail_upstream()
             return b""
         if end < 0 or end > MAX_HEAD:
-            if len(self.buffer) > MAX_HEAD:
+            if len(buffer) > MAX_HEAD:
                 self._fail_upstream()
+            elif buffer is data:
+                self.buffer += data
             return b""
-        rest = bytes(self.buffer[end:])
+        rest = bytes(buffer[end:])
         self.buffer.clear()
         answer = answer_of(self.reader, self.method)
         self.answer = answer

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from exporter.sources.proxy_answer import Exchange
 from exporter.sources.proxy_forwarding import Forwarding
@@ -58,6 +58,7 @@ class Client(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.loop = asyncio.get_running_loop()  # once per connection: asyncio checks the pid on each lookup
         self.connections.add(self)
         self.deadline = Deadline(self.transport, self.forwarding.settings().header_timeout_seconds,  # type: ignore[arg-type]
                                  self._too_slow)
@@ -131,7 +132,7 @@ class Client(asyncio.Protocol):
         if self.deadline is not None and self.deadline.phase:
             self.deadline.done()
         self.busy = True
-        asyncio.get_running_loop().create_task(self._serve(request))
+        self.loop.create_task(self._serve(request))
 
     def _refuse(self, exc: BadRequest) -> None:
         """Answer a request llhttp refused (or one too big to read) and close: counted, summarised in
@@ -188,14 +189,16 @@ class Client(asyncio.Protocol):
                               f"request body over {cfg.max_body_bytes} bytes")
         pool = self.pools(fwd.base_url())
         exchange: Exchange | None = None
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         deadline = loop.time() + cfg.timeout_seconds  # for the answer's head, connecting included
         head = upstream_head(request, pool.host_header, pool.prefix) + request.body
         try:
             for attempt in (1, 2):
-                upstream = await pool.connection(cfg.timeout_seconds, fresh=attempt == 2)
+                upstream = (pool.idle_connection() if attempt == 1 else None) or await pool.connection(
+                    cfg.timeout_seconds, fresh=True)  # (a coroutine only when a connection must be made)
                 exchange = Exchange(self, upstream, request.method, endpoint == "create",
-                                    fwd.observe_max if endpoint != "other" or self.call else 0, fwd.observe_max + MAX_HEAD)
+                                    fwd.observe_max if endpoint != "other" or self.call else 0, fwd.observe_max + MAX_HEAD,
+                                    loop)
                 upstream.exchange = self.exchange = exchange
                 if self.write_paused:  # a pipelined request while the application still reads slowly
                     upstream.pause()
@@ -234,7 +237,8 @@ class Client(asyncio.Protocol):
         counted = exchange.held is None
         if counted:  # the head went back already
             fwd.stats.answered(endpoint, str(answer.status), seconds)
-        finished = await self._until_done(exchange, cfg.timeout_seconds)
+        # Most answers have ended by the time their head is read (no coroutine for the wait then).
+        finished = not exchange.broken if exchange.done.done() else await self._until_done(exchange, cfg.timeout_seconds)
         self.exchange = upstream.exchange = None
         if self.call is not None:  # counted once its answer went back whole (or broke off)
             self.call.answered(answer.status, exchange.body() if finished else None, answer.encoding)
@@ -251,10 +255,14 @@ class Client(asyncio.Protocol):
         else:
             upstream.close()
         if exchange.held is not None:  # a create's whole answer: its id is stored before it goes back
-            await self._see(endpoint, kind, request, exchange, answer)
+            seen = self._see(endpoint, kind, request, exchange, answer)
+            if seen is not None:
+                await seen
             self.write(b"".join(exchange.held))
         elif exchange.keep and self.call is None:
-            await self._see(endpoint, kind, request, exchange, answer)
+            seen = self._see(endpoint, kind, request, exchange, answer)
+            if seen is not None:
+                await seen
         return answer.framing == "close" or exchange.broken
 
     async def _until_done(self, exchange: Exchange, timeout: float) -> bool:
@@ -271,11 +279,14 @@ class Client(asyncio.Protocol):
                 break
         return exchange.done.done() and not exchange.broken
 
-    async def _see(self, endpoint: str, kind: str, request: Request, exchange: Exchange, answer: Answer) -> None:
+    def _see(self, endpoint: str, kind: str, request: Request, exchange: Exchange,
+             answer: Answer) -> Awaitable[None] | None:
+        """The hooks' look at the answer, to await; None when its body was not kept."""
         body = exchange.body()
-        if body is not None:
-            await self.forwarding.see(endpoint, kind, request.group, request.body, body, answer.encoding,
-                                      request.traceparent if endpoint == "create" else None)  # only a create's is kept
+        if body is None:
+            return None
+        return self.forwarding.see(endpoint, kind, request.group, request.body, body, answer.encoding,
+                                   request.traceparent if endpoint == "create" else None)  # only a create's is kept
 
     def _fail(self, endpoint: str, status: int, reason: str, error: str, message: str) -> bool:
         self.forwarding.stats.error(error)

@@ -26,28 +26,29 @@ class Deadline:
     incomplete (`arm`): a request that comes whole in one read costs no timer. A connection whose
     reading the proxy paused (its own flow control) is not the application's delay."""
 
-    __slots__ = ("transport", "seconds", "expire", "timer", "phase", "since")
+    __slots__ = ("transport", "seconds", "expire", "timer", "phase", "since", "loop")
 
     def __init__(self, transport: asyncio.Transport, seconds: float, expire: Callable[[], None]) -> None:
         self.transport, self.seconds, self.expire = transport, seconds, expire
+        self.loop = asyncio.get_running_loop()  # once: asyncio checks the process id on every lookup
         self.timer: asyncio.TimerHandle | None = None
         self.phase = ""  # "head", "body" or "" (no request being received)
         self.since = 0.0  # the head's first byte, or the body's latest piece
 
     def head_started(self) -> None:
         if self.phase != "head":
-            self.phase, self.since = "head", asyncio.get_running_loop().time()
+            self.phase, self.since = "head", self.loop.time()
 
     def body_started(self) -> None:
-        self.phase, self.since = "body", asyncio.get_running_loop().time()
+        self.phase, self.since = "body", self.loop.time()
 
     def body_data(self) -> None:
-        self.since = asyncio.get_running_loop().time()
+        self.since = self.loop.time()
 
     def arm(self) -> None:
         """Set the timer if a request is under way and none is set."""
         if self.phase and self.timer is None:
-            self.timer = asyncio.get_running_loop().call_at(self.since + self.seconds, self._check)
+            self.timer = self.loop.call_at(self.since + self.seconds, self._check)
 
     def done(self) -> None:
         """No request under way (any timer set is cancelled)."""
@@ -60,7 +61,7 @@ class Deadline:
         self.timer = None
         if not self.phase:
             return
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         if hasattr(self.transport, "is_reading") and not self.transport.is_reading():
             self.since = loop.time()  # paused by the proxy: the wait starts again when reading does
         if loop.time() < self.since + self.seconds:

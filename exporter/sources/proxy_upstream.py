@@ -86,16 +86,23 @@ class Pool:
         self.closed = False  # a pool replaced after api.base_url changed: what comes back is closed
         self._ssl: ssl.SSLContext | None = ssl.create_default_context() if self.tls else None
 
-    async def connection(self, timeout: float, fresh: bool = False) -> Upstream:
-        """An idle connection (unless `fresh`), or a new one within `timeout` seconds (TimeoutError,
-        OSError)."""
+    def idle_connection(self) -> Upstream | None:
+        """An idle connection still fit for use, if there is one (without a coroutine: the common case)."""
         now = time.monotonic()
-        while self.idle and not fresh:
+        while self.idle:
             conn = self.idle.pop()
             if not conn.closed and now - conn.idle_since < UPSTREAM_IDLE_SECONDS:
                 conn.reused = True
                 return conn
             conn.close()
+        return None
+
+    async def connection(self, timeout: float, fresh: bool = False) -> Upstream:
+        """An idle connection (unless `fresh`), or a new one within `timeout` seconds (TimeoutError,
+        OSError)."""
+        conn = None if fresh else self.idle_connection()
+        if conn is not None:
+            return conn
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             _, conn = await loop.create_connection(Upstream, self.host, self.port, ssl=self._ssl,

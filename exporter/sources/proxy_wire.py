@@ -36,6 +36,10 @@ MAX_FIELDS = 100  # header fields of one request or answer: past it, 431 (a requ
 _HAND_OVER = frozenset({b"transfer-encoding", b"expect", b"upgrade"})
 _DROP_REQUEST = frozenset(n.encode() for n in HOP_BY_HOP) | {b"host", GROUP_HEADER.lower().encode()}
 _DROP_ANSWER = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"upgrade", b"te"})
+# The answer fields the policy reads or drops, found in the head's bytes by one search: llhttp has
+# refused any head whose lines are not `name:value` between CRLFs (no space before the colon).
+_ANSWER_FIELDS = re.compile(rb"\r\n(content-length|transfer-encoding|content-encoding|connection|keep-alive|upgrade|te"
+                            rb"|proxy-[^:]*):[ \t]*([^\r]*)", re.IGNORECASE)
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"host"})  # never dropped as hop-by-hop
 _TARGET = re.compile(rb"/[!-~]*|https?://[!-~]+")
 
@@ -74,19 +78,11 @@ class BadRequest(ValueError):
         self.status = status
 
 
-def _after_line_ends(buffer: bytearray, at: int) -> int:
+def _after_line_ends(buffer: bytes | bytearray, at: int) -> int:
     """The first byte at or after `at` that is not a CR or LF (line ends llhttp skips before a head)."""
     while at < len(buffer) and buffer[at] in b"\r\n":
         at += 1
     return at
-
-
-def _head_end(buffer: bytearray, fed: int, start: int) -> int:
-    """Where the head starting at `start` ends (past its blank line), searching only what llhttp has
-    not read yet; -1 while it has not all come. llhttp refuses a bare CR or LF in a head, so the first
-    CRLF CRLF is its end."""
-    at = buffer.find(b"\r\n\r\n", max(fed - 3, start))
-    return at + 4 if at >= 0 else -1
 
 
 class RequestHead:
@@ -127,11 +123,14 @@ class RequestHead:
         BadRequest when llhttp refuses it."""
         fed = self.fed
         # The blank line may have begun in an earlier read: search from 3 bytes back, not before the head.
-        end = _head_end(buffer, fed, self.begin)
+        # (llhttp refuses a bare CR or LF in a head, so the first CRLF CRLF is its end.)
+        end = buffer.find(b"\r\n\r\n", fed - 3 if fed - 3 > self.begin else self.begin)
+        if end >= 0:
+            end += 4
         self.fed = end if end >= 0 else len(buffer)
         try:
-            with memoryview(buffer) as view:  # fed in place: no copy of the head
-                self.parser.feed_data(view[fed:self.fed])
+            # Only the bytes not fed yet are copied (each byte once); a memoryview costs more per head.
+            self.parser.feed_data(buffer[fed:self.fed])
         except httptools.HttpParserUpgrade:
             pass  # Upgrade or CONNECT: a whole head, which the policy hands to aiohttp
         except httptools.HttpParserError as exc:
@@ -233,55 +232,47 @@ class BadAnswer(ValueError):
 
 class AnswerHead:
     """The API's answer head as llhttp reads it, fed as its bytes come, each byte once and never past
-    the final head's blank line: interim answers (1xx) are read past. Its parser refers back to it
-    (the callbacks): once the final head is read, or refused, the parser is let go, so that the pair
-    is freed at once rather than left, one per answer, to Python's cyclic garbage collector."""
+    the final head's blank line: interim answers (1xx) are read past. llhttp judges every byte; the
+    final head's fields are then read from its bytes in one pass (`answer_of`): llhttp has refused any
+    head whose lines are not exactly `name: value` between CRLFs, and a callback per field costs more
+    than the split. Its parser refers back to it (the callback): once the final head is read, or
+    refused, the parser is let go, so that the pair is freed at once rather than left, one per answer,
+    to Python's cyclic garbage collector."""
 
-    __slots__ = ("parser", "reason", "fields", "heads", "done", "error", "fed", "start", "status", "version")
+    __slots__ = ("parser", "raw", "heads", "done", "error", "fed", "start", "status")
 
     def __init__(self) -> None:
-        self.reason = b""
-        self.fields: list[tuple[bytes, bytes]] = []
+        self.raw = b""  # the final head's bytes: its status line and fields, without the blank line
         self.heads = 0
         self.done = False
         self.error: BadAnswer | None = None
         self.fed = self.start = 0
-        self.status, self.version = 0, ""  # the latest head's
+        self.status = 0  # the latest head's
         self.parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
-
-    def on_status(self, reason: bytes) -> None:
-        self.reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.fields.append((name, value.rstrip(b" \t")))
-        if len(self.fields) > MAX_FIELDS:
-            self.error = BadAnswer("too many header fields")
-            raise self.error
 
     def on_headers_complete(self) -> None:
         self.heads += 1
         assert self.parser is not None
         status = self.status = self.parser.get_status_code()
-        self.version = self.parser.get_http_version()
         if status == 101:
             self.error = BadAnswer("an upgrade (101) instead of an answer")
             raise self.error
-        if status < 200:  # interim (100, 103): not passed on; the final answer follows
-            self.reason, self.fields = b"", []
-            return
-        self.done = True
+        if status >= 200:  # an interim answer (100, 103) is not passed on: the final one follows
+            self.done = True
 
-    def take(self, buffer: bytearray) -> int:
+    def take(self, buffer: bytes | bytearray) -> int:
         """Read what came of the heads in `buffer`: where the body starts once the final head is
         whole, else -1; BadAnswer when llhttp refuses it."""
         while True:
-            end = _head_end(buffer, self.fed, self.start)
+            fed = self.fed
+            end = buffer.find(b"\r\n\r\n", fed - 3 if fed - 3 > self.start else self.start)  # past the blank line; -1 while it has not all come
+            if end >= 0:
+                end += 4
             stop = end if end >= 0 else len(buffer)
             heads = self.heads
             assert self.parser is not None
             try:
-                with memoryview(buffer) as view:  # fed in place: no copy of the head
-                    self.parser.feed_data(view[self.fed:stop])
+                self.parser.feed_data(buffer[fed:stop])  # the bytes not fed yet (each byte once)
             except httptools.HttpParserUpgrade:
                 self.parser = None
                 raise BadAnswer("an upgrade instead of an answer") from None
@@ -296,49 +287,78 @@ class AnswerHead:
                 raise BadAnswer("malformed answer head")
             if self.done:
                 self.parser = None  # the head is all it reads
+                self.raw = bytes(buffer[_after_line_ends(buffer, self.start):end - 4])
+                if self.raw.count(b"\r\n") > MAX_FIELDS:
+                    raise BadAnswer("too many header fields")
                 return end
             self.start = _after_line_ends(buffer, end)  # an interim head: the next one follows
 
 
 def answer_of(head: AnswerHead, method: bytes) -> Answer:
     """The proxy's policy on the final answer head llhttp accepted: how its body is framed, whether
-    the connection may be reused, and the head the application gets (hop-by-hop fields dropped, and
-    Content-Length dropped when Transfer-Encoding is there: RFC 9112 6.3)."""
-    status = head.status
-    fields = head.fields
+    the connection may be reused, and the head the application gets: its field lines as they came,
+    minus the hop-by-hop ones, and minus Content-Length when Transfer-Encoding is there (RFC 9112 6.3).
+    One search finds the few fields this reads or drops; the others are passed on in one slice."""
+    raw = head.raw
     length: bytes | None = None
     codings: list[bytes] = []
     connection: list[bytes] = []
     encoding = b"identity"
-    for name, value in fields:
-        lower = name.lower()
+    cuts: list[tuple[int, int]] = []  # the hop-by-hop lines (from their CRLF before, to their end)
+    lengths: list[tuple[int, int]] = []
+    for match in _ANSWER_FIELDS.finditer(raw):
+        lower = match[1].lower()
+        value = match[2].rstrip(b" \t")
         if lower == b"content-length":
             length = value
+            lengths.append(match.span())
         elif lower == b"transfer-encoding":
             codings += [token.strip().lower() for token in value.split(b",")]
         elif lower == b"content-encoding":
             encoding = value.strip().lower()
-        elif lower == b"connection":
-            connection.append(value)
+        else:
+            if lower == b"connection":
+                connection.append(value)
+            cuts.append(match.span())
     named = _named(connection) - _FRAMING  # the answer's own framing is passed on with its body
-    reusable = b"close" not in named and (head.version == "1.1" or b"keep-alive" in named)
+    if codings:
+        cuts += lengths
+    extra = named - _DROP_ANSWER
+    if extra:  # (rare) the fields the Connection field names are dropped too
+        cuts += _lines_named(raw, extra)
+    if len(cuts) > 1:
+        cuts = sorted(set(cuts))
+    reusable = b"close" not in named and (raw.startswith(b"HTTP/1.1") or b"keep-alive" in named)
+    framing = _framing(head.status, method, codings, length)
+    line = raw.find(b"\r\n")
+    line = len(raw) if line < 0 else line
+    out = [b"HTTP/1.1 %d " % head.status, raw[13:line]]  # llhttp checked the status line: "HTTP/d.d ddd"
+    for start, end in cuts:
+        out.append(raw[line:start])
+        line = end
+    out += (raw[line:], b"\r\nConnection: close\r\n\r\n" if framing == "close" else b"\r\n\r\n")
+    return Answer(head.status, b"".join(out), framing, int(length or 0), encoding.decode("latin-1"),
+                  reusable and framing != "close")
+
+
+def _framing(status: int, method: bytes, codings: list[bytes], length: bytes | None) -> str:
     if method == b"HEAD" or status in (204, 304):
-        framing = "none"
-    elif codings:  # chunked only when it is the last coding (as llhttp reads it); else until close
-        framing = "chunked" if codings[-1] == b"chunked" else "close"
-    else:
-        framing = "length" if length is not None else "close"
-    out = [b"HTTP/1.1 %d " % status, head.reason, b"\r\n"]
-    for name, value in fields:
-        lower = name.lower()
-        if (lower not in _DROP_ANSWER and lower not in named and not lower.startswith(b"proxy-")
-                and not (codings and lower == b"content-length")):
-            out += (name, b": ", value, b"\r\n")
-    if framing == "close":
-        out.append(b"Connection: close\r\n")
-        reusable = False
-    out.append(b"\r\n")
-    return Answer(status, b"".join(out), framing, int(length or 0), encoding.decode("latin-1"), reusable)
+        return "none"
+    if codings:  # chunked only when it is the last coding (as llhttp reads it); else until close
+        return "chunked" if codings[-1] == b"chunked" else "close"
+    return "length" if length is not None else "close"
+
+
+def _lines_named(raw: bytes, named: set[bytes]) -> list[tuple[int, int]]:
+    """The lines of the head `raw` whose field names `named` holds (from their CRLF before, to their end)."""
+    spans: list[tuple[int, int]] = []
+    at = raw.find(b"\r\n")
+    while at >= 0:
+        after = raw.find(b"\r\n", at + 2)
+        if raw[at + 2:raw.index(b":", at + 2)].lower() in named:
+            spans.append((at, len(raw) if after < 0 else after))
+        at = after
+    return spans
 
 
 def parse_answer(head: bytes, method: bytes) -> Answer | None:
