@@ -16,7 +16,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
 
 from exporter.config import PollConfig
 from exporter.polling.client import ApiClient, ApiError, NotFound, RateLimited, Unauthorized
@@ -26,7 +26,6 @@ from exporter.polling.schedule import auth_pause, error_delay, next_interval
 from exporter.tracking.aggregates import ApiAggregates
 from exporter.tracking.contract import Applied, Claim
 from exporter.tracking.finishing import is_final
-from exporter.tracking.proxied import GroupCommit
 
 log = logging.getLogger("distribute.poller")
 
@@ -45,6 +44,40 @@ class ClaimingStore(Protocol):
     async def finish_many(self, answers: list[tuple[str, Any, int | None]]) -> list[Applied]: ...
     async def apply_error(self, claim: Claim, code: int | None, delay: float) -> Applied: ...
     async def not_found(self, claim: Claim, grace: float, delay: float) -> Applied: ...
+
+
+T = TypeVar("T")
+
+
+class Batches(Generic[T]):
+    """Answers handed over without waiting: `put` only appends, and one writer task writes whatever
+    gathered while its last write ran, by one call of `write` (one statement and commit for many
+    answers). No task, future or shield per answer: on one event loop that also asks the API,
+    those cost as much as the answer's share of the statement. `settled(n, error)` is told after
+    each batch (error: what the write raised, or None)."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]],
+                 settled: Callable[[int, Exception | None], None], name: str) -> None:
+        self._write = write
+        self._settled = settled
+        self._name = name
+        self._items: list[T] = []
+        self.task: asyncio.Task[None] | None = None  # the writer, while there is something to write
+
+    def put(self, item: T) -> None:
+        self._items.append(item)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._drain(), name=self._name)
+
+    async def _drain(self) -> None:
+        while self._items:
+            batch, self._items = self._items, []
+            error: Exception | None = None
+            try:
+                await self._write(batch)
+            except Exception as exc:  # the database went away: the leases bring these jobs back
+                error = exc
+            self._settled(len(batch), error)
 
 
 class DatabaseHealth:
@@ -95,10 +128,11 @@ class SharedPoller:
         self._settling: set[asyncio.Future[None]] = set()  # answers being written
         # Non-final answers arriving together are written by one statement (a final one has its own
         # transaction with its counters): a commit per answer is what PostgreSQL charges most for.
-        self._moves: GroupCommit[tuple[Claim, Any, float]] = GroupCommit(self._write_moves, "poll-answers")
+        self._moves: Batches[tuple[Claim, Any, float]] = Batches(self._write_moves, self._written, "poll-answers")
         # Final answers likewise: one transaction makes a batch final and adds its counters (each job
         # still checked "not final yet" and its epoch under its row lock).
-        self._finals: GroupCommit[tuple[str, Any, int | None]] = GroupCommit(self._write_finals, "poll-finals")
+        self._finals: Batches[tuple[str, Any, int | None]] = Batches(self._write_finals, self._written,
+                                                                     "poll-finals")
 
     async def _write_moves(self, answers: list[tuple[Claim, Any, float]]) -> None:
         applied = await self.store.apply_many(answers)
@@ -124,9 +158,10 @@ class SharedPoller:
                     tasks.add(asyncio.create_task(self._dispatch() if name == "dispatcher" else self._work(),
                                                   name=name))
         finally:
-            for task in (*tasks, *self._settling):
+            writers = [b.task for b in (self._moves, self._finals) if b.task is not None]
+            for task in (*tasks, *self._settling, *writers):
                 task.cancel()
-            await asyncio.gather(*tasks, *self._settling, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._settling, *writers, return_exceptions=True)
 
     async def _dispatch(self) -> None:
         backoff = 0.5
@@ -180,7 +215,9 @@ class SharedPoller:
                 # database's round trips overlap the next requests instead of adding to each poll.
                 # At most UNWRITTEN answers per worker wait for the database; beyond, workers wait too.
                 await self._unwritten.acquire()
-                self._spawn(self._settle(write))
+                single = write()  # a batched answer is only queued (None); a single write is awaited apart
+                if single is not None:
+                    self._spawn(self._settle(single))
                 handed = True
             except asyncio.CancelledError:
                 raise
@@ -193,13 +230,21 @@ class SharedPoller:
                 if self._room_for() >= self._claim_at():
                     self._room.set()
 
-    async def _settle(self, write: Callable[[], Awaitable[None]]) -> None:
+    async def _settle(self, write: Awaitable[None]) -> None:
         try:
-            await write()
+            await write
         except Exception as exc:  # the database went away while writing: the lease brings the job back
             self.health.failed(exc)
         finally:
             self.leases -= 1
+            self._unwritten.release()
+
+    def _written(self, count: int, error: Exception | None) -> None:
+        """A batch of answers written (or lost with the database: their leases bring the jobs back)."""
+        if error is not None:
+            self.health.failed(error)
+        self.leases -= count
+        for _ in range(count):
             self._unwritten.release()
 
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -207,8 +252,9 @@ class SharedPoller:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def ask(self, claim: Claim) -> Callable[[], Awaitable[None]]:
-        """Ask the API about a claimed job; answer the write that records what it said (not yet run)."""
+    async def ask(self, claim: Claim) -> Callable[[], Awaitable[None] | None]:
+        """Ask the API about a claimed job; answer the write that records what it said (not yet run):
+        called, it queues a batched answer (and answers None) or answers a single write to await."""
         job, cfg = claim.job, self.config
         try:
             result, answer = await self.client.fetch(job.kind, job.id)
@@ -230,8 +276,8 @@ class SharedPoller:
         changed = result.status != job.status
         delay = _jitter(next_interval(job.interval, changed, cfg.interval_seconds, cfg.max_interval_seconds))
         if is_final(result.status):
-            return lambda: self._finals.add((job.id, result, claim.epoch))
-        return lambda: self._moves.add((claim, result, delay))
+            return lambda: self._finals.put((job.id, result, claim.epoch))
+        return lambda: self._moves.put((claim, result, delay))
 
     async def _single(self, write: Awaitable[Applied]) -> None:
         self._outcome(await write)
