@@ -94,3 +94,32 @@ def test_workers_keep_polling_while_finals_are_written_and_each_is_counted_once(
     assert facts.finished[("chat", "g", "m", "COMPLETED")] == len(ids)
     assert facts.tokens[("g", "m", "prompt")] == len(ids)
     assert max(api.asked.values()) == 3 and poller.stale == 0
+
+
+def test_jobs_registered_while_the_claimers_find_nothing_due_are_polled(pg_db):
+    """Both claimers find nothing due for a while (each asks while the other's claim is in flight);
+    ids registered then are still claimed and polled to the end: no claimer is left waiting for
+    room that nobody will announce."""
+    url, pw = pg_db
+    ids = [f"late{i:03d}" for i in range(40)]
+
+    async def go():
+        store = PgJobStore(await create_pool(url, pw, max_size=4), (1.0, 10.0))
+        await store.migrate()
+        api = Api()
+        poller = SharedPoller(store, api, RateLimiter(0), ApiAggregates((0.1, 1.0)),  # type: ignore[arg-type]
+                              PollConfig(interval_seconds=0.05, max_interval_seconds=0.1), WORKERS, 30.0,
+                              DatabaseHealth())
+        loop = asyncio.create_task(poller.run())
+        try:
+            await asyncio.sleep(0.5)  # several empty claims by each claimer
+            await store.register(ids, "chat", "g", "config")
+            await until(lambda: all(api.asked.get(i, 0) >= 3 for i in ids) and poller.leases == 0, 60,
+                        "the late ids polled to the end")
+            finals = await store.pool.fetchval("SELECT count(*) FROM jobs WHERE final = 1")
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+            await store.pool.close()
+        return finals
+    assert asyncio.run(go()) == len(ids)

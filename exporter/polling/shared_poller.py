@@ -1,8 +1,9 @@
 """The poll loop of a replica sharing its state in PostgreSQL: no heap of its own, the database
 says what is due.
 
-A dispatcher claims due jobs in batches, for the free workers and (without a rate limit) a queue
-ahead of them; with a rate limit, no more than it lets go within a second. Each claim is a lease
+Two claimers claim due jobs in batches (disjoint: SKIP LOCKED; one in flight while the other's
+rows are used), for the free workers and (without a rate limit) a queue ahead of them; with a rate
+limit, no more than it lets go within a second. Each claim is a lease
 (the job comes due again by itself if this replica dies). Workers ask the API and hand the answer
 to a writer, which applies it under the claim's epoch while the worker asks about the next job:
 answers arriving together share a commit (group commit). While the database cannot be reached
@@ -32,8 +33,15 @@ log = logging.getLogger("distribute.poller")
 DEFAULT_RETRY_AFTER = 5.0
 IDLE_SECONDS = 0.05  # how often an idle replica asks whether anything came due (an indexed probe)
 DB_BACKOFF_MAX = 10.0
-AHEAD = 4  # claims queued ahead of the workers without a rate limit, per worker
-UNWRITTEN = 8  # answers in hand waiting for the database, per worker: they share transactions
+# Claims queued ahead of the workers without a rate limit, per worker: deep enough that a claim's
+# round trip on a loaded machine (20-30 ms seen from the replica, bench/NOTES.md) never lets the
+# queue run dry; a queued claim waits a fraction of a second of its lease.
+AHEAD = 8
+# Claims in flight at once: a claim's round trip on a busy machine lasts as long as the workers take
+# to use a batch, and a second claimer keeps the queue from running dry meanwhile (the claims are
+# disjoint: SKIP LOCKED).
+CLAIMERS = 2
+UNWRITTEN = 16  # answers in hand waiting for the database, per worker: they share transactions
 JITTER = 0.1  # next due times spread by +-10%, so jobs created together are not polled together
 
 
@@ -121,6 +129,7 @@ class SharedPoller:
         self.leases = 0  # claims in hand (claimed, their answer not yet written)
         self._queue: asyncio.Queue[Claim] = asyncio.Queue()
         self._held = 0  # claims queued or being asked about
+        self._claiming = 0  # claims asked of the database, not yet answered
         self._room = asyncio.Event()
         self._room.set()
         self._auth_failures = 0
@@ -145,7 +154,7 @@ class SharedPoller:
         self.health.ok()
 
     async def run(self) -> None:
-        tasks = {asyncio.create_task(self._dispatch(), name="dispatcher")}
+        tasks = {asyncio.create_task(self._dispatch(), name=f"dispatcher-{i}") for i in range(CLAIMERS)}
         tasks |= {asyncio.create_task(self._work(), name=f"worker-{i}") for i in range(self.concurrency)}
         try:
             while True:
@@ -155,7 +164,7 @@ class SharedPoller:
                     log.error("poll loop task %s died (%r); restarting it", name,
                               task.exception() if not task.cancelled() else None)
                     self.restarts += 1
-                    tasks.add(asyncio.create_task(self._dispatch() if name == "dispatcher" else self._work(),
+                    tasks.add(asyncio.create_task(self._dispatch() if name.startswith("dispatcher") else self._work(),
                                                   name=name))
         finally:
             writers = [b.task for b in (self._moves, self._finals) if b.task is not None]
@@ -170,38 +179,50 @@ class SharedPoller:
             await self._room.wait()
             limit = self._room_for()
             if self.limiter.rate > 0:  # no more than the rate limit lets go within about a second
-                limit = min(limit, max(1, int(self.limiter.burst)))
-            if limit <= 0:
+                limit = min(limit, max(1, int(self.limiter.burst))) if not self._claiming else 0
+            if limit <= 0:  # the claimer in flight, or the workers, set it again
                 self._room.clear()
                 continue
+            self._claiming += limit  # reserved: the other claimer takes only what is left
             try:
                 claims = await self.store.claim(limit, self.lease)
             except Exception as exc:  # the database is down or slow: pause, keep serving
+                self._claiming -= limit
+                self._room_changed()
                 self.health.failed(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, DB_BACKOFF_MAX)
                 continue
+            self._claiming -= limit
             backoff = 0.5
             self.health.ok()
             self._held += len(claims)
-            if self._room_for() < self._claim_at():
-                self._room.clear()
+            self._room_changed()
             self.leases += len(claims)
             for claim in claims:
                 self._queue.put_nowait(claim)
             if not claims:
                 await asyncio.sleep(IDLE_SECONDS)
 
+    def _room_changed(self) -> None:
+        """Wake a claimer if there is room for a batch; else let the workers wake one when there is.
+        Said after every claim, so that no claimer waits on a clear event while the other, which
+        cleared it, has nothing left to claim for."""
+        if self._room_for() >= self._claim_at():
+            self._room.set()
+        else:
+            self._room.clear()
+
     def _room_for(self) -> int:
         """How many more claims to take: one per free worker, and without a rate limit as many again
         queued ahead, so that workers never wait for a claim's round trip. A claim waiting in the
         queue is a lease running out unused: with a rate limit, none waits beyond the workers."""
         ahead = AHEAD * self.concurrency if self.limiter.rate <= 0 else 0
-        return self.concurrency + ahead - self._held
+        return self.concurrency + ahead - self._held - self._claiming
 
     def _claim_at(self) -> int:
         """Claim again once this many are free, not at every answer: one statement serves many jobs
-        (without a rate limit, as many as there are workers, while the queue still feeds them)."""
+        (without a rate limit, half the queue ahead, while the other half still feeds the workers)."""
         return AHEAD // 2 * self.concurrency if self.limiter.rate <= 0 else max(1, self.concurrency // 2)
 
     async def _work(self) -> None:
