@@ -33,10 +33,13 @@ log = logging.getLogger("distribute.poller")
 DEFAULT_RETRY_AFTER = 5.0
 IDLE_SECONDS = 0.05  # how often an idle replica asks whether anything came due (an indexed probe)
 DB_BACKOFF_MAX = 10.0
-# Claims queued ahead of the workers without a rate limit, per worker: deep enough that a claim's
-# round trip on a loaded machine (20-30 ms seen from the replica, bench/NOTES.md) never lets the
-# queue run dry; a queued claim waits a fraction of a second of its lease.
+# Claims queued ahead of the workers without a rate limit: at most this many per worker, and no
+# more than the workers answer in QUEUE_SECONDS at their current pace, so that a queued claim waits
+# a small part of its lease however slow the API is. Deep enough on a fast API that a claim's round
+# trip on a loaded machine (20-30 ms seen from the replica, bench/NOTES.md) never lets it run dry.
 AHEAD = 8
+QUEUE_SECONDS = 0.5
+ASK_WEIGHT = 0.05  # of each new ask's duration in the moving average
 # Claims in flight at once: a claim's round trip on a busy machine lasts as long as the workers take
 # to use a batch, and a second claimer keeps the queue from running dry meanwhile (the claims are
 # disjoint: SKIP LOCKED).
@@ -130,6 +133,7 @@ class SharedPoller:
         self._queue: asyncio.Queue[Claim] = asyncio.Queue()
         self._held = 0  # claims queued or being asked about
         self._claiming = 0  # claims asked of the database, not yet answered
+        self._ask_seconds = 0.05  # how long one ask of the API takes, moving average (sizes the queue ahead)
         self._room = asyncio.Event()
         self._room.set()
         self._auth_failures = 0
@@ -214,16 +218,21 @@ class SharedPoller:
             self._room.clear()
 
     def _room_for(self) -> int:
-        """How many more claims to take: one per free worker, and without a rate limit as many again
-        queued ahead, so that workers never wait for a claim's round trip. A claim waiting in the
+        """How many more claims to take: one per free worker, and without a rate limit a queue ahead
+        (`_ahead`), so that workers never wait for a claim's round trip. A claim waiting in the
         queue is a lease running out unused: with a rate limit, none waits beyond the workers."""
-        ahead = AHEAD * self.concurrency if self.limiter.rate <= 0 else 0
-        return self.concurrency + ahead - self._held - self._claiming
+        return self.concurrency + self._ahead() - self._held - self._claiming
+
+    def _ahead(self) -> int:
+        if self.limiter.rate > 0:
+            return 0
+        answered_in_queue_time = self.concurrency * QUEUE_SECONDS / max(self._ask_seconds, 1e-3)
+        return min(AHEAD * self.concurrency, int(answered_in_queue_time))
 
     def _claim_at(self) -> int:
         """Claim again once this many are free, not at every answer: one statement serves many jobs
         (without a rate limit, half the queue ahead, while the other half still feeds the workers)."""
-        return AHEAD // 2 * self.concurrency if self.limiter.rate <= 0 else max(1, self.concurrency // 2)
+        return max(1, self._ahead() // 2 if self.limiter.rate <= 0 else self.concurrency // 2)
 
     async def _work(self) -> None:
         while True:
@@ -231,7 +240,9 @@ class SharedPoller:
             handed = False
             try:
                 await self.limiter.acquire()
+                asked = time.monotonic()
                 write = await self.ask(claim)
+                self._ask_seconds += (time.monotonic() - asked - self._ask_seconds) * ASK_WEIGHT
                 # The answer is written behind the worker, which goes back to the API at once: the
                 # database's round trips overlap the next requests instead of adding to each poll.
                 # At most UNWRITTEN answers per worker wait for the database; beyond, workers wait too.
