@@ -11,7 +11,7 @@ from types import SimpleNamespace
 from exporter.api.results import JobResult
 from exporter.config.model import PollConfig
 from exporter.polling.ratelimit import RateLimiter
-from exporter.polling.shared_poller import UNWRITTEN, DatabaseHealth, SharedPoller
+from exporter.polling.shared_poller import AHEAD, QUEUE_SECONDS, UNWRITTEN, DatabaseHealth, SharedPoller
 from exporter.tracking.aggregates import ApiAggregates
 from exporter.tracking.pg.connect import create_pool
 from exporter.tracking.pg.store import PgJobStore
@@ -94,3 +94,75 @@ def test_workers_keep_polling_while_finals_are_written_and_each_is_counted_once(
     assert facts.finished[("chat", "g", "m", "COMPLETED")] == len(ids)
     assert facts.tokens[("g", "m", "prompt")] == len(ids)
     assert max(api.asked.values()) == 3 and poller.stale == 0
+
+
+def test_jobs_registered_while_the_claimers_find_nothing_due_are_polled(pg_db):
+    """Both claimers find nothing due for a while (each asks while the other's claim is in flight);
+    ids registered then are still claimed and polled to the end: no claimer is left waiting for
+    room that nobody will announce."""
+    url, pw = pg_db
+    ids = [f"late{i:03d}" for i in range(40)]
+
+    async def go():
+        store = PgJobStore(await create_pool(url, pw, max_size=4), (1.0, 10.0))
+        await store.migrate()
+        api = Api()
+        poller = SharedPoller(store, api, RateLimiter(0), ApiAggregates((0.1, 1.0)),  # type: ignore[arg-type]
+                              PollConfig(interval_seconds=0.05, max_interval_seconds=0.1), WORKERS, 30.0,
+                              DatabaseHealth())
+        loop = asyncio.create_task(poller.run())
+        try:
+            await asyncio.sleep(0.5)  # several empty claims by each claimer
+            await store.register(ids, "chat", "g", "config")
+            await until(lambda: all(api.asked.get(i, 0) >= 3 for i in ids) and poller.leases == 0, 60,
+                        "the late ids polled to the end")
+            finals = await store.pool.fetchval("SELECT count(*) FROM jobs WHERE final = 1")
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+            await store.pool.close()
+        return finals
+    assert asyncio.run(go()) == len(ids)
+
+
+class SlowApi(Api):
+    """Api, each answer after `seconds`."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    async def fetch(self, kind: str, job_id: str):
+        await asyncio.sleep(self.seconds)
+        return await super().fetch(kind, job_id)
+
+
+def test_with_a_slow_api_few_claims_wait_ahead_of_the_workers(pg_db):
+    """The queue ahead is sized by how fast the workers answer: with answers taking 0.1 s, four
+    workers answer 20 in QUEUE_SECONDS, so about that many claims wait ahead, not 8 per worker
+    (whose leases would run out in the queue on a slower API)."""
+    url, pw = pg_db
+    ids = [f"slow{i:03d}" for i in range(300)]
+
+    async def go():
+        store = PgJobStore(await create_pool(url, pw, max_size=4), (1.0, 10.0))
+        await store.migrate()
+        await store.register(ids, "chat", "g", "config")
+        poller = SharedPoller(store, SlowApi(0.1), RateLimiter(0), ApiAggregates((0.1, 1.0)),  # type: ignore[arg-type]
+                              PollConfig(interval_seconds=5, max_interval_seconds=10), WORKERS, 60.0,
+                              DatabaseHealth())
+        loop = asyncio.create_task(poller.run())
+        try:
+            await until(lambda: poller.polls >= 150, 60, "the moving average of the answers' time to settle")
+            held = []
+            for _ in range(50):
+                held.append(poller.leases)
+                await asyncio.sleep(0.02)
+        finally:
+            loop.cancel()
+            await asyncio.gather(loop, return_exceptions=True)
+            await store.pool.close()
+        return held
+    held = asyncio.run(go())
+    ahead = WORKERS * QUEUE_SECONDS / 0.1
+    assert max(held) <= WORKERS + ahead * 1.5 < WORKERS * (1 + AHEAD), held

@@ -15,7 +15,7 @@ from exporter.tracking.contract import Applied
 from exporter.tracking.pg import connect
 from exporter.tracking.pg.connect import StateDatabaseError, create_pool, create_pool_waiting
 from exporter.tracking.pg.schema import SCHEMA_VERSION, SchemaError
-from exporter.tracking.pg.store import PgJobStore
+from exporter.tracking.pg.store import CLAIM, PgJobStore
 from helpers import free_port
 from pg import PASSWORD
 
@@ -299,3 +299,22 @@ def test_a_batch_of_final_answers_is_one_transaction_that_counts_each_job_once(p
     assert owed == {"f0", "f2", "f4", "f5", "f6", "f7"}  # not f3: NOT_FOUND owes no trace
     assert rows["f1"] == ("UNKNOWN", 0) and rows["f3"] == ("NOT_FOUND", 2)
     assert all(rows[i] == ("COMPLETED", 1) for i in ids[4:])
+
+
+def test_after_a_large_registration_the_claim_walks_the_due_index_in_order(pg_db):
+    """A claim must read about its batch's size of rows, not every due job: after an ids file's
+    worth of new jobs the planner's statistics are refreshed, so that it plans the ordered walk of
+    `jobs_due` (stopping at the limit) instead of a scan of all due jobs and a sort."""
+    url, pw = pg_db
+
+    async def go():
+        store = await opened(url, pw)
+        for start in range(0, 6000, 2000):  # an ids file per group, as at start
+            await store.register([f"j{i:05d}" for i in range(start, start + 2000)], "chat", "g", "config")
+        plan = "\n".join(r[0] for r in await store.answers.fetch("EXPLAIN " + CLAIM, 64, 60))
+        claims = await store.claim(64, 60)
+        await store.pool.close()
+        return plan, claims
+    plan, claims = asyncio.run(go())
+    assert "Index Scan using jobs_due" in plan and "Sort" not in plan, plan
+    assert len(claims) == 64 and all(c.job.id < "j02000" for c in claims)  # the earliest due: the first file's

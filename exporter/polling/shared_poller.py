@@ -1,8 +1,9 @@
 """The poll loop of a replica sharing its state in PostgreSQL: no heap of its own, the database
 says what is due.
 
-A dispatcher claims due jobs in batches, for the free workers and (without a rate limit) a queue
-ahead of them; with a rate limit, no more than it lets go within a second. Each claim is a lease
+Two claimers claim due jobs in batches (disjoint: SKIP LOCKED; one in flight while the other's
+rows are used), for the free workers and (without a rate limit) a queue ahead of them; with a rate
+limit, no more than it lets go within a second. Each claim is a lease
 (the job comes due again by itself if this replica dies). Workers ask the API and hand the answer
 to a writer, which applies it under the claim's epoch while the worker asks about the next job:
 answers arriving together share a commit (group commit). While the database cannot be reached
@@ -16,7 +17,7 @@ import asyncio
 import logging
 import random
 import time
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Generic, Protocol, TypeVar
 
 from exporter.config import PollConfig
 from exporter.polling.client import ApiClient, ApiError, NotFound, RateLimited, Unauthorized
@@ -26,15 +27,24 @@ from exporter.polling.schedule import auth_pause, error_delay, next_interval
 from exporter.tracking.aggregates import ApiAggregates
 from exporter.tracking.contract import Applied, Claim
 from exporter.tracking.finishing import is_final
-from exporter.tracking.proxied import GroupCommit
 
 log = logging.getLogger("distribute.poller")
 
 DEFAULT_RETRY_AFTER = 5.0
 IDLE_SECONDS = 0.05  # how often an idle replica asks whether anything came due (an indexed probe)
 DB_BACKOFF_MAX = 10.0
-AHEAD = 4  # claims queued ahead of the workers without a rate limit, per worker
-UNWRITTEN = 8  # answers in hand waiting for the database, per worker: they share transactions
+# Claims queued ahead of the workers without a rate limit: at most this many per worker, and no
+# more than the workers answer in QUEUE_SECONDS at their current pace, so that a queued claim waits
+# a small part of its lease however slow the API is. Deep enough on a fast API that a claim's round
+# trip on a loaded machine (20-30 ms seen from the replica, bench/NOTES.md) never lets it run dry.
+AHEAD = 8
+QUEUE_SECONDS = 0.5
+ASK_WEIGHT = 0.05  # of each new ask's duration in the moving average
+# Claims in flight at once: a claim's round trip on a busy machine lasts as long as the workers take
+# to use a batch, and a second claimer keeps the queue from running dry meanwhile (the claims are
+# disjoint: SKIP LOCKED).
+CLAIMERS = 2
+UNWRITTEN = 16  # answers in hand waiting for the database, per worker: they share transactions
 JITTER = 0.1  # next due times spread by +-10%, so jobs created together are not polled together
 
 
@@ -45,6 +55,40 @@ class ClaimingStore(Protocol):
     async def finish_many(self, answers: list[tuple[str, Any, int | None]]) -> list[Applied]: ...
     async def apply_error(self, claim: Claim, code: int | None, delay: float) -> Applied: ...
     async def not_found(self, claim: Claim, grace: float, delay: float) -> Applied: ...
+
+
+T = TypeVar("T")
+
+
+class Batches(Generic[T]):
+    """Answers handed over without waiting: `put` only appends, and one writer task writes whatever
+    gathered while its last write ran, by one call of `write` (one statement and commit for many
+    answers). No task, future or shield per answer: on one event loop that also asks the API,
+    those cost as much as the answer's share of the statement. `settled(n, error)` is told after
+    each batch (error: what the write raised, or None)."""
+
+    def __init__(self, write: Callable[[list[T]], Awaitable[None]],
+                 settled: Callable[[int, Exception | None], None], name: str) -> None:
+        self._write = write
+        self._settled = settled
+        self._name = name
+        self._items: list[T] = []
+        self.task: asyncio.Task[None] | None = None  # the writer, while there is something to write
+
+    def put(self, item: T) -> None:
+        self._items.append(item)
+        if self.task is None or self.task.done():
+            self.task = asyncio.get_running_loop().create_task(self._drain(), name=self._name)
+
+    async def _drain(self) -> None:
+        while self._items:
+            batch, self._items = self._items, []
+            error: Exception | None = None
+            try:
+                await self._write(batch)
+            except Exception as exc:  # the database went away: the leases bring these jobs back
+                error = exc
+            self._settled(len(batch), error)
 
 
 class DatabaseHealth:
@@ -88,6 +132,8 @@ class SharedPoller:
         self.leases = 0  # claims in hand (claimed, their answer not yet written)
         self._queue: asyncio.Queue[Claim] = asyncio.Queue()
         self._held = 0  # claims queued or being asked about
+        self._claiming = 0  # claims asked of the database, not yet answered
+        self._ask_seconds = 0.05  # how long one ask of the API takes, moving average (sizes the queue ahead)
         self._room = asyncio.Event()
         self._room.set()
         self._auth_failures = 0
@@ -95,10 +141,11 @@ class SharedPoller:
         self._settling: set[asyncio.Future[None]] = set()  # answers being written
         # Non-final answers arriving together are written by one statement (a final one has its own
         # transaction with its counters): a commit per answer is what PostgreSQL charges most for.
-        self._moves: GroupCommit[tuple[Claim, Any, float]] = GroupCommit(self._write_moves, "poll-answers")
+        self._moves: Batches[tuple[Claim, Any, float]] = Batches(self._write_moves, self._written, "poll-answers")
         # Final answers likewise: one transaction makes a batch final and adds its counters (each job
         # still checked "not final yet" and its epoch under its row lock).
-        self._finals: GroupCommit[tuple[str, Any, int | None]] = GroupCommit(self._write_finals, "poll-finals")
+        self._finals: Batches[tuple[str, Any, int | None]] = Batches(self._write_finals, self._written,
+                                                                     "poll-finals")
 
     async def _write_moves(self, answers: list[tuple[Claim, Any, float]]) -> None:
         applied = await self.store.apply_many(answers)
@@ -111,7 +158,7 @@ class SharedPoller:
         self.health.ok()
 
     async def run(self) -> None:
-        tasks = {asyncio.create_task(self._dispatch(), name="dispatcher")}
+        tasks = {asyncio.create_task(self._dispatch(), name=f"dispatcher-{i}") for i in range(CLAIMERS)}
         tasks |= {asyncio.create_task(self._work(), name=f"worker-{i}") for i in range(self.concurrency)}
         try:
             while True:
@@ -121,12 +168,13 @@ class SharedPoller:
                     log.error("poll loop task %s died (%r); restarting it", name,
                               task.exception() if not task.cancelled() else None)
                     self.restarts += 1
-                    tasks.add(asyncio.create_task(self._dispatch() if name == "dispatcher" else self._work(),
+                    tasks.add(asyncio.create_task(self._dispatch() if name.startswith("dispatcher") else self._work(),
                                                   name=name))
         finally:
-            for task in (*tasks, *self._settling):
+            writers = [b.task for b in (self._moves, self._finals) if b.task is not None]
+            for task in (*tasks, *self._settling, *writers):
                 task.cancel()
-            await asyncio.gather(*tasks, *self._settling, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._settling, *writers, return_exceptions=True)
 
     async def _dispatch(self) -> None:
         backoff = 0.5
@@ -135,39 +183,56 @@ class SharedPoller:
             await self._room.wait()
             limit = self._room_for()
             if self.limiter.rate > 0:  # no more than the rate limit lets go within about a second
-                limit = min(limit, max(1, int(self.limiter.burst)))
-            if limit <= 0:
+                limit = min(limit, max(1, int(self.limiter.burst))) if not self._claiming else 0
+            if limit <= 0:  # the claimer in flight, or the workers, set it again
                 self._room.clear()
                 continue
+            self._claiming += limit  # reserved: the other claimer takes only what is left
             try:
                 claims = await self.store.claim(limit, self.lease)
             except Exception as exc:  # the database is down or slow: pause, keep serving
+                self._claiming -= limit
+                self._room_changed()
                 self.health.failed(exc)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, DB_BACKOFF_MAX)
                 continue
+            self._claiming -= limit
             backoff = 0.5
             self.health.ok()
             self._held += len(claims)
-            if self._room_for() < self._claim_at():
-                self._room.clear()
+            self._room_changed()
             self.leases += len(claims)
             for claim in claims:
                 self._queue.put_nowait(claim)
             if not claims:
                 await asyncio.sleep(IDLE_SECONDS)
 
+    def _room_changed(self) -> None:
+        """Wake a claimer if there is room for a batch; else let the workers wake one when there is.
+        Said after every claim, so that no claimer waits on a clear event while the other, which
+        cleared it, has nothing left to claim for."""
+        if self._room_for() >= self._claim_at():
+            self._room.set()
+        else:
+            self._room.clear()
+
     def _room_for(self) -> int:
-        """How many more claims to take: one per free worker, and without a rate limit as many again
-        queued ahead, so that workers never wait for a claim's round trip. A claim waiting in the
+        """How many more claims to take: one per free worker, and without a rate limit a queue ahead
+        (`_ahead`), so that workers never wait for a claim's round trip. A claim waiting in the
         queue is a lease running out unused: with a rate limit, none waits beyond the workers."""
-        ahead = AHEAD * self.concurrency if self.limiter.rate <= 0 else 0
-        return self.concurrency + ahead - self._held
+        return self.concurrency + self._ahead() - self._held - self._claiming
+
+    def _ahead(self) -> int:
+        if self.limiter.rate > 0:
+            return 0
+        answered_in_queue_time = self.concurrency * QUEUE_SECONDS / max(self._ask_seconds, 1e-3)
+        return min(AHEAD * self.concurrency, int(answered_in_queue_time))
 
     def _claim_at(self) -> int:
         """Claim again once this many are free, not at every answer: one statement serves many jobs
-        (without a rate limit, as many as there are workers, while the queue still feeds them)."""
-        return AHEAD // 2 * self.concurrency if self.limiter.rate <= 0 else max(1, self.concurrency // 2)
+        (without a rate limit, half the queue ahead, while the other half still feeds the workers)."""
+        return max(1, self._ahead() // 2 if self.limiter.rate <= 0 else self.concurrency // 2)
 
     async def _work(self) -> None:
         while True:
@@ -175,12 +240,16 @@ class SharedPoller:
             handed = False
             try:
                 await self.limiter.acquire()
+                asked = time.monotonic()
                 write = await self.ask(claim)
+                self._ask_seconds += (time.monotonic() - asked - self._ask_seconds) * ASK_WEIGHT
                 # The answer is written behind the worker, which goes back to the API at once: the
                 # database's round trips overlap the next requests instead of adding to each poll.
                 # At most UNWRITTEN answers per worker wait for the database; beyond, workers wait too.
                 await self._unwritten.acquire()
-                self._spawn(self._settle(write))
+                single = write()  # a batched answer is only queued (None); a single write is awaited apart
+                if single is not None:
+                    self._spawn(self._settle(single))
                 handed = True
             except asyncio.CancelledError:
                 raise
@@ -193,13 +262,21 @@ class SharedPoller:
                 if self._room_for() >= self._claim_at():
                     self._room.set()
 
-    async def _settle(self, write: Callable[[], Awaitable[None]]) -> None:
+    async def _settle(self, write: Awaitable[None]) -> None:
         try:
-            await write()
+            await write
         except Exception as exc:  # the database went away while writing: the lease brings the job back
             self.health.failed(exc)
         finally:
             self.leases -= 1
+            self._unwritten.release()
+
+    def _written(self, count: int, error: Exception | None) -> None:
+        """A batch of answers written (or lost with the database: their leases bring the jobs back)."""
+        if error is not None:
+            self.health.failed(error)
+        self.leases -= count
+        for _ in range(count):
             self._unwritten.release()
 
     def _spawn(self, work: Awaitable[None]) -> None:
@@ -207,8 +284,9 @@ class SharedPoller:
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
-    async def ask(self, claim: Claim) -> Callable[[], Awaitable[None]]:
-        """Ask the API about a claimed job; answer the write that records what it said (not yet run)."""
+    async def ask(self, claim: Claim) -> Callable[[], Awaitable[None] | None]:
+        """Ask the API about a claimed job; answer the write that records what it said (not yet run):
+        called, it queues a batched answer (and answers None) or answers a single write to await."""
         job, cfg = claim.job, self.config
         try:
             result, answer = await self.client.fetch(job.kind, job.id)
@@ -230,8 +308,8 @@ class SharedPoller:
         changed = result.status != job.status
         delay = _jitter(next_interval(job.interval, changed, cfg.interval_seconds, cfg.max_interval_seconds))
         if is_final(result.status):
-            return lambda: self._finals.add((job.id, result, claim.epoch))
-        return lambda: self._moves.add((claim, result, delay))
+            return lambda: self._finals.put((job.id, result, claim.epoch))
+        return lambda: self._moves.put((claim, result, delay))
 
     async def _single(self, write: Awaitable[Applied]) -> None:
         self._outcome(await write)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from typing import Any, Iterable
 
 from exporter.api.results import JobResult
@@ -28,7 +29,16 @@ from exporter.tracking.pg.traces import OWE as OWE_TRACE
 from exporter.tracking.store import JOB_COLUMNS, labels_key
 
 _COLUMNS = ", ".join(JOB_COLUMNS)
+ANALYZE_MIN_ROWS, ANALYZE_SHARE = 500, 0.2  # a registration this large, and this share of the jobs: ANALYZE
 LEASE_JITTER = 0.25  # a lease runs 1x to 1.25x its length: a dead replica's jobs come back spread out
+# What a claim returns of each job, in this order (PgJobStore.claim builds its Job from them).
+_CLAIMED = "j.id, j.kind, j.grp, j.source, j.status, j.model, j.first_tracked, j.interval, j.errors, j.history"
+# Up to $1 due jobs leased for $2 seconds (jittered), in due order: a walk of `jobs_due` that stops
+# at the batch's size, as long as the planner's statistics are not far off (`_analyze_after`).
+CLAIM = (f"WITH due AS (SELECT id FROM jobs WHERE final = 0 AND next_due <= {NOW} "
+         f"ORDER BY next_due LIMIT $1 FOR UPDATE SKIP LOCKED) "
+         f"UPDATE jobs j SET next_due = {NOW} + $2 * (1 + random() * {LEASE_JITTER}), epoch = j.epoch + 1 "
+         f"FROM due WHERE j.id = due.id RETURNING {_CLAIMED}, j.epoch, {NOW} AS at")
 
 
 Final = tuple[str, "JobResult | None", "int | None"]  # id, result (None: NOT_FOUND), claim's epoch
@@ -104,8 +114,25 @@ class PgJobStore:
             f"WHERE NOT EXISTS (SELECT 1 FROM retired r WHERE r.id = i) "
             f"ON CONFLICT (id) DO NOTHING RETURNING id", fresh, kind, group, source, model, due_in)
         accepted = {r["id"] for r in rows}
+        await self._analyze_after(len(accepted))
         ordered = [i for i in dict.fromkeys(ids) if i in accepted]
         return ordered, len(ids) - len(ordered)
+
+    async def _analyze_after(self, inserted: int) -> None:
+        """Refresh the planner's statistics of `jobs` after a registration that grew it by a large
+        share (an ids file at start). Without them the planner takes the unfinished jobs for a
+        handful and plans the claim as a scan of every due job and a sort, instead of a walk of
+        `jobs_due` that stops at the batch's size: at 10,000 due jobs, 30-100 ms per claim
+        instead of about 1 (bench/NOTES.md, postgres). Autovacuum would get there, but only
+        within a minute or more."""
+        if inserted < ANALYZE_MIN_ROWS:
+            return
+        try:
+            known = await self.pool.fetchval("SELECT reltuples FROM pg_class WHERE oid = 'jobs'::regclass")
+            if inserted > ANALYZE_SHARE * max(known or 0.0, 0.0):
+                await self.pool.execute("ANALYZE jobs")
+        except Exception:  # the ids are stored already; statistics only speed claims up, autovacuum refreshes them too
+            pass
 
     async def register_many(self, rows: list[tuple[str, str, str, str, str]], due_in: float) -> int:
         """Rows (id, kind, group, source, model) of several creates in one statement and commit."""
@@ -140,13 +167,13 @@ class PgJobStore:
 
     # -- polling ---------------------------------------------------------------------------------
     async def claim(self, limit: int, lease: float) -> list[Claim]:
-        rows = await self.answers.fetch(
-            f"WITH due AS (SELECT id FROM jobs WHERE final = 0 AND next_due <= {NOW} "
-            f"ORDER BY next_due LIMIT $1 FOR UPDATE SKIP LOCKED) "
-            f"UPDATE jobs j SET next_due = {NOW} + $2 * (1 + random() * {LEASE_JITTER}), epoch = j.epoch + 1 "
-            f"FROM due WHERE j.id = due.id RETURNING {', '.join('j.' + c for c in JOB_COLUMNS)}, j.epoch, {NOW} AS at",
-            limit, lease)
-        return [Claim(_job(r), r["epoch"], r["at"]) for r in rows]
+        """Lease up to `limit` due jobs. Each claim's job carries what a poll reads and a non-final
+        answer writes (`_CLAIMED`), not the whole row: a final answer reads the row again under its
+        lock (`finish_many`), and decoding all 26 columns of every claimed row was most of the
+        claim's time in the replica's event loop (py-spy, bench/NOTES.md)."""
+        rows = await self.answers.fetch(CLAIM, limit, lease)
+        return [Claim(Job(r[0], r[1], r[2], r[3], status=r[4], model=r[5], first_tracked=r[6], interval=r[7],
+                          errors=r[8], history=r[9]), r[10], r[11]) for r in rows]
 
     async def apply(self, claim: Claim, result: JobResult, delay: float) -> Applied:
         if finishing.is_final(result.status):
@@ -337,7 +364,7 @@ async def add_counters(conn: Any, deltas: list[finishing.Delta]) -> None:
         return
     merged: dict[tuple[str, str], float] = {}
     for family, labels, value in deltas:
-        key = (family, labels_key(labels))
+        key = (family, _labels_key(tuple(labels)))
         merged[key] = merged.get(key, 0.0) + value
     keys = sorted(merged)
     # `changed`: this transaction's id, by which readers find the rows written since their last read
@@ -347,3 +374,10 @@ async def add_counters(conn: Any, deltas: list[finishing.Delta]) -> None:
         "SELECT f, l, v, pg_current_xact_id() FROM unnest($1::text[], $2::text[], $3::float8[]) AS d(f, l, v) "
         "ON CONFLICT (family, labels) DO UPDATE SET value = counters.value + EXCLUDED.value, changed = EXCLUDED.changed",
         [k[0] for k in keys], [k[1] for k in keys], [merged[k] for k in keys])
+
+
+@lru_cache(maxsize=65536)
+def _labels_key(labels: tuple[str, ...]) -> str:
+    """`labels_key`, remembered: the same few thousand label tuples come back with every final
+    answer, and encoding each as JSON again was a visible share of the poll loop."""
+    return labels_key(labels)
