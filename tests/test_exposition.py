@@ -122,3 +122,60 @@ def test_a_chunked_collector_writes_the_same_text_and_rewrites_only_changed_chun
         kept = [key for key, body in parts if key in before and before[key] is body]
         # One change touches a chunk in each family it changes (a job finishing: up to seven), not the rest.
         assert len(parts) - len(kept) <= 7, round_
+
+
+def test_render_ahead_prepares_the_next_version_without_holding_the_loop():
+    """exposition.render_ahead: the parts (and gzip members) of the next version are made a slice at a
+    time, with the event loop free in between; the scrape that sees that version then renders
+    nothing, and its text is byte for byte prometheus_client's."""
+    import asyncio
+
+    from exporter.metrics.exposition import render_ahead
+    from exporter.metrics.shared_state import SharedJobsCollector
+
+    rng = random.Random(5)
+    current, generation = [JobAggregates((0.5, 1, 60))], [0]
+    for kind in ("chat", "images", "speech"):
+        for group in range(400):
+            current[0].record_finished((kind, f"g{group}", "m", "COMPLETED"), rng.uniform(0, 100), 1, 1, 1, {}, 0)
+    collector = SharedJobsCollector(lambda: current[0], lambda: generation[0])
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    renderer, packer = TextRenderer(), GzipParts()
+    old_text = b"".join(b for _, b in render_parts(registry, renderer))
+
+    following = JobAggregates((0.5, 1, 60))  # the next read: some values changed
+    for kind in ("chat", "images", "speech"):
+        for group in range(400):
+            following.record_finished((kind, f"g{group}", "m", "COMPLETED"), rng.uniform(0, 100), 1, 1, 1, {}, 0)
+
+    async def ahead() -> tuple[int, list[bytes]]:
+        turns, seen = 0, []
+
+        async def scraper() -> None:  # scrapes meanwhile: served from the version before
+            nonlocal turns
+            while True:
+                turns += 1
+                seen.append(b"".join(b for _, b in render_parts(registry, renderer)))
+                await asyncio.sleep(0)
+
+        task = asyncio.ensure_future(scraper())
+        await render_ahead(renderer, packer, collector, 1, collector.families_of(following))
+        task.cancel()
+        return turns, seen
+
+    turns, seen = asyncio.run(ahead())
+    assert turns >= 3  # the loop ran other work between slices
+    assert all(text == old_text for text in seen)  # nobody saw a half-made version
+    current[0], generation[0] = following, 1
+
+    def walked(*args, **kwargs):
+        raise AssertionError("the scrape walked the series again")
+
+    renderer.iter_chunks = walked  # type: ignore[method-assign]
+    parts = render_parts(registry, renderer)
+    text = b"".join(b for _, b in parts)
+    assert text.decode() == generate_latest(registry).decode() and text != old_text
+    members = packer._members
+    assert all(packer._members[key[0]][0] == key for key, _ in parts if key is not None)  # compressed ahead too
+    assert gzip.decompress(packer.compress(parts)) == text and packer._members is members

@@ -102,3 +102,31 @@ def test_an_old_answer_waits_for_a_read_and_failures_keep_the_last(quick, monkey
         assert await cache.get(keep_warm=False) is fresh  # the database away: the last answer
         await cache.close()
     asyncio.run(main())
+
+
+def test_a_new_answer_is_prepared_before_anyone_gets_it(quick) -> None:
+    async def main() -> None:
+        cache, store = shared_facts.FactsCache(), SlowStore()
+        cache.store = store  # type: ignore[assignment]
+        prepared: list[tuple[int, int]] = []
+        gate = asyncio.Event()
+
+        async def prepare(agg: JobAggregates, generation: int) -> None:
+            prepared.append((agg.version, generation))
+            await gate.wait()
+            if agg.version == 3:
+                raise RuntimeError("render failed")
+
+        cache.prepare = prepare
+        first = await cache.get(keep_warm=False)  # the first answer is not prepared: it is awaited anyway
+        assert first is not None and prepared == [] and cache.generation == 1
+        reading = asyncio.ensure_future(cache._read())
+        await _until(lambda: prepared == [(2, 2)], 5, "the second answer prepared as generation 2")
+        assert cache.last is first and cache.generation == 1  # not handed out while it is prepared
+        gate.set()
+        await reading
+        assert cache.last is not None and cache.last.version == 2 and cache.generation == 2
+        await cache._read()  # a failed preparation still hands the answer out (the scrape renders it)
+        assert cache.last.version == 3 and cache.generation == 3
+        await cache.close()
+    asyncio.run(main())

@@ -40,7 +40,7 @@ from exporter.logs import MASK
 from exporter.metrics.collectors import ApiCollector, BuildInfoCollector, ExporterCollector, ExporterStatus, Sampled
 from exporter.metrics.facts import MetricsFacts
 from exporter.metrics.traces import TracesCollector
-from exporter.metrics.exposition import GzipParts, TextRenderer
+from exporter.metrics.exposition import GzipParts, TextRenderer, render_ahead
 from exporter.metrics.shared_state import SharedJobsCollector, SharedStateCollector, SharedStateView
 from exporter.polling.client import ApiClient
 from exporter.polling.health import ApiHealth
@@ -310,7 +310,11 @@ class SharedExporter:
                                lambda: self.poller.leases if self.poller else 0,
                                lambda: self.poller.stale if self.poller else 0, lambda: self.replicas)
         facts = self.metrics
-        facts.add_job_facts(SharedJobsCollector(lambda: self.facts.last, lambda: self.facts.generation))
+        jobs = SharedJobsCollector(lambda: self.facts.last, lambda: self.facts.generation)
+        facts.add_job_facts(jobs)
+        # Each new read's text rendered and compressed ahead, a slice at a time, before scrapes see it.
+        self.facts.prepare = lambda agg, generation: render_ahead(self.renderer, self.gzip_parts, jobs, generation,
+                                                                  jobs.families_of(agg))
         facts.add_process_facts(ApiCollector(self.api_agg))
         facts.add_to_both(BuildInfoCollector())
         facts.add_process_facts(ExporterCollector(s))

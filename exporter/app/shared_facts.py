@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Awaitable, Callable
 
 from aiohttp import web
 
@@ -41,6 +42,9 @@ class FactsCache:
         self._reading: asyncio.Task[None] | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._asked = 0.0  # when the facts were last asked for (monotonic)
+        # Set by the wiring: prepares what a new answer will need (its text, rendered ahead) before
+        # it is handed out; given the answer and the generation it will have.
+        self.prepare: Callable[[JobAggregates, int], Awaitable[None]] | None = None
 
     async def get(self, keep_warm: bool = True) -> JobAggregates | None:
         """The job facts: the kept answer when at most FRESH_SECONDS old, else a read waited for
@@ -77,6 +81,11 @@ class FactsCache:
         # The same values as the last (its version unmoved): keep that answer, and so the rendered
         # text of /metrics/jobs and its gzip, instead of walking every series again.
         if self._agg is None or agg.version != self._agg.version:
+            if self.prepare is not None and self._agg is not None:  # the first answer is awaited anyway
+                try:
+                    await self.prepare(agg, self.generation + 1)
+                except Exception as exc:  # the scrape renders it then, as without
+                    log.debug("job facts not rendered ahead: %s", exc)
             self._agg = agg
             self.generation += 1
 

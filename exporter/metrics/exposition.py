@@ -9,9 +9,10 @@ rendered by prometheus_client itself.
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import itertools
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
@@ -65,7 +66,10 @@ class TextRenderer:
         series are all unchanged keeps its bytes (and, by GzipParts, its gzip member), so that a
         change to a few series of a large exposition costs their parts only, not a walk through
         every series' text and the compression of the whole."""
-        parts: list[Part] = []
+        return list(self.iter_chunks(owner, families))
+
+    def iter_chunks(self, owner: int, families: Iterable[Family]) -> Iterator["Part"]:
+        """`chunks`, one part at a time (render_ahead pauses between them)."""
         for family in families:
             histogram = family.kind == "histogram"
             per_chunk = CHUNK_LINES
@@ -79,10 +83,9 @@ class TextRenderer:
                 else:
                     signature = pairs = tuple(itertools.islice(items, per_chunk))  # type: ignore[assignment]
                 if signature or index == 0:
-                    parts.append(self._chunk((owner, family.name, index), signature, family, pairs, index == 0))
+                    yield self._chunk((owner, family.name, index), signature, family, pairs, index == 0)
                 if len(signature) < per_chunk:
                     break
-        return parts
 
     def _chunk(self, name: tuple[int, str, int], signature: tuple, family: Family, pairs: Iterable[tuple],
                header: bool) -> "Part":
@@ -190,13 +193,33 @@ class GzipParts:
         self._members: dict[int, tuple[object, bytes]] = {}
 
     def compress(self, parts: list[Part]) -> bytes:
-        out = []
-        for key, body in parts:
-            if key is None:
-                out.append(gzip.compress(body, compresslevel=1, mtime=0))
-                continue
-            cached = self._members.get(key[0])
-            if cached is None or cached[0] != key:
-                cached = self._members[key[0]] = (key, gzip.compress(body, compresslevel=1, mtime=0))
-            out.append(cached[1])
-        return b"".join(out)
+        return b"".join([self.member(key, body) for key, body in parts])
+
+    def member(self, key: "tuple[object, object] | None", body: bytes) -> bytes:
+        """The gzip member of one part (kept while its key is unchanged)."""
+        if key is None:
+            return gzip.compress(body, compresslevel=1, mtime=0)
+        cached = self._members.get(key[0])
+        if cached is None or cached[0] != key:
+            cached = self._members[key[0]] = (key, gzip.compress(body, compresslevel=1, mtime=0))
+        return cached[1]
+
+
+AHEAD_SLICE = 16  # parts rendered (and compressed) between two pauses of render_ahead
+
+
+async def render_ahead(renderer: TextRenderer, gzip_parts: GzipParts, collector: object, version: object,
+                       families: Iterable[Family]) -> None:
+    """Render a chunked collector's `families` as they will be for `version()` == `version`, and
+    compress them, AHEAD_SLICE parts at a time with a pause for the event loop in between, then
+    keep them as that collector's parts for that version: the scrape that first sees the version
+    finds its text ready. Meanwhile scrapes are served, from the parts of the version before.
+    (A large exposition whose values change every second costs tens of milliseconds to walk;
+    done in a scrape, every scrape that waited behind it took that long.)"""
+    owner, parts = id(collector), []
+    for part in renderer.iter_chunks(owner, families):
+        parts.append(part)
+        gzip_parts.member(*part)
+        if len(parts) % AHEAD_SLICE == 0:
+            await asyncio.sleep(0)
+    renderer.chunked[owner] = ((owner, version), parts)

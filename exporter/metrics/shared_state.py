@@ -63,5 +63,10 @@ class SharedJobsCollector(FamilyCollector):
     def families(self) -> Iterator[Family]:
         agg = self.current()
         if agg is not None:
-            # The database answered with the current oldest job of each group already.
-            yield from JobsCollector(agg, lambda job_id, created: True).families()
+            yield from self.families_of(agg)
+
+    @staticmethod
+    def families_of(agg: JobAggregates) -> Iterator[Family]:
+        """The families of a given read (exposition.render_ahead renders the next one with them)."""
+        # The database answered with the current oldest job of each group already.
+        return JobsCollector(agg, lambda job_id, created: True).families()
