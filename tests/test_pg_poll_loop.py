@@ -52,6 +52,13 @@ async def until(condition, seconds: float, what: str) -> None:
         await asyncio.sleep(0.01)
 
 
+def poller_of(store: PgJobStore, api: "Api", interval: float, lease: float) -> SharedPoller:
+    """A replica's poll loop on `store` with WORKERS workers, no rate limit, polls every `interval`."""
+    return SharedPoller(store, api, RateLimiter(0), ApiAggregates((0.1, 1.0)),  # type: ignore[arg-type]
+                        PollConfig(interval_seconds=interval, max_interval_seconds=2 * interval), WORKERS, lease,
+                        DatabaseHealth())
+
+
 def test_workers_keep_polling_while_finals_are_written_and_each_is_counted_once(pg_db):
     url, pw = pg_db
     ids = [f"p{i:03d}" for i in range(3 * WORKERS * UNWRITTEN)]
@@ -62,9 +69,7 @@ def test_workers_keep_polling_while_finals_are_written_and_each_is_counted_once(
         await store.migrate()
         await store.register(ids, "chat", "g", "config")
         api = Api()
-        poller = SharedPoller(store, api, RateLimiter(0), ApiAggregates((0.1, 1.0)),  # type: ignore[arg-type]
-                              PollConfig(interval_seconds=0.05, max_interval_seconds=0.1), WORKERS, 30.0,
-                              DatabaseHealth())
+        poller = poller_of(store, api, interval=0.05, lease=30.0)
         loop = asyncio.create_task(poller.run())
         try:
             # No final answer is written yet, and the workers went on: far more final answers are in
@@ -107,9 +112,7 @@ def test_jobs_registered_while_the_claimers_find_nothing_due_are_polled(pg_db):
         store = PgJobStore(await create_pool(url, pw, max_size=4), (1.0, 10.0))
         await store.migrate()
         api = Api()
-        poller = SharedPoller(store, api, RateLimiter(0), ApiAggregates((0.1, 1.0)),  # type: ignore[arg-type]
-                              PollConfig(interval_seconds=0.05, max_interval_seconds=0.1), WORKERS, 30.0,
-                              DatabaseHealth())
+        poller = poller_of(store, api, interval=0.05, lease=30.0)
         loop = asyncio.create_task(poller.run())
         try:
             await asyncio.sleep(0.5)  # several empty claims by each claimer
@@ -148,9 +151,7 @@ def test_with_a_slow_api_few_claims_wait_ahead_of_the_workers(pg_db):
         store = PgJobStore(await create_pool(url, pw, max_size=4), (1.0, 10.0))
         await store.migrate()
         await store.register(ids, "chat", "g", "config")
-        poller = SharedPoller(store, SlowApi(0.1), RateLimiter(0), ApiAggregates((0.1, 1.0)),  # type: ignore[arg-type]
-                              PollConfig(interval_seconds=5, max_interval_seconds=10), WORKERS, 60.0,
-                              DatabaseHealth())
+        poller = poller_of(store, SlowApi(0.1), interval=5, lease=60.0)
         loop = asyncio.create_task(poller.run())
         try:
             await until(lambda: poller.polls >= 150, 60, "the moving average of the answers' time to settle")
