@@ -44,8 +44,6 @@ class GroupCommit(Generic[T]):
         self._batch_done: asyncio.Future[None] | None = None
         self._running = 0  # writer tasks alive
         self._starting = False  # a writer created that has not taken its first batch yet
-        self.in_flight_max = 0  # the most writes seen running at once (for tests and curiosity)
-        self._in_flight = 0
 
     async def add(self, item: T) -> None:
         """Return once `item` is written; raise what the write raised."""
@@ -77,8 +75,6 @@ class GroupCommit(Generic[T]):
             self._starting = False
 
     async def _write_one(self, queued: list[T], done: asyncio.Future[None]) -> None:
-        self._in_flight += 1
-        self.in_flight_max = max(self.in_flight_max, self._in_flight)
         try:
             await self.write(queued)
         except BaseException as exc:  # noqa: B902 - the waiters get it; the flush retries the rows
@@ -88,8 +84,6 @@ class GroupCommit(Generic[T]):
             if not isinstance(exc, Exception):
                 raise
             return
-        finally:
-            self._in_flight -= 1
         if not done.done():
             done.set_result(None)
 
